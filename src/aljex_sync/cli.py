@@ -1,0 +1,289 @@
+"""The ``aljex-sync`` command: parse options, call the library, print. Nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__, config, logs
+from .config import Settings
+from .credentials import generate_password, hash_password
+from .errors import AljexSyncError, ConfigError
+from .journal import Journal, summarize
+from .service import Service
+from .store.database import display_url, open_engine
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _fail(message: str) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    sys.exit(1)
+
+
+class Context:
+    """What every command gets: where the config is, loaded on first use."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._settings: Settings | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            try:
+                self._settings = config.load(self.path)
+            except ConfigError as e:
+                _fail(f"{self.path}: {e}" if e.key else str(e))
+        assert self._settings is not None
+        return self._settings
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Config file. Default: $ALJEX_SYNC_CONFIG, else ./aljex-sync.toml.",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+    help="How much to log.",
+)
+@click.version_option(__version__, prog_name="aljex-sync")
+@click.pass_context
+def main(ctx: click.Context, config_path: Path | None, log_level: str) -> None:
+    """Keep your own database true to Aljex.
+
+    aljex-sync receives Aljex's Database Synchronization feeds, the Live Sync HTTP posts
+    and the Morning Sync CSV files, and writes every record into SQLite, PostgreSQL or
+    MySQL/MariaDB.
+
+    Start with `aljex-sync init`, send Aljex what it prints, then run `aljex-sync serve`.
+    """
+    logs.setup(log_level)
+    ctx.obj = Context(config.config_path(config_path))
+
+
+@main.command()
+@click.option(
+    "--database-url",
+    default="sqlite:///aljex.db",
+    show_default=True,
+    help="SQLAlchemy URL, e.g. postgresql://user@host/db or mysql://user@host/db.",
+)
+@click.option("--public-host", help="Host name or address Aljex reaches this machine at.")
+@click.option("--http-port", default=8080, show_default=True, help="Live Sync HTTP port.")
+@click.option("--sftp-port", default=2222, show_default=True, help="Morning Sync SFTP port.")
+@click.option("--force", is_flag=True, help="Overwrite an existing config file.")
+@click.pass_obj
+def init(
+    obj: Context,
+    database_url: str,
+    public_host: str | None,
+    http_port: int,
+    sftp_port: int,
+    force: bool,
+) -> None:
+    """Write a new config with random passwords, and print what to send Aljex.
+
+    The passwords are stored only as hashes, so they are shown this once: send them to
+    Aljex now, or run init again with --force to make new ones.
+    """
+    path = obj.path
+    if path.exists() and not force:
+        _fail(f"{path} exists; use --force to replace it (its passwords will change)")
+    live_password, sftp_password = generate_password(), generate_password()
+    text = config_text(
+        database_url=database_url,
+        http_port=http_port,
+        sftp_port=sftp_port,
+        live_hash=hash_password(live_password),
+        sftp_hash=hash_password(sftp_password),
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(0o600)
+    settings = config.load(path)
+    host = public_host or socket.getfqdn()
+    console.print(f"Wrote {path}.\n")
+    console.print("[bold]Send Aljex the following.[/]\n")
+    console.print("Live Sync (HTTP POST):")
+    console.print(f"  URL:      http://{host}:{settings.live.port}{settings.live.path}")
+    console.print(f"  Username: {settings.live.username}")
+    console.print(f"  Password: {live_password}", highlight=False)
+    console.print("\nMorning Sync (SFTP upload):")
+    console.print(f"  Host:     {host}")
+    console.print(f"  Port:     {settings.morning.port}")
+    console.print(f"  Username: {settings.morning.username}")
+    console.print(f"  Password: {sftp_password}", highlight=False)
+    console.print("  Folder:   /")
+    console.print(
+        "\nThe passwords are stored only as hashes and will not be shown again."
+        "\nThen run: aljex-sync serve"
+    )
+
+
+def config_text(
+    *, database_url: str, http_port: int, sftp_port: int, live_hash: str, sftp_hash: str
+) -> str:
+    """The config file ``init`` writes, every key present and commented."""
+    q = json.dumps  # a JSON string is a valid TOML basic string
+    return f"""# aljex-sync configuration. Every key is described in docs/configuration.md.
+# Any key can be overridden by an environment variable ALJEX_SYNC_<SECTION>_<KEY>.
+
+[database]
+url = {q(database_url)}   # any SQLAlchemy URL: postgresql://..., mysql://...
+timeout = 5.0                      # seconds before a busy database answers 503
+
+[live]
+enabled = true
+listen = "0.0.0.0:{http_port}"
+path = "/aljex/sync"               # the URL path Aljex posts to
+username = "aljex"
+password_hash = {q(live_hash)}
+allow_ips = []                     # CIDRs; empty means any address
+trusted_proxies = []               # CIDRs whose X-Forwarded-For is believed
+max_body_bytes = 1048576
+max_fields = 2000
+legacy_charset = "cp1252"
+
+[morning]
+enabled = true
+sftp = true                        # false: watch the inbox folder instead
+listen = "0.0.0.0:{sftp_port}"
+username = "aljex"
+password_hash = {q(sftp_hash)}
+inbox = "inbox"
+host_key = "ssh_host_key"
+snapshot_margin = 30.0             # minutes
+max_delete_fraction = 0.5
+
+# Per-table settings; the shipped catalog covers Aljex's files. For example:
+# [tables.invoicing]
+# key = ["pro_num"]
+# delete = "soft"
+"""
+
+
+@main.command()
+@click.pass_obj
+def serve(obj: Context) -> None:
+    """Run the service until Ctrl-C or SIGTERM, then stop cleanly.
+
+    In-flight requests are finished and committed before the database is closed.
+    """
+    settings = obj.settings
+    try:
+        asyncio.run(_serve(settings))
+    except AljexSyncError as e:
+        _fail(str(e))
+    except OSError as e:
+        _fail(str(e))
+
+
+async def _serve(settings: Settings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await Service(settings).run_until(stop)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+@click.pass_obj
+def status(obj: Context, as_json: bool) -> None:
+    """Show what the journal holds: requests per status and table, and why any are held."""
+    settings = obj.settings
+    engine = open_engine(settings.database.url, timeout=settings.database.timeout)
+    try:
+        Journal(engine, settings).install()
+        summary = summarize(engine)
+    except AljexSyncError as e:
+        _fail(str(e))
+    finally:
+        engine.dispose()
+    if as_json:
+        click.echo(json.dumps(_summary_dict(summary), indent=2, default=str))
+        return
+    console.print(f"Database: {display_url(settings.database.url)}")
+    console.print(f"Last request: {summary.last_received or 'none yet'} UTC")
+    totals = ", ".join(f"{n} {s}" for s, n in sorted(summary.by_status.items())) or "none"
+    console.print(f"Requests: {totals}")
+    if summary.by_table:
+        table = Table("table", "status", "requests", "last (UTC)")
+        for name, st, n, last in summary.by_table:
+            table.add_row(name, st, str(n), f"{last:%Y-%m-%d %H:%M:%S}")
+        console.print(table)
+    if summary.held_reasons:
+        held = Table("table", "held because", "records", title="Held records")
+        for name, reason, n in summary.held_reasons:
+            held.add_row(name, reason, str(n))
+        console.print(held)
+        console.print("Fix the cause, then run `aljex-sync replay`.")
+
+
+def _summary_dict(summary: Any) -> dict[str, Any]:
+    return {
+        "by_status": summary.by_status,
+        "last_received": summary.last_received,
+        "by_table": [
+            {"table": t, "status": s, "count": n, "last_received": last}
+            for t, s, n, last in summary.by_table
+        ],
+        "held": [{"table": t, "reason": r, "count": n} for t, r, n in summary.held_reasons],
+    }
+
+
+@main.command()
+@click.option("--table", help="Only events for this table.")
+@click.option("--event", "event_ids", type=int, multiple=True, help="Only this event id.")
+@click.option("--include-rejected", is_flag=True, help="Also retry rejected requests.")
+@click.pass_obj
+def replay(
+    obj: Context, table: str | None, event_ids: tuple[int, ...], include_rejected: bool
+) -> None:
+    """Re-apply held events, oldest first, after fixing what held them.
+
+    For example, add `key = ["pro_num"]` under [tables.invoicing], then replay: the held
+    invoicing records land. Safe while `serve` runs.
+    """
+    settings = obj.settings
+    journal = Journal(
+        open_engine(settings.database.url, timeout=settings.database.timeout), settings
+    )
+    counts: dict[str, int] = {}
+    try:
+        for outcome in journal.replay(
+            table=table, event_ids=event_ids, include_rejected=include_rejected
+        ):
+            counts[outcome.status] = counts.get(outcome.status, 0) + 1
+            detail = f": {outcome.reason}" if outcome.reason else ""
+            console.print(
+                f"event {outcome.event_id} {outcome.table or '-'} {outcome.key or '-'}"
+                f" -> {outcome.status}{detail}",
+                highlight=False,
+            )
+    except AljexSyncError as e:
+        _fail(str(e))
+    finally:
+        journal.close()
+    if not counts:
+        console.print("Nothing to replay.")
+    else:
+        console.print("Replayed: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))

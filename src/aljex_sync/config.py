@@ -1,0 +1,376 @@
+"""Settings: a TOML file, ``ALJEX_SYNC_<SECTION>_<KEY>`` environment overrides, checked once.
+
+The file is found by ``-c/--config``, else ``$ALJEX_SYNC_CONFIG``, else ``./aljex-sync.toml``.
+Every key is declared once in ``SCHEMA`` with its type and default; docs/configuration.md
+documents the same keys. A wrong value stops start-up with one line naming the key. Relative
+paths (the inbox, the host key, a SQLite file) are taken from the folder of the config file,
+so the service behaves the same whatever folder it is started from.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from . import catalog
+from .catalog import Mode
+from .credentials import is_supported_hash
+from .errors import ConfigError
+
+DEFAULT_CONFIG_NAME = "aljex-sync.toml"
+ENV_CONFIG = "ALJEX_SYNC_CONFIG"
+ENV_PREFIX = "ALJEX_SYNC_"
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+DeleteMode = Literal["hard", "soft"]
+
+
+@dataclass(frozen=True)
+class Key:
+    """One configuration key: its type, default and one line of help."""
+
+    type: type
+    default: Any
+    help: str
+
+
+SCHEMA: dict[str, dict[str, Key]] = {
+    "database": {
+        "url": Key(str, "sqlite:///aljex.db", "SQLAlchemy URL of the target database"),
+        "timeout": Key(float, 5.0, "seconds to wait for a busy or unreachable database"),
+    },
+    "live": {
+        "enabled": Key(bool, True, "run the Live Sync HTTP endpoint"),
+        "listen": Key(str, "0.0.0.0:8080", "HOST:PORT the HTTP endpoint listens on"),
+        "path": Key(str, "/aljex/sync", "URL path Aljex posts to"),
+        "username": Key(str, "aljex", "user name Aljex sends with HTTP Basic auth"),
+        "password": Key(str, "", "password in clear (prefer password_hash)"),
+        "password_hash": Key(str, "", "argon2 or scrypt hash of the password"),
+        "allow_ips": Key(list, [], "CIDRs allowed to post; empty means any address"),
+        "trusted_proxies": Key(list, [], "CIDRs whose X-Forwarded-For is believed"),
+        "max_body_bytes": Key(int, 1048576, "largest request body accepted"),
+        "max_fields": Key(int, 2000, "most fields accepted in one request"),
+        "legacy_charset": Key(str, "cp1252", "charset of values that are not valid UTF-8"),
+    },
+    "morning": {
+        "enabled": Key(bool, True, "receive Morning Sync files"),
+        "sftp": Key(bool, True, "run the embedded SFTP server (false: watch the inbox)"),
+        "listen": Key(str, "0.0.0.0:2222", "HOST:PORT the SFTP server listens on"),
+        "username": Key(str, "aljex", "SFTP user name Aljex logs in with"),
+        "password": Key(str, "", "SFTP password in clear (prefer password_hash)"),
+        "password_hash": Key(str, "", "argon2 or scrypt hash of the SFTP password"),
+        "inbox": Key(str, "inbox", "folder the files arrive in"),
+        "host_key": Key(str, "ssh_host_key", "SFTP host key file, generated once"),
+        "quiet_seconds": Key(float, 10.0, "folder-watch mode: load a file unchanged this long"),
+        "snapshot_margin": Key(float, 30.0, "minutes taken off a file's export time estimate"),
+        "max_delete_fraction": Key(float, 0.5, "a full file may delete at most this share"),
+        "legacy_charset": Key(str, "cp1252", "charset of files that are not valid UTF-8"),
+    },
+}
+
+TABLE_SCHEMA: dict[str, Key] = {
+    "key": Key(list, None, "key fields of the table"),
+    "delete": Key(str, "hard", "hard: remove deleted rows; soft: set _aljex_deleted_at"),
+    "mode": Key(str, None, "morning file mode: full or window"),
+    "files": Key(list, [], "globs of morning file names that belong to this table"),
+    "delimiter": Key(str, None, "CSV delimiter of this table's morning files"),
+}
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    url: str
+    timeout: float
+
+
+@dataclass(frozen=True)
+class LiveSettings:
+    enabled: bool
+    host: str
+    port: int
+    path: str
+    username: str
+    password: str
+    password_hash: str
+    allow_ips: tuple[Network, ...]
+    trusted_proxies: tuple[Network, ...]
+    max_body_bytes: int
+    max_fields: int
+    legacy_charset: str
+
+
+@dataclass(frozen=True)
+class MorningSettings:
+    enabled: bool
+    sftp: bool
+    host: str
+    port: int
+    username: str
+    password: str
+    password_hash: str
+    inbox: Path
+    host_key: Path
+    quiet_seconds: float
+    snapshot_margin: float
+    max_delete_fraction: float
+    legacy_charset: str
+
+
+@dataclass(frozen=True)
+class TableSettings:
+    """A table's settings, with the catalog filled in where the file is silent."""
+
+    name: str
+    key: tuple[str, ...]
+    delete: DeleteMode
+    mode: Mode
+    files: tuple[str, ...] = ()
+    delimiter: str | None = None
+
+
+@dataclass(frozen=True)
+class Settings:
+    database: DatabaseSettings
+    live: LiveSettings
+    morning: MorningSettings
+    tables: Mapping[str, TableSettings] = field(default_factory=dict)
+    path: Path | None = None
+
+    def table(self, name: str) -> TableSettings:
+        """The settings of a table, from ``[tables.NAME]`` or else the catalog."""
+        found = self.tables.get(name)
+        if found is not None:
+            return found
+        return TableSettings(name, catalog.key_for(name), "hard", catalog.mode_for(name))
+
+
+def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """Where the config file is: the explicit path, ``$ALJEX_SYNC_CONFIG``, or ``./``."""
+    if explicit:
+        return Path(explicit)
+    from_env = os.environ.get(ENV_CONFIG)
+    return Path(from_env) if from_env else Path(DEFAULT_CONFIG_NAME)
+
+
+def load(path: Path | None, env: Mapping[str, str] | None = None) -> Settings:
+    """Read, override from the environment and check the settings; raise ConfigError."""
+    env = os.environ if env is None else env
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with path.open("rb") as f:
+                raw = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError(
+                "", f"no config file at {path} (run `aljex-sync init` to write one)"
+            ) from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError("", f"{path} is not valid TOML: {e}") from None
+    base = path.resolve().parent if path is not None else Path.cwd()
+    return parse(raw, env=env, base=base, path=path)
+
+
+def parse(
+    raw: Mapping[str, Any],
+    *,
+    env: Mapping[str, str] | None = None,
+    base: Path | None = None,
+    path: Path | None = None,
+) -> Settings:
+    """Check a parsed TOML document (plus environment overrides) and build Settings."""
+    env = {} if env is None else env
+    base = base or Path.cwd()
+    unknown = set(raw) - set(SCHEMA) - {"tables"}
+    if unknown:
+        raise ConfigError(sorted(unknown)[0], "unknown section")
+    values = {name: _section(name, raw.get(name, {}), env) for name in SCHEMA}
+    db, live, morning = values["database"], values["live"], values["morning"]
+
+    if db["timeout"] <= 0:
+        raise ConfigError("database.timeout", "must be more than 0")
+    database = DatabaseSettings(_database_url(db["url"], base), db["timeout"])
+
+    live_host, live_port = _listen("live.listen", live["listen"])
+    if not str(live["path"]).startswith("/"):
+        raise ConfigError("live.path", "must start with /")
+    _check_credentials("live", live)
+    _check_charset("live.legacy_charset", live["legacy_charset"])
+    for key in ("max_body_bytes", "max_fields"):
+        if live[key] <= 0:
+            raise ConfigError(f"live.{key}", "must be more than 0")
+    live_settings = LiveSettings(
+        enabled=live["enabled"],
+        host=live_host,
+        port=live_port,
+        path=live["path"],
+        username=live["username"],
+        password=live["password"],
+        password_hash=live["password_hash"],
+        allow_ips=_networks("live.allow_ips", live["allow_ips"]),
+        trusted_proxies=_networks("live.trusted_proxies", live["trusted_proxies"]),
+        max_body_bytes=live["max_body_bytes"],
+        max_fields=live["max_fields"],
+        legacy_charset=live["legacy_charset"],
+    )
+
+    morning_host, morning_port = _listen("morning.listen", morning["listen"])
+    if morning["sftp"]:
+        _check_credentials("morning", morning)
+    _check_charset("morning.legacy_charset", morning["legacy_charset"])
+    if not 0 <= morning["max_delete_fraction"] <= 1:
+        raise ConfigError("morning.max_delete_fraction", "must be between 0 and 1")
+    for key in ("quiet_seconds", "snapshot_margin"):
+        if morning[key] < 0:
+            raise ConfigError(f"morning.{key}", "must not be negative")
+    morning_settings = MorningSettings(
+        enabled=morning["enabled"],
+        sftp=morning["sftp"],
+        host=morning_host,
+        port=morning_port,
+        username=morning["username"],
+        password=morning["password"],
+        password_hash=morning["password_hash"],
+        inbox=base / morning["inbox"],
+        host_key=base / morning["host_key"],
+        quiet_seconds=morning["quiet_seconds"],
+        snapshot_margin=morning["snapshot_margin"],
+        max_delete_fraction=morning["max_delete_fraction"],
+        legacy_charset=morning["legacy_charset"],
+    )
+
+    tables_raw = raw.get("tables", {})
+    if not isinstance(tables_raw, Mapping):
+        raise ConfigError("tables", "must be a table of tables, like [tables.loads]")
+    tables = {name.lower(): _table(name, spec) for name, spec in tables_raw.items()}
+    return Settings(database, live_settings, morning_settings, tables, path)
+
+
+def _section(name: str, raw: Any, env: Mapping[str, str]) -> dict[str, Any]:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(name, "must be a section, like [name]")
+    schema = SCHEMA[name]
+    unknown = set(raw) - set(schema)
+    if unknown:
+        raise ConfigError(f"{name}.{sorted(unknown)[0]}", "unknown key")
+    values: dict[str, Any] = {}
+    for key, spec in schema.items():
+        dotted = f"{name}.{key}"
+        env_name = f"{ENV_PREFIX}{name}_{key}".upper()
+        if env_name in env:
+            values[key] = _from_env(dotted, spec, env[env_name])
+        elif key in raw:
+            values[key] = _typed(dotted, spec, raw[key])
+        else:
+            values[key] = spec.default
+    return values
+
+
+def _typed(dotted: str, spec: Key, value: Any) -> Any:
+    if spec.type is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if spec.type is list:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(dotted, "must be a list of strings")
+        return value
+    if not isinstance(value, spec.type) or (spec.type is int and isinstance(value, bool)):
+        raise ConfigError(dotted, f"must be a {spec.type.__name__}, got {value!r}")
+    return value
+
+
+def _from_env(dotted: str, spec: Key, text: str) -> Any:
+    """Environment values are text: lists are comma-separated, booleans true/false/1/0."""
+    try:
+        if spec.type is bool:
+            lowered = text.strip().lower()
+            if lowered not in {"true", "false", "1", "0", "yes", "no"}:
+                raise ValueError(text)
+            return lowered in {"true", "1", "yes"}
+        if spec.type is list:
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return spec.type(text)
+    except ValueError:
+        raise ConfigError(dotted, f"must be a {spec.type.__name__}, got {text!r}") from None
+
+
+def _listen(dotted: str, value: str) -> tuple[str, int]:
+    match = re.fullmatch(r"\[?([^\[\]]*?)\]?:(\d{1,5})", value.strip())
+    if not match or not match.group(1) or not 0 <= int(match.group(2)) <= 65535:
+        raise ConfigError(dotted, f"must be HOST:PORT, like 0.0.0.0:8080, got {value!r}")
+    return match.group(1), int(match.group(2))
+
+
+def _check_credentials(section: str, values: Mapping[str, Any]) -> None:
+    if not values["enabled"]:
+        return
+    if not values["username"]:
+        raise ConfigError(f"{section}.username", "must not be empty")
+    if values["password_hash"]:
+        if not is_supported_hash(values["password_hash"]):
+            raise ConfigError(
+                f"{section}.password_hash",
+                "is not an argon2 ($argon2id$...) or scrypt ($scrypt$...) hash",
+            )
+    elif not values["password"]:
+        raise ConfigError(
+            f"{section}.password_hash",
+            "set password_hash (or password); `aljex-sync init` writes one",
+        )
+
+
+def _check_charset(dotted: str, name: str) -> None:
+    try:
+        "".encode(name)
+    except LookupError:
+        raise ConfigError(dotted, f"unknown charset {name!r}") from None
+
+
+def _networks(dotted: str, values: list[str]) -> tuple[Network, ...]:
+    try:
+        return tuple(ipaddress.ip_network(v.strip(), strict=False) for v in values)
+    except ValueError as e:
+        raise ConfigError(dotted, str(e)) from None
+
+
+def _database_url(url: str, base: Path) -> str:
+    """Make a relative SQLite path relative to the config file's folder."""
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith("sqlite:////"):
+        rest = url[len(prefix) :]
+        if rest and not rest.startswith(":memory:") and not rest.startswith("file:"):
+            return prefix + str(base / rest)
+    if "://" not in url:
+        raise ConfigError("database.url", f"is not a database URL: {url!r}")
+    return url
+
+
+def _table(name: str, spec: Any) -> TableSettings:
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name):
+        raise ConfigError(f"tables.{name}", "is not a valid table name")
+    if not isinstance(spec, Mapping):
+        raise ConfigError(f"tables.{name}", "must be a section, like [tables.loads]")
+    unknown = set(spec) - set(TABLE_SCHEMA)
+    if unknown:
+        raise ConfigError(f"tables.{name}.{sorted(unknown)[0]}", "unknown key")
+    table = name.lower()
+    values = {
+        k: _typed(f"tables.{name}.{k}", s, spec[k]) if k in spec else s.default
+        for k, s in TABLE_SCHEMA.items()
+    }
+    key = tuple(values["key"]) if values["key"] is not None else catalog.key_for(table)
+    if not key or not all(k.strip() for k in key):
+        raise ConfigError(f"tables.{name}.key", "must name at least one field")
+    if values["delete"] not in ("hard", "soft"):
+        raise ConfigError(f"tables.{name}.delete", 'must be "hard" or "soft"')
+    mode = values["mode"] if values["mode"] is not None else catalog.mode_for(table)
+    if mode not in ("full", "window"):
+        raise ConfigError(f"tables.{name}.mode", 'must be "full" or "window"')
+    delimiter = values["delimiter"]
+    if delimiter is not None and delimiter not in (",", "\t", "|"):
+        raise ConfigError(f"tables.{name}.delimiter", 'must be ",", "\\t" or "|"')
+    return TableSettings(table, key, values["delete"], mode, tuple(values["files"]), delimiter)

@@ -1,0 +1,77 @@
+"""One exception tree for aljex-sync.
+
+Errors carry their context (table, field, file, line) and are mapped to HTTP status codes or
+CLI messages only at the edge (``live.py``, ``cli.py``)::
+
+    AljexSyncError
+    ├── ConfigError                  a configuration value is wrong; names the key
+    ├── WireError                    a Live Sync request that cannot be read as a record
+    │   ├── MalformedRequest         400: no table or action, broken encoding, bad name, NUL
+    │   ├── RequestTooLarge          413: body or field count over the limits
+    │   ├── UnsupportedMediaType     415: a content type other than form-urlencoded
+    │   └── UnknownAction            422: an action that is not create, update or delete
+    ├── RecordNotApplicable          terminal for one record: it is held, the reply is 200
+    └── DatabaseUnavailable          transient: nothing is acknowledged, the reply is 503
+
+Terminal errors concern one record and retrying will not help until the operator changes
+something (a key, the schema); transient errors concern the database as a whole and a retry
+later will succeed.
+"""
+
+from __future__ import annotations
+
+
+class AljexSyncError(Exception):
+    """Base of every error aljex-sync raises on purpose."""
+
+
+class ConfigError(AljexSyncError):
+    """A configuration value is missing or wrong. ``key`` is its dotted name."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"{key}: {reason}" if key else reason)
+        self.key = key
+        self.reason = reason
+
+
+class WireError(AljexSyncError):
+    """A Live Sync request that cannot be read as a record.
+
+    ``table`` and ``action`` are what could be read before the error, so the journal can
+    still say which table a rejected request was for.
+    """
+
+    def __init__(self, reason: str, *, table: str | None = None, action: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.table = table
+        self.action = action
+
+
+class MalformedRequest(WireError):
+    """The body is not a well-formed sync request."""
+
+
+class RequestTooLarge(WireError):
+    """The body or its number of fields is over the configured limit."""
+
+
+class UnsupportedMediaType(WireError):
+    """The request declares a content type that is not form-urlencoded."""
+
+
+class UnknownAction(WireError):
+    """``web_sync_action`` is none of create, update, delete or their known synonyms."""
+
+
+class RecordNotApplicable(AljexSyncError):
+    """A well-formed record that cannot be applied: it is held in the journal."""
+
+    def __init__(self, table: str, reason: str) -> None:
+        super().__init__(f"{table}: {reason}")
+        self.table = table
+        self.reason = reason
+
+
+class DatabaseUnavailable(AljexSyncError):
+    """The database is down, unreachable or locked past the timeout."""

@@ -1,0 +1,102 @@
+"""Running the service: the journal, the Live Sync endpoint, and (later) the SFTP inbox.
+
+``Service`` owns their life cycle so that ``serve``, the demo and the tests start and stop
+the same things the same way. Stopping drains in-flight HTTP requests first, then lets the
+journal commit what it holds, then closes the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+
+import uvicorn
+
+from .config import Settings
+from .journal import Journal
+from .live import LiveEndpoint
+from .store.database import display_url, open_engine
+
+log = logging.getLogger("aljex_sync.service")
+
+
+class Service:
+    """The whole receiver, started and stopped as one."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.journal = Journal(
+            open_engine(settings.database.url, timeout=settings.database.timeout), settings
+        )
+        self.live: LiveEndpoint | None = None
+        self._server: uvicorn.Server | None = None
+        self._sockets: list[socket.socket] = []
+        self.http_port: int | None = None
+
+    async def start(self) -> None:
+        """Open the database, then start listening. Raises if either cannot be done."""
+        await asyncio.to_thread(self.journal.start)
+        log.info("database %s ready", display_url(self.settings.database.url))
+        live = self.settings.live
+        if live.enabled:
+            self.live = LiveEndpoint(live, self.journal)
+            sock = _bind(live.host, live.port)
+            self._sockets.append(sock)
+            self.http_port = sock.getsockname()[1]
+            config = uvicorn.Config(
+                self.live.app(),
+                log_config=None,
+                access_log=False,
+                lifespan="off",
+                timeout_graceful_shutdown=30,
+                server_header=False,
+                http="httptools",
+                # X-Forwarded-For is judged by the endpoint against trusted_proxies only.
+                proxy_headers=False,
+            )
+            self._server = uvicorn.Server(config)
+            self._server_task = asyncio.create_task(self._server.serve(sockets=[sock]))
+            while not self._server.started:
+                if self._server_task.done():
+                    self._server_task.result()
+                    raise RuntimeError("the HTTP server stopped while starting")
+                await asyncio.sleep(0.01)
+            log.info("live sync listening on http://%s:%d%s", live.host, self.http_port, live.path)
+
+    async def stop(self) -> None:
+        """Drain HTTP requests, flush the journal, close the database."""
+        if self._server is not None:
+            self._server.should_exit = True
+            with contextlib.suppress(Exception):
+                await self._server_task
+            self._server = None
+        for sock in self._sockets:
+            sock.close()
+        self._sockets.clear()
+        await asyncio.to_thread(self.journal.close)
+        log.info("stopped")
+
+    async def run_until(self, stop: asyncio.Event) -> None:
+        """Start, wait for ``stop``, then stop cleanly."""
+        await self.start()
+        try:
+            await stop.wait()
+        finally:
+            await self.stop()
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A listening socket; binding here lets port 0 be used and known before serving."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise OSError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock

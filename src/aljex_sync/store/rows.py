@@ -1,0 +1,155 @@
+"""Writing records into synced tables: upsert for create and update, delete or soft delete.
+
+Every statement is built by SQLAlchemy Core from a ``SyncedTable``, never from text, and
+cached per table shape and column set, since Aljex sends the same set of fields for every
+record of a table and building a 400-column upsert is not free.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Executable, Table, and_, delete, select, update
+from sqlalchemy.dialects import mysql, postgresql, sqlite
+
+from .schema import (
+    DELETED_AT,
+    EVENT_ID,
+    SOURCE,
+    SYNCED_AT,
+    SyncedTable,
+    tombstones,
+)
+
+
+@dataclass(frozen=True)
+class RowMeta:
+    """Where a row's current values came from: the time they are true as of, and source."""
+
+    synced_at: datetime
+    source: str
+    event_id: int | None
+
+
+def record_key(values: Sequence[str]) -> str:
+    """The key of a record as one string: the value itself, or a JSON list when composite."""
+    return values[0] if len(values) == 1 else json.dumps(list(values), ensure_ascii=False)
+
+
+class RowWriter:
+    """Upserts and deletes for one database dialect, with statements cached."""
+
+    def __init__(self, dialect: str) -> None:
+        self.dialect = dialect
+        self._cache: dict[tuple[int, str, tuple[str, ...]], Executable] = {}
+        self._tombstone_statement: Executable | None = None
+
+    def _upsert(self, table: Table, keys: Sequence[str], updated: Sequence[str]) -> Executable:
+        """This dialect's INSERT ... ON CONFLICT / ON DUPLICATE KEY UPDATE of ``updated``."""
+        stmt: Any
+        if self.dialect in ("mysql", "mariadb"):
+            stmt = mysql.insert(table)
+            return stmt.on_duplicate_key_update({c: stmt.inserted[c] for c in updated})  # type: ignore[no-any-return]
+        dialect_insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+        stmt = dialect_insert(table)
+        return stmt.on_conflict_do_update(  # type: ignore[no-any-return]
+            index_elements=[table.c[k] for k in keys],
+            set_={c: stmt.excluded[c] for c in updated},
+        )
+
+    def upsert_statement(self, synced: SyncedTable, columns: tuple[str, ...]) -> Executable:
+        """INSERT ... ON CONFLICT (key) DO UPDATE of ``columns`` and the meta columns.
+
+        Only the columns given are written, so fields a record did not carry keep their
+        values, and two concurrent updates of one key cannot undo each other's fields.
+        """
+        cache_key = (id(synced.table), "upsert", columns)
+        cached = self._cache.get(cache_key)
+        if cached is not None:
+            return cached
+        keys = set(synced.key_columns)
+        updated = [c for c in columns if c not in keys] + [SYNCED_AT, SOURCE, EVENT_ID, DELETED_AT]
+        stmt = self._upsert(synced.table, synced.key_columns, updated)
+        self._cache[cache_key] = stmt
+        return stmt
+
+    def upsert(
+        self,
+        conn: Connection,
+        synced: SyncedTable,
+        rows: Sequence[Mapping[str, str]],
+        meta: RowMeta,
+    ) -> None:
+        """Upsert rows that all carry the same columns (keys included)."""
+        if not rows:
+            return
+        columns = tuple(rows[0])
+        stmt = self.upsert_statement(synced, columns)
+        extra = {
+            SYNCED_AT: meta.synced_at,
+            SOURCE: meta.source,
+            EVENT_ID: meta.event_id,
+            DELETED_AT: None,
+        }
+        conn.execute(stmt, [{**row, **extra} for row in rows])
+
+    def delete(
+        self,
+        conn: Connection,
+        synced: SyncedTable,
+        key: Mapping[str, str],
+        meta: RowMeta,
+        *,
+        soft: bool,
+    ) -> int:
+        """Delete (or mark deleted) the row with this key; return how many rows changed.
+
+        A hard delete leaves a tombstone so a morning file taken before the delete cannot
+        bring the record back.
+        """
+        table = synced.table
+        where = and_(*(table.c[c] == v for c, v in key.items()))
+        if soft:
+            result = conn.execute(
+                update(table)
+                .where(where)
+                .values(
+                    {
+                        DELETED_AT: meta.synced_at,
+                        SYNCED_AT: meta.synced_at,
+                        SOURCE: meta.source,
+                        EVENT_ID: meta.event_id,
+                    }
+                )
+            )
+        else:
+            result = conn.execute(delete(table).where(where))
+        self.tombstone(conn, synced.name, record_key(list(key.values())), meta)
+        return result.rowcount
+
+    def tombstone(self, conn: Connection, table: str, key: str, meta: RowMeta) -> None:
+        row = {
+            "table_name": table,
+            "record_key": key,
+            "deleted_at": meta.synced_at,
+            "event_id": meta.event_id,
+        }
+        stmt = self._tombstone_statement
+        if stmt is None:
+            stmt = self._upsert(
+                tombstones, ("table_name", "record_key"), ["deleted_at", "event_id"]
+            )
+            self._tombstone_statement = stmt
+        conn.execute(stmt, row)
+
+    def synced_at(
+        self, conn: Connection, synced: SyncedTable, key: Mapping[str, str]
+    ) -> datetime | None:
+        """When the row with this key was last changed, or None when there is none."""
+        table = synced.table
+        where = and_(*(table.c[c] == v for c, v in key.items()))
+        return conn.execute(select(table.c[SYNCED_AT]).where(where)).scalar_one_or_none()

@@ -1,0 +1,303 @@
+"""The tables aljex-sync keeps, and the synced tables it grows from what Aljex sends.
+
+System tables, all named ``_aljex_*``:
+
+- ``_aljex_events``: the journal, one row per authenticated request, raw body included;
+- ``_aljex_tables``: each synced table and the key it was created with;
+- ``_aljex_columns``: each field Aljex sent and the column that holds it;
+- ``_aljex_tombstones``: keys deleted by live sync, so a morning file cannot bring them back.
+
+A synced table has one text column per field, created the first time the field is seen,
+plus ``_aljex_synced_at``, ``_aljex_source``, ``_aljex_event_id`` and ``_aljex_deleted_at``.
+Schema changes run in their own transaction, before the data transaction that needs them:
+MySQL commits implicitly around DDL, and an empty new column is harmless if the data
+transaction then fails.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    DateTime,
+    Engine,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    insert,
+    inspect,
+    select,
+)
+from sqlalchemy.dialects import mysql
+from sqlalchemy.types import TypeEngine
+
+from .identifiers import column_for
+
+_MYSQL = ("mysql", "mariadb")
+
+# Column types, portable: text everywhere, with MySQL sizes and exact (binary) collations.
+Timestamp: TypeEngine[datetime] = DateTime().with_variant(mysql.DATETIME(fsp=6), *_MYSQL)
+KeyText: TypeEngine[str] = String(255).with_variant(
+    mysql.VARCHAR(255, collation="utf8mb4_nopad_bin"), *_MYSQL
+)
+ValueText: TypeEngine[str] = Text().with_variant(mysql.MEDIUMTEXT(collation="utf8mb4_bin"), *_MYSQL)
+EventId: TypeEngine[int] = BigInteger().with_variant(Integer(), "sqlite")
+Name: TypeEngine[str] = String(64).with_variant(mysql.VARCHAR(64, collation="utf8mb4_bin"), *_MYSQL)
+MYSQL_TABLE: dict[str, Any] = {
+    "mysql_engine": "InnoDB",
+    "mysql_charset": "utf8mb4",
+    "mysql_collate": "utf8mb4_bin",
+    "mysql_row_format": "DYNAMIC",
+}
+
+SYNCED_AT = "_aljex_synced_at"
+SOURCE = "_aljex_source"
+EVENT_ID = "_aljex_event_id"
+DELETED_AT = "_aljex_deleted_at"
+META_COLUMNS = (SYNCED_AT, SOURCE, EVENT_ID, DELETED_AT)
+
+SYSTEM = MetaData()
+
+events = Table(
+    "_aljex_events",
+    SYSTEM,
+    Column("id", EventId, primary_key=True, autoincrement=True),
+    Column("received_at", Timestamp, nullable=False),
+    Column("source", String(255), nullable=False),
+    Column("remote_addr", String(64), nullable=False),
+    Column("table_name", Name),
+    Column("action", String(16)),
+    Column("raw_action", String(64)),
+    Column("record_key", Text),
+    Column("status", String(16), nullable=False),
+    Column("error", Text),
+    Column("warnings", Text),
+    Column("body", LargeBinary().with_variant(mysql.LONGBLOB(), *_MYSQL), nullable=False),
+    Column("applied_at", Timestamp),
+    Index("ix_aljex_events_status", "status"),
+    Index("ix_aljex_events_table_name", "table_name"),
+    **MYSQL_TABLE,
+)
+
+tables_table = Table(
+    "_aljex_tables",
+    SYSTEM,
+    Column("table_name", Name, primary_key=True),
+    Column("key_fields", Text, nullable=False),
+    Column("key_columns", Text, nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+    **MYSQL_TABLE,
+)
+
+columns_table = Table(
+    "_aljex_columns",
+    SYSTEM,
+    Column("table_name", Name, primary_key=True),
+    Column("column_name", Name, primary_key=True),
+    Column("field_name", Text, nullable=False),
+    Column("first_seen_at", Timestamp, nullable=False),
+    **MYSQL_TABLE,
+)
+
+tombstones = Table(
+    "_aljex_tombstones",
+    SYSTEM,
+    Column("table_name", Name, primary_key=True),
+    Column(
+        "record_key",
+        String(700).with_variant(mysql.VARCHAR(700, collation="utf8mb4_nopad_bin"), *_MYSQL),
+        primary_key=True,
+    ),
+    Column("deleted_at", Timestamp, nullable=False),
+    Column("event_id", EventId),
+    **MYSQL_TABLE,
+)
+
+
+def utcnow() -> datetime:
+    """Now in UTC, naive: every timestamp aljex-sync stores is naive UTC."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+@dataclass
+class SyncedTable:
+    """What aljex-sync knows of one synced table: its key and its field-to-column map."""
+
+    name: str
+    key_fields: tuple[str, ...]
+    key_columns: tuple[str, ...]
+    columns: dict[str, str] = field(default_factory=dict)  # field name as sent -> column
+    table: Table = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rebuild()
+
+    def rebuild(self) -> None:
+        """Make the SQLAlchemy Table that matches the current columns."""
+        key_set = set(self.key_columns)
+        cols: list[Column[Any]] = [Column(c, KeyText, primary_key=True) for c in self.key_columns]
+        cols += [
+            Column(c, ValueText) for c in dict.fromkeys(self.columns.values()) if c not in key_set
+        ]
+        cols += [
+            Column(SYNCED_AT, Timestamp),
+            Column(SOURCE, String(255)),
+            Column(EVENT_ID, BigInteger),
+            Column(DELETED_AT, Timestamp),
+        ]
+        self.table = Table(self.name, MetaData(), *cols, **MYSQL_TABLE)
+
+    @property
+    def taken(self) -> set[str]:
+        return set(self.columns.values()) | set(META_COLUMNS)
+
+    @staticmethod
+    def key_field_for_names(fields: Iterable[str], key_field: str) -> str | None:
+        """The sent field that carries a key field: exact name first, else any case."""
+        names = list(fields)
+        if key_field in names:
+            return key_field
+        lowered = key_field.lower()
+        return next((n for n in names if n.lower() == lowered), None)
+
+
+class Schema:
+    """The synced tables, kept in memory and grown in the database as fields arrive.
+
+    Safe to share between the live writer thread and a morning loader thread: changes to
+    the schema are serialized by a lock.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+        self._lock = threading.RLock()
+        self.tables: dict[str, SyncedTable] = {}
+
+    def install(self) -> None:
+        """Create the system tables if missing and load what is known of synced tables."""
+        with self.engine.begin() as conn:
+            SYSTEM.create_all(conn)
+        self.reload()
+
+    def reload(self) -> None:
+        with self.engine.connect() as conn:
+            known: dict[str, SyncedTable] = {}
+            for row in conn.execute(select(tables_table)):
+                known[row.table_name] = SyncedTable(
+                    row.table_name,
+                    tuple(json.loads(row.key_fields)),
+                    tuple(json.loads(row.key_columns)),
+                )
+            for row in conn.execute(select(columns_table).order_by(columns_table.c.first_seen_at)):
+                synced = known.get(row.table_name)
+                if synced is not None:
+                    synced.columns[row.field_name] = row.column_name
+            for synced in known.values():
+                synced.rebuild()
+        with self._lock:
+            self.tables = known
+
+    def ensure(self, name: str, key_fields: Sequence[str], fields: Iterable[str]) -> SyncedTable:
+        """The synced table ``name`` with a column for each of ``fields``, creating as needed.
+
+        Raises a SQLAlchemy error if the database refuses the DDL; the caller translates.
+        """
+        with self._lock:
+            synced = self.tables.get(name)
+            if synced is None:
+                return self._create(name, key_fields, fields)
+            new = [f for f in dict.fromkeys(fields) if f not in synced.columns]
+            if new:
+                self._add(synced, new)
+            return synced
+
+    def _create(self, name: str, key_fields: Sequence[str], fields: Iterable[str]) -> SyncedTable:
+        columns: dict[str, str] = {}
+        taken: set[str] = set()
+        for f in [*key_fields, *fields]:
+            if f not in columns:
+                columns[f] = column_for(f, taken | set(META_COLUMNS))
+                taken.add(columns[f])
+        key_columns = tuple(columns[k] for k in key_fields)
+        synced = SyncedTable(name, tuple(key_fields), key_columns, columns)
+        now = utcnow()
+        with self.engine.begin() as conn:
+            if not inspect(conn).has_table(name):
+                synced.table.create(conn)
+            else:  # made by another process, or by hand: adopt what is there
+                existing = {c["name"] for c in inspect(conn).get_columns(name)}
+                missing = [c for c in synced.table.columns if c.name not in existing]
+                self._alter_add(conn, name, missing)
+            conn.execute(
+                insert(tables_table),
+                {
+                    "table_name": name,
+                    "key_fields": json.dumps(list(key_fields)),
+                    "key_columns": json.dumps(list(key_columns)),
+                    "created_at": now,
+                },
+            )
+            self._record_columns(conn, name, columns.items(), now)
+        self.tables[name] = synced
+        return synced
+
+    def _add(self, synced: SyncedTable, new_fields: list[str]) -> None:
+        taken = synced.taken
+        added: dict[str, str] = {}
+        for f in new_fields:
+            added[f] = column_for(f, taken)
+            taken.add(added[f])
+        now = utcnow()
+        with self.engine.begin() as conn:
+            existing = {c["name"] for c in inspect(conn).get_columns(synced.name)}
+            to_create = [
+                Column(c, ValueText) for c in dict.fromkeys(added.values()) if c not in existing
+            ]
+            self._alter_add(conn, synced.name, to_create)
+            self._record_columns(conn, synced.name, added.items(), now)
+        synced.columns.update(added)
+        synced.rebuild()
+
+    def _alter_add(self, conn: Connection, table: str, columns: Sequence[Column[Any]]) -> None:
+        """ALTER TABLE ... ADD COLUMN for checked column names, quoted by the dialect.
+
+        Names reaching here are the table name the wire checked and columns made by
+        ``column_for``; the dialect's preparer quotes them all the same.
+        """
+        if not columns:
+            return
+        preparer = conn.dialect.identifier_preparer
+        quoted_table = preparer.quote(table)
+        clauses = [
+            f"ADD COLUMN {preparer.quote(c.name)} {c.type.compile(dialect=conn.dialect)}"
+            for c in columns
+        ]
+        if self.dialect == "sqlite":  # one column per statement
+            for clause in clauses:
+                conn.exec_driver_sql(f"ALTER TABLE {quoted_table} {clause}")
+        else:
+            conn.exec_driver_sql(f"ALTER TABLE {quoted_table} {', '.join(clauses)}")
+
+    @staticmethod
+    def _record_columns(
+        conn: Connection, table: str, pairs: Iterable[tuple[str, str]], now: datetime
+    ) -> None:
+        rows = [
+            {"table_name": table, "column_name": c, "field_name": f, "first_seen_at": now}
+            for f, c in pairs
+        ]
+        if rows:
+            conn.execute(insert(columns_table), rows)

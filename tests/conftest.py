@@ -1,0 +1,118 @@
+"""Real parts for tests: databases (SQLite, PostgreSQL, MariaDB) and a running service.
+
+PostgreSQL and MariaDB are the machine's servers (127.0.0.1, see the README). Each test run
+works in a database of its own, made at the start and dropped at the end, so runs do not
+disturb each other. Under CI=true a backend that cannot be reached fails the test; elsewhere
+it is skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import MetaData, create_engine, text
+from sqlalchemy.exc import OperationalError
+
+from aljex_sync.store.database import normalize_url
+
+from .support import RunningService, make_settings
+
+PG_SERVER = os.environ.get(
+    "ALJEX_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+MY_SERVER = os.environ.get("ALJEX_TEST_MARIADB", "mysql+pymysql://root@127.0.0.1:3306/test")
+RUN_ID = uuid.uuid4().hex[:8]
+BACKENDS = ["sqlite", "postgresql", "mariadb"]
+
+
+def _unreachable(name: str, error: Exception) -> None:
+    reason = f"{name} is not reachable: {str(error).splitlines()[0]}"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (CI=true: backend tests must run)")
+    pytest.skip(reason)
+
+
+class ServerDatabases:
+    """Creates one scratch database per server per test run, and drops it at the end."""
+
+    def __init__(self) -> None:
+        self.made: dict[str, str] = {}
+        self.errors: dict[str, Exception] = {}
+
+    def url(self, backend: str) -> str:
+        if backend in self.made:
+            return self.made[backend]
+        if backend in self.errors:
+            _unreachable(backend, self.errors[backend])
+        server = PG_SERVER if backend == "postgresql" else MY_SERVER
+        name = f"aljex_test_{RUN_ID}"
+        try:
+            admin = create_engine(normalize_url(server), isolation_level="AUTOCOMMIT")
+            with admin.connect() as conn:
+                if backend == "postgresql":
+                    conn.execute(text(f'CREATE DATABASE "{name}"'))
+                else:
+                    conn.execute(text(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4"))
+            admin.dispose()
+        except OperationalError as e:
+            self.errors[backend] = e
+            _unreachable(backend, e)
+        url = normalize_url(server).set(database=name)
+        self.made[backend] = url.render_as_string(hide_password=False)
+        return self.made[backend]
+
+    def drop_all(self) -> None:
+        for backend, url in self.made.items():
+            server = PG_SERVER if backend == "postgresql" else MY_SERVER
+            name = normalize_url(url).database
+            admin = create_engine(normalize_url(server), isolation_level="AUTOCOMMIT")
+            with admin.connect() as conn:
+                if backend == "postgresql":
+                    conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+                else:
+                    conn.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
+            admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def server_databases() -> Iterator[ServerDatabases]:
+    databases = ServerDatabases()
+    yield databases
+    databases.drop_all()
+
+
+def _empty(url: str) -> None:
+    engine = create_engine(normalize_url(url))
+    meta = MetaData()
+    meta.reflect(engine)
+    meta.drop_all(engine)
+    engine.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(
+    request: pytest.FixtureRequest, tmp_path: Path, server_databases: ServerDatabases
+) -> str:
+    """A database URL with no tables in it, on each backend."""
+    backend = request.param
+    if backend == "sqlite":
+        return f"sqlite:///{tmp_path / 'aljex.db'}"
+    url = server_databases.url(backend)
+    _empty(url)
+    return url
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'aljex.db'}"
+
+
+@pytest.fixture
+def service(database_url: str, tmp_path: Path) -> Iterator[RunningService]:
+    """The service running on each backend, with default settings."""
+    with RunningService(make_settings(database_url, tmp_path)) as running:
+        yield running
