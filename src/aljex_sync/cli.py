@@ -27,7 +27,7 @@ err_console = Console(stderr=True)
 
 
 def _fail(message: str) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     sys.exit(1)
 
 
@@ -287,3 +287,7 @@ def replay(
         console.print("Nothing to replay.")
     else:
         console.print("Replayed: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""The command line: exit codes, exact messages, and a real `serve` process."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlencode
+
+import httpx
+from click.testing import CliRunner
+
+from aljex_sync import config
+from aljex_sync.cli import main
+from aljex_sync.credentials import verify_password
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+def init(tmp_path: Path, *extra: str) -> tuple[Path, str]:
+    path = tmp_path / "aljex-sync.toml"
+    code, out = run("-c", str(path), "init", "--public-host", "sync.example.com", *extra)
+    assert code == 0, out
+    return path, out
+
+
+def test_init_writes_a_config_and_prints_what_to_tell_aljex(tmp_path):
+    path, out = init(tmp_path)
+    assert "URL:      http://sync.example.com:8080/aljex/sync" in out
+    assert "Username: aljex" in out
+    passwords = re.findall(r"Password: (\S+)", out)
+    assert len(passwords) == 2
+    settings = config.load(path, env={})
+    assert verify_password(settings.live.password_hash, passwords[0])
+    assert verify_password(settings.morning.password_hash, passwords[1])
+    assert passwords[0] not in path.read_text()
+    assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_init_will_not_overwrite_without_force(tmp_path):
+    path, _ = init(tmp_path)
+    code, out = run("-c", str(path), "init")
+    assert code == 1
+    assert "exists; use --force" in out
+    code, _ = run("-c", str(path), "init", "--force")
+    assert code == 0
+
+
+def test_a_bad_config_stops_with_one_line_naming_the_key(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text('[live]\nlisten = "everywhere"\npassword = "x"\n[morning]\nsftp = false\n')
+    code, out = run("-c", str(path), "status")
+    assert code == 1
+    assert out.strip().count("\n") == 0
+    assert "live.listen: must be HOST:PORT" in out
+
+
+def test_a_missing_config_says_to_run_init(tmp_path):
+    code, out = run("-c", str(tmp_path / "none.toml"), "serve")
+    assert code == 1
+    assert "aljex-sync init" in out
+
+
+def test_status_on_an_empty_database(tmp_path):
+    path, _ = init(tmp_path)
+    code, out = run("-c", str(path), "status")
+    assert code == 0
+    assert "Requests: none" in out
+
+
+def test_help_explains_every_command():
+    code, out = run("--help")
+    assert code == 0
+    for command in ("init", "serve", "status", "replay"):
+        assert command in out
+        sub_code, sub_out = run(command, "--help")
+        assert sub_code == 0 and len(sub_out.splitlines()) > 4
+
+
+def test_serve_runs_until_sigterm_then_stops_cleanly(tmp_path):
+    path, out = init(tmp_path, "--http-port", "0")
+    password = re.findall(r"Password: (\S+)", out)[0]
+    text = path.read_text().replace('listen = "0.0.0.0:0"', 'listen = "127.0.0.1:18765"')
+    path.write_text(text.replace("[morning]\nenabled = true", "[morning]\nenabled = false"))
+    env = {**os.environ, "ALJEX_SYNC_MORNING_ENABLED": "false"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "aljex_sync.cli", "-c", str(path), "serve"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        body = urlencode(
+            {"web_sync_table_name": "employees", "web_sync_action": "create", "id": "demo"}
+        )
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                response = httpx.post(
+                    "http://127.0.0.1:18765/aljex/sync",
+                    content=body,
+                    auth=("aljex", password),
+                    headers={"Content-Type": "application/x-www-form-urlencoded"},
+                )
+                break
+            except httpx.ConnectError:
+                assert time.monotonic() < deadline, "serve did not start"
+                time.sleep(0.1)
+        assert response.status_code == 200
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 0
+    assert "employees create demo 200 applied" in err
+    assert err.rstrip().endswith("stopped")
+    code, out = run("-c", str(path), "status")
+    assert "1 applied" in out
