@@ -121,5 +121,5 @@ def test_serve_runs_until_sigterm_then_stops_cleanly(tmp_path):
     assert process.returncode == 0
     assert "employees create demo 200 applied" in err
     assert err.rstrip().endswith("stopped")
-    code, out = run("-c", str(path), "status")
+    _code, out = run("-c", str(path), "status")
     assert "1 applied" in out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from urllib.parse import quote_plus
 
 import pytest
@@ -28,10 +29,8 @@ def test_any_fields_encoded_per_html401_decode_back_to_themselves(fields):
 
 @given(st.binary(max_size=300))
 def test_arbitrary_bytes_raise_nothing_but_the_decoders_own_error(body):
-    try:
+    with contextlib.suppress(WireError):
         parse_body(body)
-    except WireError:
-        pass
 
 
 @given(st.binary(max_size=300))
