@@ -11,6 +11,8 @@ CLI messages only at the edge (``live.py``, ``cli.py``)::
     │   ├── UnsupportedMediaType     415: a content type other than form-urlencoded
     │   └── UnknownAction            422: an action that is not create, update or delete
     ├── RecordNotApplicable          terminal for one record: it is held, the reply is 200
+    ├── MorningFileError             a Morning Sync file that cannot be loaded as a whole
+    │   └── MalformedFile            (csvfile.py) bad CSV: moved to inbox/failed/ with the line
     └── DatabaseUnavailable          transient: nothing is acknowledged, the reply is 503
 
 Terminal errors concern one record and retrying will not help until the operator changes
@@ -75,3 +77,7 @@ class RecordNotApplicable(AljexSyncError):
 
 class DatabaseUnavailable(AljexSyncError):
     """The database is down, unreachable or locked past the timeout."""
+
+
+class MorningFileError(AljexSyncError):
+    """A Morning Sync file that is not applied; it is quarantined or held with the reason."""

@@ -11,8 +11,11 @@ import asyncio
 import contextlib
 import logging
 import socket
+import threading
+from types import TracebackType
 
 import uvicorn
+from starlette.routing import Route
 
 from .config import Settings
 from .journal import Journal
@@ -25,8 +28,9 @@ log = logging.getLogger("aljex_sync.service")
 class Service:
     """The whole receiver, started and stopped as one."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, ceiling_path: str | None = None) -> None:
         self.settings = settings
+        self.ceiling_path = ceiling_path
         self.journal = Journal(
             open_engine(settings.database.url, timeout=settings.database.timeout), settings
         )
@@ -45,8 +49,12 @@ class Service:
             sock = _bind(live.host, live.port)
             self._sockets.append(sock)
             self.http_port = sock.getsockname()[1]
+            extra = []
+            if self.ceiling_path:  # the benchmark's parse-only ceiling, same stack
+                ceiling = LiveEndpoint(live, None, self.live.check)
+                extra.append(Route(self.ceiling_path, ceiling.handle, methods=["POST"]))
             config = uvicorn.Config(
-                self.live.app(),
+                self.live.app(extra_routes=extra),
                 log_config=None,
                 access_log=False,
                 lifespan="off",
@@ -90,7 +98,9 @@ class Service:
 def _bind(host: str, port: int) -> socket.socket:
     """A listening socket; binding here lets port 0 be used and known before serving."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY on accepted sockets only when the
+    # protocol says TCP, and without it every keep-alive reply waits 40 ms for an ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
@@ -100,3 +110,46 @@ def _bind(host: str, port: int) -> socket.socket:
     sock.listen(2048)
     sock.setblocking(False)
     return sock
+
+
+class BackgroundService:
+    """A Service on its own event loop in a background thread, for tests, demo and bench.
+
+    Use as a context manager: entering starts it (raising what start raised), leaving
+    stops it the way SIGTERM stops ``serve``.
+    """
+
+    def __init__(self, settings: Settings, *, ceiling_path: str | None = None) -> None:
+        self.settings = settings
+        self.service = Service(settings, ceiling_path=ceiling_path)
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def __enter__(self) -> BackgroundService:
+        self._thread.start()
+        future = asyncio.run_coroutine_threadsafe(self.service.start(), self.loop)
+        try:
+            future.result(timeout=60)
+        except BaseException:
+            self._stop_loop()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        asyncio.run_coroutine_threadsafe(self.service.stop(), self.loop).result(timeout=120)
+        self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+        self.loop.close()
+
+    @property
+    def url(self) -> str:
+        """The Live Sync URL on loopback."""
+        return f"http://127.0.0.1:{self.service.http_port}{self.settings.live.path}"

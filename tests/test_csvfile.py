@@ -1,0 +1,474 @@
+"""Reading one Morning Sync CSV file: what is accepted, what is refused, and where."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import subprocess
+import sys
+import textwrap
+from copy import deepcopy
+from pathlib import Path
+
+import pytest
+
+from aljex_sync.csvfile import (
+    MAX_COLUMNS,
+    MAX_FIELD_CHARS,
+    CsvReader,
+    FileFacts,
+    MalformedFile,
+    inspect_file,
+)
+
+BOM = b"\xef\xbb\xbf"
+
+
+def write(tmp_path: Path, data: bytes, name: str = "Loads_20261127.csv") -> Path:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+def read_all(path: Path, *, size: int = 1000, **inspect: str) -> tuple[list[str], list[list[str]]]:
+    facts = inspect_file(path, **inspect)
+    with CsvReader(path, facts) as reader:
+        rows = [row for batch in reader.batches(size) for row in batch]
+        return reader.header, rows
+
+
+def malformed(path: Path, *, size: int = 1000) -> MalformedFile:
+    with pytest.raises(MalformedFile) as caught:
+        read_all(path, size=size)
+    return caught.value
+
+
+# RFC 4180
+
+
+def test_quoted_fields_keep_commas_doubled_quotes_and_newlines(tmp_path):
+    path = write(
+        tmp_path,
+        b'id,name,note\r\n1,"Acme, Inc.","say ""hi"""\r\n'
+        b'2,"two\r\nlines","lf\nonly"\r\n3,"","x"\r\n',
+    )
+    header, rows = read_all(path)
+    assert header == ["id", "name", "note"]
+    assert rows == [
+        ["1", "Acme, Inc.", 'say "hi"'],
+        ["2", "two\r\nlines", "lf\nonly"],
+        ["3", "", "x"],
+    ]
+
+
+def test_bad_quoting_is_malformed_with_its_line(tmp_path):
+    path = write(tmp_path, b'a,b,c\n1,2,3\na,"b"c,d\n4,5,6\n')
+    error = malformed(path)
+    assert error.line == 3
+    assert str(error).startswith("Loads_20261127.csv line 3: bad quoting")
+
+
+def test_unclosed_quote_names_the_line_it_opens_on(tmp_path):
+    path = write(tmp_path, b'a,b\n1,2\n3,"never closed\n4,5\n6,7\n')
+    error = malformed(path)
+    assert error.line == 3
+    assert "still open at the end of the file" in error.reason
+    assert "(found on line 5)" in error.reason
+
+
+@pytest.mark.parametrize("size", [1, 2, 1000])
+def test_bad_quoting_after_an_embedded_newline_names_the_record_start(tmp_path, size):
+    path = write(tmp_path, b'a,b\n1,"x\ny"\n2,3\n4,"p\nq"z\n')
+    error = malformed(path, size=size)
+    assert error.line == 5
+    assert "(found on line 6)" in error.reason
+
+
+# Encodings and byte order mark
+
+
+def test_utf8_bom_is_removed_from_the_first_header_name(tmp_path):
+    path = write(tmp_path, BOM + b"id,name\r\n1,x\r\n")
+    facts = inspect_file(path)
+    assert facts.has_bom
+    assert facts.encoding == "utf-8"
+    header, rows = read_all(path)
+    assert header == ["id", "name"]
+    assert rows == [["1", "x"]]
+
+
+def test_bom_only_file_has_no_header(tmp_path):
+    error = malformed(write(tmp_path, BOM))
+    assert error.line is None
+    assert error.reason == "there is no header row"
+
+
+def test_valid_utf8_file_is_read_as_utf8(tmp_path):
+    path = write(tmp_path, "id,city\n1,Montréal\n".encode())
+    assert inspect_file(path).encoding == "utf-8"
+    assert read_all(path)[1] == [["1", "Montréal"]]
+
+
+def test_cp1252_byte_makes_the_file_cp1252(tmp_path):
+    path = write(tmp_path, b"id,city\n1,Montr\xe9al\n2,\x80 5\n")
+    facts = inspect_file(path)
+    assert facts.encoding == "cp1252"
+    assert not facts.has_bom
+    assert read_all(path)[1] == [["1", "Montréal"], ["2", "€ 5"]]
+
+
+def test_legacy_charset_is_chosen_per_call_and_named_canonically(tmp_path):
+    path = write(tmp_path, b"id,city\n1,Montr\xe9al\n")
+    assert inspect_file(path, legacy_charset="latin-1").encoding == "iso8859-1"
+    assert inspect_file(path, legacy_charset="windows-1252").encoding == "cp1252"
+
+
+def test_bytes_invalid_in_both_charsets_are_malformed_at_their_line(tmp_path):
+    # 0xE9 is not UTF-8 here; 0x81 is undefined in cp1252.
+    path = write(tmp_path, b"id,city\n1,Montr\xe9al\n2,ok\n3,\x81\n")
+    with pytest.raises(MalformedFile) as caught:
+        inspect_file(path)
+    assert caught.value.line == 4
+    assert caught.value.reason == ("the file is not UTF-8, and byte 0x81 here is not cp1252 either")
+
+
+def test_legacy_check_covers_bytes_read_while_the_file_looked_utf8(tmp_path):
+    # "\u0081" is valid UTF-8 (C2 81), but 0x81 is not cp1252: the fallback must see it,
+    # although the first non-UTF-8 byte comes more than one read chunk later.
+    data = b"id,v\n1,\xc2\x81\n" + b"2,filler\n" * 200_000 + b"3,\xe9\n"
+    with pytest.raises(MalformedFile) as caught:
+        inspect_file(write(tmp_path, data))
+    assert caught.value.line == 2
+
+
+def test_non_utf8_byte_after_the_first_chunk_still_falls_back(tmp_path):
+    data = b"id,v\n" + b"1,plain ascii\n" * 100_000 + b"2,caf\xe9\n"
+    assert len(data) > 1 << 20
+    path = write(tmp_path, data)
+    assert inspect_file(path).encoding == "cp1252"
+    assert read_all(path)[1][-1] == ["2", "café"]
+
+
+def test_utf8_sequence_cut_short_at_the_end_falls_back(tmp_path):
+    path = write(tmp_path, b"id,v\n1,\xc3")
+    assert inspect_file(path).encoding == "cp1252"
+    assert read_all(path)[1] == [["1", "Ã"]]
+
+
+def test_bom_with_invalid_utf8_is_malformed(tmp_path):
+    path = write(tmp_path, BOM + b"id,v\n1,ok\n2,caf\xe9\n")
+    with pytest.raises(MalformedFile) as caught:
+        inspect_file(path)
+    assert caught.value.line == 3
+    assert "byte order mark" in caught.value.reason
+
+
+def test_utf8_is_never_replaced_with_u_fffd(tmp_path):
+    path = write(tmp_path, "id,v\n1,\ufffd caf\u00e9 \u4e2d\n".encode())
+    assert read_all(path)[1] == [["1", "\ufffd caf\u00e9 \u4e2d"]]
+
+
+def test_unknown_legacy_charset_is_a_lookup_error(tmp_path):
+    with pytest.raises(LookupError):
+        inspect_file(write(tmp_path, b"a\n1\n"), legacy_charset="no-such-charset")
+
+
+# Line endings and blank lines
+
+
+@pytest.mark.parametrize("eol", [b"\r\n", b"\n"], ids=["crlf", "lf"])
+@pytest.mark.parametrize("final", [True, False], ids=["final-newline", "no-final-newline"])
+def test_crlf_and_lf_line_endings_with_or_without_final_newline(tmp_path, eol, final):
+    data = eol.join([b"id,name", b"1,a", b"2,b"]) + (eol if final else b"")
+    header, rows = read_all(write(tmp_path, data))
+    assert header == ["id", "name"]
+    assert rows == [["1", "a"], ["2", "b"]]
+
+
+def test_blank_lines_are_ignored_anywhere(tmp_path):
+    path = write(tmp_path, b"\r\nid,name\r\n1,a\r\n\r\n\n2,b\r\n\r\n\r\n")
+    header, rows = read_all(path)
+    assert header == ["id", "name"]
+    assert rows == [["1", "a"], ["2", "b"]]
+
+
+def test_a_batch_of_only_blank_lines_yields_nothing(tmp_path):
+    path = write(tmp_path, b"id\n1\n\n\n\n2\n")
+    facts = inspect_file(path)
+    with CsvReader(path, facts) as reader:
+        assert list(reader.batches(2)) == [[["1"]], [["2"]]]
+
+
+# Delimiters
+
+
+@pytest.mark.parametrize(
+    ("data", "delimiter"),
+    [
+        (b"id,name,city\n1,a,b\n", ","),
+        (b"id\tname\tcity\n1\ta\tb\n", "\t"),
+        (b"id|name|city\n1|a|b\n", "|"),
+    ],
+    ids=["comma", "tab", "pipe"],
+)
+def test_delimiter_is_sniffed_from_the_header(tmp_path, data, delimiter):
+    path = write(tmp_path, data)
+    assert inspect_file(path).delimiter == delimiter
+    assert read_all(path) == (["id", "name", "city"], [["1", "a", "b"]])
+
+
+def test_sniffing_ignores_delimiters_inside_quotes(tmp_path):
+    path = write(tmp_path, b'"a,b,c"|"d,""e"",f"|g\n1|2|3\n')
+    assert inspect_file(path).delimiter == "|"
+    assert read_all(path) == (["a,b,c", 'd,"e",f', "g"], [["1", "2", "3"]])
+
+
+def test_sniffing_looks_only_at_the_header_line(tmp_path):
+    path = write(tmp_path, b"a|b\n1,2,3,4,5|6\n")
+    assert inspect_file(path).delimiter == "|"
+
+
+def test_comma_wins_ties(tmp_path):
+    path = write(tmp_path, b"a,b|c\n")
+    assert inspect_file(path).delimiter == ","
+
+
+def test_single_column_header_is_comma_delimited(tmp_path):
+    path = write(tmp_path, b"id\n1\n2\n")
+    assert inspect_file(path).delimiter == ","
+    assert read_all(path) == (["id"], [["1"], ["2"]])
+
+
+def test_given_delimiter_is_used_as_is(tmp_path):
+    path = write(tmp_path, b"a,b|c\n1,2|3\n")
+    assert inspect_file(path, delimiter="|").delimiter == "|"
+    assert read_all(path, delimiter="|") == (["a,b", "c"], [["1,2", "3"]])
+
+
+def test_other_delimiters_are_refused(tmp_path):
+    path = write(tmp_path, b"a;b\n")
+    with pytest.raises(ValueError, match="delimiter"):
+        inspect_file(path, delimiter=";")
+    facts = FileFacts("0" * 64, 4, "utf-8", ";", has_bom=False)
+    with pytest.raises(ValueError, match="delimiter"):
+        CsvReader(path, facts)
+
+
+# The header
+
+
+def test_zero_byte_file_is_malformed(tmp_path):
+    with pytest.raises(MalformedFile) as caught:
+        inspect_file(write(tmp_path, b""))
+    assert caught.value.line is None
+    assert str(caught.value) == "Loads_20261127.csv: the file is empty"
+
+
+def test_file_of_blank_lines_has_no_header(tmp_path):
+    error = malformed(write(tmp_path, b"\r\n\r\n"))
+    assert error.reason == "there is no header row"
+
+
+@pytest.mark.parametrize("final", [b"\r\n", b""], ids=["final-newline", "no-final-newline"])
+def test_header_only_file_has_zero_rows(tmp_path, final):
+    assert read_all(write(tmp_path, b"id,name" + final)) == (["id", "name"], [])
+
+
+@pytest.mark.parametrize("data", [b"id,,name\n", b"id, ,name\n"], ids=["empty", "blank"])
+def test_header_with_an_empty_name_is_malformed(tmp_path, data):
+    error = malformed(write(tmp_path, data))
+    assert str(error) == "Loads_20261127.csv line 1: column 2 of the header has no name"
+
+
+def test_header_with_a_duplicate_name_is_malformed(tmp_path):
+    error = malformed(write(tmp_path, b"\nid,name,id\n"))
+    assert error.line == 2
+    assert error.reason == "the header names 'id' twice (columns 1 and 3)"
+
+
+def test_header_names_differing_only_in_case_are_allowed(tmp_path):
+    assert read_all(write(tmp_path, b"Osd,osd\n1,2\n")) == (["Osd", "osd"], [["1", "2"]])
+
+
+def test_header_names_are_kept_exactly_as_written(tmp_path):
+    header, _ = read_all(write(tmp_path, b' Id ,"Pro #",Caf\xc3\xa9\n'))
+    assert header == [" Id ", "Pro #", "Café"]
+
+
+def test_more_than_4096_columns_is_malformed(tmp_path):
+    wide = ",".join(f"c{i}" for i in range(MAX_COLUMNS)).encode()
+    assert len(read_all(write(tmp_path, wide + b"\n", "ok.csv"))[0]) == MAX_COLUMNS
+    error = malformed(write(tmp_path, wide + b",one_more\n"))
+    assert error.line == 1
+    assert error.reason == "the header has 4097 columns, more than the limit of 4096"
+
+
+# Rows
+
+
+def test_row_with_wrong_field_count_names_its_line(tmp_path):
+    path = write(tmp_path, b"a,b,c\n1,2,3\n4,5\n6,7,8\n")
+    error = malformed(path)
+    assert str(error) == "Loads_20261127.csv line 3: row has 2 fields, the header has 3"
+
+
+@pytest.mark.parametrize("size", [1, 2, 1000])
+def test_wrong_field_count_after_an_embedded_newline_names_the_start_line(tmp_path, size):
+    path = write(
+        tmp_path,
+        b'a,b\r\n1,"two\r\nlines"\r\n\r\n2,"lf\nand\rcr"\r\n3,4\r\n5,"x\r\ny",z\r\n6,7\r\n',
+    )
+    # Lines: 1 header, 2-3 row 1, 4 blank, 5-7 row 2, 8 row 3, 9-10 the bad row.
+    error = malformed(path, size=size)
+    assert error.line == 9
+    assert error.reason == "row has 3 fields, the header has 2"
+
+
+def test_cr_and_lf_ending_and_starting_adjacent_fields_are_two_line_breaks(tmp_path):
+    path = write(tmp_path, b'a,b\n"x\r","\ny"\n1,2,3\n')
+    error = malformed(path)
+    assert error.line == 5
+
+
+def test_rows_come_in_batches_of_at_most_size(tmp_path):
+    path = write(tmp_path, b"id\n" + b"".join(b"%d\n" % i for i in range(10)))
+    with CsvReader(path, inspect_file(path)) as reader:
+        sizes = [len(batch) for batch in reader.batches(4)]
+    assert sizes == [4, 4, 2]
+
+
+def test_nul_byte_is_malformed(tmp_path):
+    with pytest.raises(MalformedFile) as caught:
+        inspect_file(write(tmp_path, b"a,b\n1,2\n3,x\x00y\n"))
+    assert caught.value.line == 3
+    assert "NUL" in caught.value.reason
+
+
+def test_utf16_file_is_malformed(tmp_path):
+    with pytest.raises(MalformedFile, match="NUL"):
+        inspect_file(write(tmp_path, "id,name\r\n1,a\r\n".encode("utf-16")))
+
+
+def test_field_longer_than_the_limit_is_malformed(tmp_path):
+    longest = b"x" * MAX_FIELD_CHARS
+    path = write(tmp_path, b"a,b\n1," + longest + b"\n", "ok.csv")
+    assert len(read_all(path)[1][0][1]) == MAX_FIELD_CHARS
+    error = malformed(write(tmp_path, b"a,b\n1,2\n3," + longest + b"x\n"))
+    assert error.line == 3
+    assert error.reason.startswith(f"a field is longer than {MAX_FIELD_CHARS} characters")
+
+
+def test_field_size_limit_is_per_reader(tmp_path):
+    path = write(tmp_path, b"a,b\n1,12345\n")
+    reader = CsvReader(path, inspect_file(path), max_field_chars=4)
+    with reader, pytest.raises(MalformedFile, match="longer than 4 characters"):
+        list(reader.batches())
+
+
+def test_field_size_limit_does_not_leak(tmp_path):
+    before = csv.field_size_limit()
+    path = write(tmp_path, b"a,b\n1,2\n3,4\n")
+    with CsvReader(path, inspect_file(path), max_field_chars=before * 2) as reader:
+        for _batch in reader.batches(1):
+            assert csv.field_size_limit() == before
+    assert csv.field_size_limit() == before
+
+
+# Facts, progress, and the file changing
+
+
+def test_inspect_reports_sha256_and_size(tmp_path):
+    data = b"id,name\r\n1,a\r\n" * 100_000
+    facts = inspect_file(write(tmp_path, data))
+    assert facts == FileFacts(hashlib.sha256(data).hexdigest(), len(data), "utf-8", ",", False)
+
+
+def test_line_and_bytes_read_follow_the_batches(tmp_path):
+    data = b'id,v\n1,a\n2,"b\nc"\n3,d\n'
+    path = write(tmp_path, data)
+    with CsvReader(path, inspect_file(path)) as reader:
+        assert reader.line == 1
+        progress = [(reader.line, len(batch)) for batch in reader.batches(2)]
+        assert progress == [(4, 2), (5, 1)]
+        assert reader.bytes_read == len(data)
+
+
+def test_line_of_names_the_start_line_of_each_row_in_the_batch(tmp_path):
+    path = write(tmp_path, b'id,v\n0,a\n\n1,"b\r\nc"\n2,d\n3,e\n')
+    with CsvReader(path, inspect_file(path)) as reader:
+        batches = reader.batches(3)
+        first = next(batches)
+        assert [reader.line_of(i) for i in range(len(first))] == [2, 4]
+        second = next(batches)
+        assert [reader.line_of(i) for i in range(len(second))] == [6, 7]
+        with pytest.raises(IndexError):
+            reader.line_of(2)
+
+
+def test_file_changed_since_inspection_is_malformed(tmp_path):
+    path = write(tmp_path, b"id\n1\n")
+    facts = inspect_file(path)
+    path.write_bytes(b"id\n1\n2\n")
+    with pytest.raises(MalformedFile, match="changed since it was inspected"):
+        CsvReader(path, facts).open()
+
+
+def test_reader_must_be_open_to_read(tmp_path):
+    path = write(tmp_path, b"id\n1\n")
+    reader = CsvReader(path, inspect_file(path))
+    with pytest.raises(RuntimeError, match="not open"):
+        next(reader.batches())
+
+
+def test_malformed_file_keeps_its_context_when_copied(tmp_path):
+    # deepcopy goes through __reduce__, as pickling to another process does.
+    error = MalformedFile(tmp_path / "Loads.csv", 12, "row has 38 fields, the header has 40")
+    copy = deepcopy(error)
+    assert (copy.path, copy.line, copy.reason) == (error.path, 12, error.reason)
+    assert str(copy) == "Loads.csv line 12: row has 38 fields, the header has 40"
+
+
+# Memory
+
+
+MEASURE = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from aljex_sync.csvfile import CsvReader, inspect_file
+
+    path = Path(sys.argv[1])
+    facts = inspect_file(path)
+    rows = 0
+    with CsvReader(path, facts) as reader:
+        for batch in reader.batches():
+            rows += len(batch)
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, so a child of a big
+    # pytest process would report the parent's peak.
+    status = Path("/proc/self/status").read_text()
+    peak = next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM"))
+    print(rows, peak)
+    """
+)
+
+
+def test_memory_stays_flat_on_a_large_file(tmp_path):
+    header = ",".join(f"col_{i}" for i in range(40)).encode() + b"\r\n"
+    row = b",".join([b'"Acme, Inc."', b'"two\r\nlines"', b'"say ""hi"""'] + [b"12345.00"] * 37)
+    block = (row + b"\r\n") * 4000
+    copies = 200_000_000 // len(block)
+    path = tmp_path / "big.csv"
+    with path.open("wb") as f:
+        f.write(header)
+        for _ in range(copies):
+            f.write(block)
+    result = subprocess.run(
+        [sys.executable, "-c", MEASURE, str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=100,
+    )
+    rows, peak_kib = map(int, result.stdout.split())
+    assert rows == copies * 4000
+    assert peak_kib < 120 * 1024, f"peak RSS {peak_kib // 1024} MiB"
