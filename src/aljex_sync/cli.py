@@ -12,6 +12,14 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 from rich.table import Table
 
 from . import __version__, config, logs
@@ -19,6 +27,7 @@ from .config import Settings
 from .credentials import generate_password, hash_password
 from .errors import AljexSyncError, ConfigError
 from .journal import Journal, summarize
+from .morning import FileReport, MorningLoader
 from .service import Service
 from .store.database import display_url, open_engine
 
@@ -248,6 +257,118 @@ def _summary_dict(summary: Any) -> dict[str, Any]:
         ],
         "held": [{"table": t, "reason": r, "count": n} for t, r, n in summary.held_reasons],
     }
+
+
+@main.command()
+@click.argument(
+    "paths",
+    metavar="FILE...",
+    nargs=-1,
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+)
+@click.option("--table", help="Load into this table instead of the one the name says.")
+@click.option(
+    "--mode",
+    type=click.Choice(["full", "window"]),
+    help="full: rows missing from the file are deleted; window: upsert only.",
+)
+@click.option("--force", is_flag=True, help="Load even if the guard holds it, or loaded before.")
+@click.option("--dry-run", is_flag=True, help="Report what would change; change nothing.")
+@click.pass_obj
+def load(
+    obj: Context,
+    paths: tuple[Path, ...],
+    table: str | None,
+    mode: str | None,
+    force: bool,
+    dry_run: bool,
+) -> None:
+    """Load Morning Sync CSV files by hand, exactly as if they had been uploaded.
+
+    The files stay where they are. The export time is taken from each file's modification
+    time, so rows live sync changed since then are kept.
+    """
+    settings = obj.settings
+    journal = Journal(
+        open_engine(settings.database.url, timeout=settings.database.timeout), settings
+    )
+    failed = False
+    try:
+        journal.install()
+        loader = MorningLoader(journal.engine, settings, journal.schema)
+        for path in paths:
+            report = _load_with_progress(
+                loader, path, table=table, mode=mode, force=force, dry_run=dry_run
+            )
+            _print_report(report)
+            failed |= report.status in ("failed", "held", "unmatched")
+    except AljexSyncError as e:
+        _fail(str(e))
+    finally:
+        journal.close()
+    if failed:
+        sys.exit(1)
+
+
+def _load_with_progress(loader: MorningLoader, path: Path, **options: Any) -> FileReport:
+    size = path.stat().st_size
+    columns = [
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TextColumn("{task.fields[rows]} rows"),
+        TimeRemainingColumn(),
+    ]
+    with Progress(
+        *columns, console=err_console, transient=True, disable=not err_console.is_terminal
+    ) as bar:
+        task = bar.add_task(path.name, total=size, rows=0)
+
+        def advance(done: int, rows: int) -> None:
+            bar.update(task, completed=done, rows=rows)
+
+        return loader.load(path, progress=advance, **options)
+
+
+def _print_report(report: FileReport) -> None:
+    c = report.counts
+    style = {"loaded": "green", "dry-run": "cyan", "duplicate": "yellow"}.get(report.status, "red")
+    console.print(
+        f"[bold]{report.name}[/] -> {report.table or '?'} ({report.mode or '-'}):"
+        f" [{style}]{report.status}[/]",
+        highlight=False,
+    )
+    if report.error:
+        console.print(f"  {report.error}", highlight=False, soft_wrap=True)
+    if report.status in ("loaded", "dry-run"):
+        table = Table(
+            "rows read",
+            "inserted",
+            "updated",
+            "deleted",
+            "kept (newer live)",
+            "missing in db",
+            "extra in db",
+            "differing",
+        )
+        table.add_row(
+            *(
+                str(n)
+                for n in (
+                    report.rows_read,
+                    c.inserted,
+                    c.updated,
+                    c.deleted,
+                    c.skipped_newer,
+                    c.missing_in_db,
+                    c.extra_in_db,
+                    c.differing,
+                )
+            )
+        )
+        console.print(table)
 
 
 @main.command()

@@ -28,10 +28,12 @@ from typing import Literal
 
 from sqlalchemy import Connection, Engine, func, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.sql.expression import ClauseElement
 
 from .config import Settings
 from .errors import DatabaseUnavailable, WireError
 from .store.database import translate
+from .store.prepared import Prepared
 from .store.rows import RowMeta, RowWriter, record_key
 from .store.schema import Schema, SyncedTable, events, utcnow
 from .wire import Change, parse_body
@@ -96,6 +98,27 @@ class _Plan:
 
 _Item = tuple[Received, int | None, "Future[Outcome]"]
 
+EVENT_FIELDS = (
+    "status",
+    "error",
+    "applied_at",
+    "received_at",
+    "source",
+    "remote_addr",
+    "table_name",
+    "action",
+    "raw_action",
+    "record_key",
+    "warnings",
+    "body",
+)
+
+
+def _event_insert(dialect: str) -> ClauseElement:
+    """INSERT of an event; PostgreSQL returns the new id, the others report lastrowid."""
+    stmt = insert(events)
+    return stmt.returning(events.c.id) if dialect == "postgresql" else stmt
+
 
 class Journal:
     """Writes requests and their effects, one transaction per group of waiting requests."""
@@ -104,7 +127,10 @@ class Journal:
         self.engine = engine
         self.settings = settings
         self.schema = Schema(engine)
-        self.rows = RowWriter(engine.dialect.name)
+        self.rows = RowWriter(engine.dialect)
+        self._insert_event = Prepared.compile(
+            _event_insert(engine.dialect.name), engine.dialect, EVENT_FIELDS
+        )
         self.counts: Counter[str] = Counter()
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -296,24 +322,26 @@ class Journal:
             conn.execute(update(events).where(events.c.id == plan.replay_of).values(row))
             return plan.replay_of
         change = received.change
-        result = conn.execute(
-            insert(events),
-            {
-                **row,
-                "received_at": received.received_at,
-                "source": LIVE,
-                "remote_addr": received.remote_addr,
-                "table_name": plan.table,
-                "action": change.action if change else None,
-                "raw_action": (change.raw_action if change else plan.action or None),
-                "record_key": plan.key or None,
-                "warnings": "\n".join(plan.warnings) or None,
-                "body": received.body,
-            },
+        result = self._insert_event.execute(
+            conn,
+            [
+                {
+                    **row,
+                    "received_at": received.received_at,
+                    "source": LIVE,
+                    "remote_addr": received.remote_addr,
+                    "table_name": plan.table,
+                    "action": change.action if change else None,
+                    "raw_action": (change.raw_action if change else plan.action or None),
+                    "record_key": plan.key or None,
+                    "warnings": "\n".join(plan.warnings) or None,
+                    "body": received.body,
+                }
+            ],
         )
-        primary_key = result.inserted_primary_key
-        assert primary_key is not None
-        return int(primary_key[0])
+        if result.returns_rows:
+            return int(result.scalar_one())
+        return int(result.lastrowid)
 
     @staticmethod
     def _outcome(plan: _Plan, event_id: int) -> Outcome:

@@ -18,8 +18,12 @@ import uvicorn
 from starlette.routing import Route
 
 from .config import Settings
+from .credentials import PasswordCheck
+from .inbox import FolderWatch, LoadQueue, left_over
 from .journal import Journal
 from .live import LiveEndpoint
+from .morning import MorningLoader
+from .sftp import SftpInbox, SftpSettings
 from .store.database import display_url, open_engine
 
 log = logging.getLogger("aljex_sync.service")
@@ -35,6 +39,9 @@ class Service:
             open_engine(settings.database.url, timeout=settings.database.timeout), settings
         )
         self.live: LiveEndpoint | None = None
+        self.loads: LoadQueue | None = None
+        self.sftp: SftpInbox | None = None
+        self.watch: FolderWatch | None = None
         self._server: uvicorn.Server | None = None
         self._sockets: list[socket.socket] = []
         self.http_port: int | None = None
@@ -73,8 +80,48 @@ class Service:
                 await asyncio.sleep(0.01)
             log.info("live sync listening on http://%s:%d%s", live.host, self.http_port, live.path)
 
+        if self.settings.morning.enabled:
+            await self._start_morning()
+
+    async def _start_morning(self) -> None:
+        """The load queue, then the SFTP server or the folder watch that feeds it."""
+        morning = self.settings.morning
+        loader = MorningLoader(self.journal.engine, self.settings, self.journal.schema)
+        self.loads = LoadQueue(loader, morning.inbox)
+        self.loads.start()
+        if morning.sftp:
+            for arrival in left_over(morning.inbox):
+                self.loads.put(arrival)
+            check = PasswordCheck(
+                morning.username, password=morning.password, password_hash=morning.password_hash
+            )
+            self.sftp = SftpInbox(
+                SftpSettings(
+                    host=morning.host,
+                    port=morning.port,
+                    username=morning.username,
+                    check_password=lambda password: check.check(morning.username, password),
+                    inbox=morning.inbox,
+                    host_key=morning.host_key,
+                ),
+                self.loads.from_upload,
+            )
+            await self.sftp.start()
+        else:
+            self.watch = FolderWatch(morning.inbox, self.loads, morning.quiet_seconds)
+            self.watch.start()
+
     async def stop(self) -> None:
-        """Drain HTTP requests, flush the journal, close the database."""
+        """Stop taking files and requests, finish what is in flight, close the database."""
+        if self.sftp is not None:
+            await self.sftp.close()
+            self.sftp = None
+        if self.watch is not None:
+            await self.watch.close()
+            self.watch = None
+        if self.loads is not None:
+            await asyncio.to_thread(self.loads.close)
+            self.loads = None
         if self._server is not None:
             self._server.should_exit = True
             with contextlib.suppress(Exception):

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Executable, Table, and_, delete, select, update
+from sqlalchemy import Connection, Dialect, Insert, Table, and_, delete, select, update
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 
+from .prepared import Prepared
 from .schema import (
     DELETED_AT,
     EVENT_ID,
@@ -24,6 +25,8 @@ from .schema import (
     SyncedTable,
     tombstones,
 )
+
+META = (SYNCED_AT, SOURCE, EVENT_ID, DELETED_AT)
 
 
 @dataclass(frozen=True)
@@ -43,12 +46,13 @@ def record_key(values: Sequence[str]) -> str:
 class RowWriter:
     """Upserts and deletes for one database dialect, with statements cached."""
 
-    def __init__(self, dialect: str) -> None:
-        self.dialect = dialect
-        self._cache: dict[tuple[int, str, tuple[str, ...]], Executable] = {}
-        self._tombstone_statement: Executable | None = None
+    def __init__(self, dialect: Dialect) -> None:
+        self.sa_dialect = dialect
+        self.dialect = dialect.name
+        self._cache: dict[tuple[int, tuple[str, ...]], Prepared] = {}
+        self._tombstone_statement: Prepared | None = None
 
-    def _upsert(self, table: Table, keys: Sequence[str], updated: Sequence[str]) -> Executable:
+    def _upsert(self, table: Table, keys: Sequence[str], updated: Sequence[str]) -> Insert:
         """This dialect's INSERT ... ON CONFLICT / ON DUPLICATE KEY UPDATE of ``updated``."""
         stmt: Any
         if self.dialect in ("mysql", "mariadb"):
@@ -61,21 +65,22 @@ class RowWriter:
             set_={c: stmt.excluded[c] for c in updated},
         )
 
-    def upsert_statement(self, synced: SyncedTable, columns: tuple[str, ...]) -> Executable:
+    def upsert_statement(self, synced: SyncedTable, columns: tuple[str, ...]) -> Prepared:
         """INSERT ... ON CONFLICT (key) DO UPDATE of ``columns`` and the meta columns.
 
         Only the columns given are written, so fields a record did not carry keep their
         values, and two concurrent updates of one key cannot undo each other's fields.
         """
-        cache_key = (id(synced.table), "upsert", columns)
+        cache_key = (id(synced.table), columns)
         cached = self._cache.get(cache_key)
         if cached is not None:
             return cached
         keys = set(synced.key_columns)
-        updated = [c for c in columns if c not in keys] + [SYNCED_AT, SOURCE, EVENT_ID, DELETED_AT]
+        updated = [c for c in columns if c not in keys] + list(META)
         stmt = self._upsert(synced.table, synced.key_columns, updated)
-        self._cache[cache_key] = stmt
-        return stmt
+        prepared = Prepared.compile(stmt, self.sa_dialect, [*columns, *META])
+        self._cache[cache_key] = prepared
+        return prepared
 
     def upsert(
         self,
@@ -87,15 +92,14 @@ class RowWriter:
         """Upsert rows that all carry the same columns (keys included)."""
         if not rows:
             return
-        columns = tuple(rows[0])
-        stmt = self.upsert_statement(synced, columns)
+        prepared = self.upsert_statement(synced, tuple(rows[0]))
         extra = {
             SYNCED_AT: meta.synced_at,
             SOURCE: meta.source,
             EVENT_ID: meta.event_id,
             DELETED_AT: None,
         }
-        conn.execute(stmt, [{**row, **extra} for row in rows])
+        prepared.execute(conn, [{**row, **extra} for row in rows])
 
     def delete(
         self,
@@ -138,13 +142,14 @@ class RowWriter:
             "deleted_at": meta.synced_at,
             "event_id": meta.event_id,
         }
-        stmt = self._tombstone_statement
-        if stmt is None:
+        prepared = self._tombstone_statement
+        if prepared is None:
             stmt = self._upsert(
                 tombstones, ("table_name", "record_key"), ["deleted_at", "event_id"]
             )
-            self._tombstone_statement = stmt
-        conn.execute(stmt, row)
+            prepared = Prepared.compile(stmt, self.sa_dialect, list(row))
+            self._tombstone_statement = prepared
+        prepared.execute(conn, [row])
 
     def synced_at(
         self, conn: Connection, synced: SyncedTable, key: Mapping[str, str]

@@ -5,7 +5,8 @@ System tables, all named ``_aljex_*``:
 - ``_aljex_events``: the journal, one row per authenticated request, raw body included;
 - ``_aljex_tables``: each synced table and the key it was created with;
 - ``_aljex_columns``: each field Aljex sent and the column that holds it;
-- ``_aljex_tombstones``: keys deleted by live sync, so a morning file cannot bring them back.
+- ``_aljex_tombstones``: keys deleted by live sync, so a morning file cannot bring them back;
+- ``_aljex_files``: each Morning Sync file, what it did, and how far the live feed was off.
 
 A synced table has one text column per field, created the first time the field is seen,
 plus ``_aljex_synced_at``, ``_aljex_source``, ``_aljex_event_id`` and ``_aljex_deleted_at``.
@@ -122,6 +123,33 @@ tombstones = Table(
     ),
     Column("deleted_at", Timestamp, nullable=False),
     Column("event_id", EventId),
+    **MYSQL_TABLE,
+)
+
+
+files = Table(
+    "_aljex_files",
+    SYSTEM,
+    Column("id", EventId, primary_key=True, autoincrement=True),
+    Column("name", String(255), nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("table_name", Name),
+    Column("mode", String(16)),
+    Column("snapshot_at", Timestamp),
+    Column("rows_read", BigInteger, nullable=False, default=0),
+    Column("inserted", BigInteger, nullable=False, default=0),
+    Column("updated", BigInteger, nullable=False, default=0),
+    Column("deleted", BigInteger, nullable=False, default=0),
+    Column("skipped_newer", BigInteger, nullable=False, default=0),
+    Column("missing_in_db", BigInteger, nullable=False, default=0),
+    Column("extra_in_db", BigInteger, nullable=False, default=0),
+    Column("differing", BigInteger, nullable=False, default=0),
+    Column("status", String(16), nullable=False),
+    Column("error", Text),
+    Column("started_at", Timestamp, nullable=False),
+    Column("finished_at", Timestamp, nullable=False),
+    Index("ix_aljex_files_sha256", "sha256"),
     **MYSQL_TABLE,
 )
 

@@ -1,0 +1,327 @@
+"""Morning Sync files: from a CSV in the inbox to rows in the table live sync fills.
+
+A file is matched to its table by name, checked whole (``csvfile``), staged, and merged in
+one transaction (``store.merge``) with full or window semantics. Every file gets a row in
+``_aljex_files``, loaded or not, and leaves the inbox for ``archive/YYYY-MM-DD/``,
+``failed/`` (with ``<name>.error.txt``), ``unmatched/`` or ``held/``.
+
+The export time T of a file is estimated conservatively, as the earlier of the file's own
+modification time (when the client set it) and the moment its upload started, less
+``snapshot_margin``: anything live sync changed after T wins over the file.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Literal
+
+from sqlalchemy import Connection, Engine, insert, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from . import catalog
+from .config import Settings
+from .csvfile import CsvReader, FileFacts, MalformedFile, inspect_file
+from .errors import DatabaseUnavailable, MorningFileError
+from .store.database import translate
+from .store.merge import MergeCounts, Stage, count_alive, merge, would_delete
+from .store.schema import Schema, SyncedTable, files, utcnow
+
+FileStatus = Literal["loaded", "dry-run", "duplicate", "held", "failed", "unmatched"]
+Progress = Callable[[int, int], None]  # bytes read so far, rows read so far
+
+GUARD_MIN_ROWS = 100
+BATCH_ROWS = 2000
+
+log = logging.getLogger("aljex_sync.morning")
+
+
+@dataclass
+class FileReport:
+    """What became of one file; the CLI prints it, ``_aljex_files`` keeps it."""
+
+    name: str
+    status: FileStatus
+    table: str | None = None
+    mode: str | None = None
+    sha256: str = ""
+    size: int = 0
+    snapshot_at: datetime | None = None
+    rows_read: int = 0
+    counts: MergeCounts = field(default_factory=MergeCounts)
+    error: str = ""
+    moved_to: Path | None = None
+    file_id: int | None = None
+
+    def summary(self) -> str:
+        """One line for the log."""
+        c = self.counts
+        if self.status in ("loaded", "dry-run"):
+            return (
+                f"{self.name} -> {self.table} ({self.mode}) {self.status}: {self.rows_read} rows"
+                f" read, {c.inserted} inserted, {c.updated} updated, {c.deleted} deleted,"
+                f" {c.skipped_newer} skipped as newer-live; feed health: {c.missing_in_db}"
+                f" missing, {c.extra_in_db} extra, {c.differing} differing"
+            )
+        return f"{self.name} -> {self.table or '?'} {self.status}: {self.error}"
+
+
+def table_for(name: str, settings: Settings) -> str | None:
+    """The table a file belongs to: ``[tables.X] files`` globs first, then Aljex's names."""
+    lowered = name.lower()
+    for table, table_settings in settings.tables.items():
+        if any(fnmatch.fnmatchcase(lowered, g.lower()) for g in table_settings.files):
+            return table
+    return catalog.table_for_file_name(name)
+
+
+def export_time(started_at: datetime, mtime: datetime | None, margin_minutes: float) -> datetime:
+    """The conservative export time T: the earlier of mtime and upload start, less margin.
+
+    All naive UTC.
+    """
+    earliest = min(started_at, mtime) if mtime is not None else started_at
+    return earliest - timedelta(minutes=margin_minutes)
+
+
+class MorningLoader:
+    """Loads Morning Sync files into the synced tables, one file at a time."""
+
+    def __init__(self, engine: Engine, settings: Settings, schema: Schema) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.schema = schema
+
+    def load(
+        self,
+        path: Path,
+        *,
+        table: str | None = None,
+        mode: str | None = None,
+        force: bool = False,
+        dry_run: bool = False,
+        started_at: datetime | None = None,
+        mtime: datetime | None = None,
+        progress: Progress | None = None,
+    ) -> FileReport:
+        """Load one file and record it; never raises for a bad file, only for a bad database.
+
+        ``started_at`` and ``mtime`` are naive UTC; by default the file's own modification
+        time stands for both.
+        """
+        begun = utcnow()
+        report = FileReport(
+            path.name, "failed", table=(table or table_for(path.name, self.settings))
+        )
+        if report.table is None:
+            report.status, report.error = "unmatched", "the file name matches no Aljex file"
+            return report
+        table_settings = self.settings.table(report.table)
+        report.mode = mode or table_settings.mode
+        if started_at is None:
+            started_at = _naive_utc(path.stat().st_mtime)
+        report.snapshot_at = export_time(started_at, mtime, self.settings.morning.snapshot_margin)
+        try:
+            facts = inspect_file(
+                path,
+                legacy_charset=self.settings.morning.legacy_charset,
+                delimiter=table_settings.delimiter,
+            )
+            report.sha256, report.size = facts.sha256, facts.size
+            if not force and self._already_loaded(facts.sha256):
+                report.status = "duplicate"
+                report.error = "a file with the same content was loaded before"
+            else:
+                self._apply(path, facts, report, force=force, dry_run=dry_run, progress=progress)
+        except MalformedFile as e:
+            report.status, report.error = "failed", str(e)
+        except MorningFileError as e:
+            report.status, report.error = "failed", str(e)
+        except SQLAlchemyError as e:
+            error = translate(e, report.table)
+            if isinstance(error, DatabaseUnavailable):
+                raise error from e
+            report.status, report.error = "failed", str(error)
+        if report.status != "dry-run":
+            self._record(report, begun)
+        log.info("%s", report.summary())
+        return report
+
+    def _already_loaded(self, sha256: str) -> bool:
+        with self.engine.connect() as conn:
+            found = conn.execute(
+                select(files.c.id).where(files.c.sha256 == sha256, files.c.status == "loaded")
+            ).first()
+        return found is not None
+
+    def _apply(
+        self,
+        path: Path,
+        facts: FileFacts,
+        report: FileReport,
+        *,
+        force: bool,
+        dry_run: bool,
+        progress: Progress | None,
+    ) -> None:
+        assert report.table is not None and report.snapshot_at is not None
+        table_settings = self.settings.table(report.table)
+        with CsvReader(path, facts) as reader:
+            header = _with_key_names(reader.header, table_settings.key, path)
+            synced = self.schema.ensure(report.table, table_settings.key, header)
+            columns = [synced.columns[f] for f in header]
+            key_positions = [header.index(k) for k in table_settings.key]
+            with self.engine.connect() as conn:
+                stage = Stage(conn, synced, columns)
+                try:
+                    for batch in reader.batches(BATCH_ROWS):
+                        for i, row in enumerate(batch):
+                            if any(row[p] == "" for p in key_positions):
+                                raise MalformedFile(
+                                    path, reader.line_of(i), "a row has an empty key field"
+                                )
+                        stage.add(batch)
+                        report.rows_read += len(batch)
+                        if progress is not None:
+                            progress(reader.bytes_read, report.rows_read)
+                    self._merge(conn, stage, synced, report, force=force, dry_run=dry_run)
+                finally:
+                    stage.drop()
+
+    def _merge(
+        self,
+        conn: Connection,
+        stage: Stage,
+        synced: SyncedTable,
+        report: FileReport,
+        *,
+        force: bool,
+        dry_run: bool,
+    ) -> None:
+        assert report.table is not None and report.snapshot_at is not None
+        table_settings = self.settings.table(report.table)
+        full = report.mode == "full"
+        transaction = conn.begin()
+        try:
+            if full and not force:
+                reason = self._guard(conn, stage, report)
+                if reason:
+                    report.status, report.error = "held", reason
+                    transaction.rollback()
+                    return
+            report.counts = merge(
+                conn,
+                stage,
+                full=full,
+                soft_delete=table_settings.delete == "soft",
+                snapshot_at=report.snapshot_at,
+                source=report.name,
+            )
+            if dry_run:
+                report.status = "dry-run"
+                transaction.rollback()
+            else:
+                report.status = "loaded"
+                transaction.commit()
+        except BaseException:
+            transaction.rollback()
+            raise
+
+    def _guard(self, conn: Connection, stage: Stage, report: FileReport) -> str:
+        """Why a full file must not be applied without --force, or '' when it may."""
+        if report.rows_read == 0:
+            return "the full file is empty; it would delete the whole table (use --force)"
+        assert report.snapshot_at is not None
+        existing = count_alive(conn, stage.synced)
+        deleting = would_delete(conn, stage, report.snapshot_at)
+        limit = self.settings.morning.max_delete_fraction
+        if existing > GUARD_MIN_ROWS and deleting > limit * existing:
+            return (
+                f"the full file would delete {deleting} of {existing} rows, more than"
+                f" {limit:.0%}; load it with --force if that is right"
+            )
+        return ""
+
+    def _record(self, report: FileReport, begun: datetime) -> None:
+        c = report.counts
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                insert(files).values(
+                    name=report.name,
+                    sha256=report.sha256,
+                    size=report.size,
+                    table_name=report.table,
+                    mode=report.mode,
+                    snapshot_at=report.snapshot_at,
+                    rows_read=report.rows_read,
+                    inserted=c.inserted,
+                    updated=c.updated,
+                    deleted=c.deleted,
+                    skipped_newer=c.skipped_newer,
+                    missing_in_db=c.missing_in_db,
+                    extra_in_db=c.extra_in_db,
+                    differing=c.differing,
+                    status=report.status,
+                    error=report.error or None,
+                    started_at=begun,
+                    finished_at=utcnow(),
+                )
+            )
+            primary_key = result.inserted_primary_key
+            report.file_id = int(primary_key[0]) if primary_key else None
+
+
+def _with_key_names(header: list[str], key: tuple[str, ...], path: Path) -> list[str]:
+    """The header with each key field named as configured (matched case-insensitively)."""
+    names = list(header)
+    for key_field in key:
+        sent = SyncedTable.key_field_for_names(names, key_field)
+        if sent is None:
+            raise MalformedFile(path, 1, f"the header has no key field {key_field!r}")
+        names[names.index(sent)] = key_field
+    return names
+
+
+def _naive_utc(timestamp: float) -> datetime:
+    return datetime.fromtimestamp(timestamp, UTC).replace(tzinfo=None)
+
+
+def dispose(report: FileReport, path: Path, inbox: Path) -> Path | None:
+    """Move a file out of the inbox according to what became of it; write error notes."""
+    if not path.exists():
+        return None
+    if report.status in ("loaded", "duplicate"):
+        folder = inbox / "archive" / utcnow().strftime("%Y-%m-%d")
+    elif report.status == "held":
+        folder = inbox / "held"
+    elif report.status == "unmatched":
+        folder = inbox / "unmatched"
+    elif report.status == "failed":
+        folder = inbox / "failed"
+    else:
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
+    target = _free_name(folder / path.name)
+    shutil.move(str(path), target)
+    if report.status in ("failed", "held", "unmatched"):
+        note = target.with_name(target.name + ".error.txt")
+        note.write_text(f"{report.status}: {report.error}\n")
+    report.moved_to = target
+    return target
+
+
+def _free_name(target: Path) -> Path:
+    """``target``, or ``name.1.csv``, ``name.2.csv``... when that is taken."""
+    if not target.exists():
+        return target
+    n = 1
+    while True:
+        candidate = target.with_name(f"{target.stem}.{n}{target.suffix}")
+        if not candidate.exists():
+            return candidate
+        n += 1
