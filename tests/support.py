@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shlex
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -37,3 +40,47 @@ class RunningService(BackgroundService):
 
     def engine(self) -> Engine:
         return open_engine(self.settings.database.url)
+
+
+def sftp_upload(
+    port: int,
+    commands: list[str],
+    workdir: Path,
+    *,
+    password: str = TEST_PASSWORD,
+    user: str = "aljex",
+) -> subprocess.CompletedProcess[str]:
+    """Run OpenSSH's `sftp` in batch mode, logging in with a password via SSH_ASKPASS."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    askpass = workdir / "askpass.sh"
+    askpass.write_text(f"#!/bin/sh\nprintf '%s\\n' {shlex.quote(password)}\n")
+    askpass.chmod(0o700)
+    batch = workdir / "batch"
+    batch.write_text("".join(f"{c}\n" for c in commands))
+    env = {**os.environ, "SSH_ASKPASS": str(askpass), "SSH_ASKPASS_REQUIRE": "force"}
+    env["DISPLAY"] = ":0"
+    options = [
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "PubkeyAuthentication=no",
+        "-o",
+        "PreferredAuthentications=password",
+        "-o",
+        "LogLevel=ERROR",
+        "-o",
+        "BatchMode=no",
+        "-F",
+        "/dev/null",
+    ]
+    return subprocess.run(
+        ["sftp", *options, "-P", str(port), "-b", str(batch), f"{user}@127.0.0.1"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )

@@ -27,7 +27,7 @@ from .config import Settings
 from .credentials import generate_password, hash_password
 from .errors import AljexSyncError, ConfigError
 from .journal import Journal, summarize
-from .morning import FileReport, MorningLoader
+from .morning import FileReport, MorningLoader, recent_files
 from .service import Service
 from .store.database import display_url, open_engine
 
@@ -223,12 +223,13 @@ def status(obj: Context, as_json: bool) -> None:
     try:
         Journal(engine, settings).install()
         summary = summarize(engine)
+        recent = recent_files(engine)
     except AljexSyncError as e:
         _fail(str(e))
     finally:
         engine.dispose()
     if as_json:
-        click.echo(json.dumps(_summary_dict(summary), indent=2, default=str))
+        click.echo(json.dumps({**_summary_dict(summary), "files": recent}, indent=2, default=str))
         return
     console.print(f"Database: {display_url(settings.database.url)}")
     console.print(f"Last request: {summary.last_received or 'none yet'} UTC")
@@ -245,6 +246,43 @@ def status(obj: Context, as_json: bool) -> None:
             held.add_row(name, reason, str(n))
         console.print(held)
         console.print("Fix the cause, then run `aljex-sync replay`.")
+    if recent:
+        table = Table(
+            "file",
+            "table",
+            "status",
+            "rows",
+            "ins",
+            "upd",
+            "del",
+            "kept",
+            "missing",
+            "extra",
+            "differing",
+            "finished (UTC)",
+            title="Recent morning files",
+        )
+        for f in recent:
+            table.add_row(
+                str(f["name"]),
+                str(f["table_name"] or "-"),
+                str(f["status"]),
+                *(
+                    str(f[k])
+                    for k in (
+                        "rows_read",
+                        "inserted",
+                        "updated",
+                        "deleted",
+                        "skipped_newer",
+                        "missing_in_db",
+                        "extra_in_db",
+                        "differing",
+                    )
+                ),
+                f"{f['finished_at']:%Y-%m-%d %H:%M}",
+            )
+        console.print(table)
 
 
 def _summary_dict(summary: Any) -> dict[str, Any]:

@@ -173,11 +173,13 @@ class MorningLoader:
         table_settings = self.settings.table(report.table)
         with CsvReader(path, facts) as reader:
             header = _with_key_names(reader.header, table_settings.key, path)
-            synced = self.schema.ensure(report.table, table_settings.key, header)
-            columns = [synced.columns[f] for f in header]
+            # Columns are planned now and created only once the whole file has been read:
+            # a malformed file leaves no trace in the database.
+            planned = self.schema.plan(report.table, table_settings.key, header)
+            columns = [planned[f] for f in header]
             key_positions = [header.index(k) for k in table_settings.key]
             with self.engine.connect() as conn:
-                stage = Stage(conn, synced, columns)
+                stage = Stage(conn, [planned[k] for k in table_settings.key], columns)
                 try:
                     for batch in reader.batches(BATCH_ROWS):
                         for i, row in enumerate(batch):
@@ -189,6 +191,9 @@ class MorningLoader:
                         report.rows_read += len(batch)
                         if progress is not None:
                             progress(reader.bytes_read, report.rows_read)
+                    synced = self.schema.ensure(report.table, table_settings.key, header)
+                    if [synced.columns[f] for f in header] != columns:
+                        raise MorningFileError("the table changed while the file was read; retry")
                     self._merge(conn, stage, synced, report, force=force, dry_run=dry_run)
                 finally:
                     stage.drop()
@@ -209,7 +214,7 @@ class MorningLoader:
         transaction = conn.begin()
         try:
             if full and not force:
-                reason = self._guard(conn, stage, report)
+                reason = self._guard(conn, stage, synced, report)
                 if reason:
                     report.status, report.error = "held", reason
                     transaction.rollback()
@@ -217,6 +222,7 @@ class MorningLoader:
             report.counts = merge(
                 conn,
                 stage,
+                synced,
                 full=full,
                 soft_delete=table_settings.delete == "soft",
                 snapshot_at=report.snapshot_at,
@@ -232,13 +238,15 @@ class MorningLoader:
             transaction.rollback()
             raise
 
-    def _guard(self, conn: Connection, stage: Stage, report: FileReport) -> str:
+    def _guard(
+        self, conn: Connection, stage: Stage, synced: SyncedTable, report: FileReport
+    ) -> str:
         """Why a full file must not be applied without --force, or '' when it may."""
         if report.rows_read == 0:
             return "the full file is empty; it would delete the whole table (use --force)"
         assert report.snapshot_at is not None
-        existing = count_alive(conn, stage.synced)
-        deleting = would_delete(conn, stage, report.snapshot_at)
+        existing = count_alive(conn, synced)
+        deleting = would_delete(conn, stage, synced, report.snapshot_at)
         limit = self.settings.morning.max_delete_fraction
         if existing > GUARD_MIN_ROWS and deleting > limit * existing:
             return (
@@ -325,3 +333,28 @@ def _free_name(target: Path) -> Path:
         if not candidate.exists():
             return candidate
         n += 1
+
+
+def recent_files(engine: Engine, limit: int = 10) -> list[dict[str, object]]:
+    """The last morning files and what became of them, newest first, for ``status``."""
+    query = (
+        select(
+            files.c.name,
+            files.c.table_name,
+            files.c.status,
+            files.c.rows_read,
+            files.c.inserted,
+            files.c.updated,
+            files.c.deleted,
+            files.c.skipped_newer,
+            files.c.missing_in_db,
+            files.c.extra_in_db,
+            files.c.differing,
+            files.c.error,
+            files.c.finished_at,
+        )
+        .order_by(files.c.id.desc())
+        .limit(limit)
+    )
+    with engine.connect() as conn:
+        return [dict(row._mapping) for row in conn.execute(query)]

@@ -71,11 +71,13 @@ class MergeCounts:
 class Stage:
     """A temporary table holding one file's rows, keyed like its target."""
 
-    def __init__(self, conn: Connection, synced: SyncedTable, columns: Sequence[str]) -> None:
+    def __init__(
+        self, conn: Connection, key_columns: Sequence[str], columns: Sequence[str]
+    ) -> None:
         self.conn = conn
-        self.synced = synced
+        self.key_columns = tuple(key_columns)
         self.columns = tuple(columns)
-        keys = set(synced.key_columns)
+        keys = set(self.key_columns)
         cols = [
             Column(c, KeyText, primary_key=True) if c in keys else Column(c, ValueText)
             for c in self.columns
@@ -100,7 +102,7 @@ class Stage:
             values = self._values()
             stmt = (
                 stmt.on_conflict_do_update(
-                    index_elements=list(synced.key_columns),
+                    index_elements=list(self.key_columns),
                     set_={c: stmt.excluded[c] for c in values},
                 )
                 if values
@@ -110,7 +112,7 @@ class Stage:
         self._positional = self._insert.order == self.columns
 
     def _values(self) -> list[str]:
-        keys = set(self.synced.key_columns)
+        keys = set(self.key_columns)
         return [c for c in self.columns if c not in keys]
 
     def add(self, rows: list[list[str]]) -> None:
@@ -133,6 +135,7 @@ class Stage:
 def merge(
     conn: Connection,
     stage: Stage,
+    synced: SyncedTable,
     *,
     full: bool,
     soft_delete: bool,
@@ -140,7 +143,7 @@ def merge(
     source: str,
 ) -> MergeCounts:
     """Count, then apply the staged file to its table. Runs inside the caller's transaction."""
-    synced, st = stage.synced, stage.table
+    st = stage.table
     target = synced.table
     counts = MergeCounts()
     same_key = and_(*(target.c[k] == st.c[k] for k in synced.key_columns))
@@ -149,7 +152,7 @@ def merge(
     not_newer = or_(target.c[SYNCED_AT].is_(None), target.c[SYNCED_AT] <= snapshot_at)
     values = [c for c in stage.columns if c not in set(synced.key_columns)]
 
-    counts.skipped_newer = _drop_tombstoned(conn, stage, snapshot_at)
+    counts.skipped_newer = _drop_tombstoned(conn, stage, synced, snapshot_at)
     counts.staged = _count(conn, select(func.count()).select_from(st))
     counts.existing = count_alive(conn, synced)
     joined = st.join(target, same_key)
@@ -168,13 +171,19 @@ def merge(
             conn, select(func.count()).select_from(target).where(alive, ~in_file)
         )
 
+    # Counted before writing: drivers disagree on rowcount for UPDATE ... FROM and
+    # INSERT ... SELECT (MySQL counts changed rows only, psycopg reports none for the latter).
+    missing = ~exists().where(same_key)
+    counts.updated = _count(conn, select(func.count()).select_from(joined).where(not_newer))
+    counts.inserted = _count(conn, select(func.count()).select_from(st).where(missing))
+    if full:
+        counts.deleted = would_delete(conn, stage, synced, snapshot_at)
+
     meta = {SYNCED_AT: snapshot_at, SOURCE: source, EVENT_ID: None, DELETED_AT: None}
-    updated = conn.execute(
+    conn.execute(
         update(target).where(same_key, not_newer).values({**{c: st.c[c] for c in values}, **meta})
     )
-    counts.updated = max(updated.rowcount, 0)
-    missing = ~exists().where(same_key)
-    inserted = conn.execute(
+    conn.execute(
         insert(target).from_select(
             [*stage.columns, *meta],
             select(*(st.c[c] for c in stage.columns), *(_literal(v) for v in meta.values())).where(
@@ -182,18 +191,16 @@ def merge(
             ),
         )
     )
-    counts.inserted = max(inserted.rowcount, 0)
     if full:
         gone = and_(alive, ~in_file, not_newer)
         if soft_delete:
-            result = conn.execute(
+            conn.execute(
                 update(target)
                 .where(gone)
                 .values({DELETED_AT: snapshot_at, SYNCED_AT: snapshot_at, SOURCE: source})
             )
         else:
-            result = conn.execute(delete(target).where(gone))
-        counts.deleted = max(result.rowcount, 0)
+            conn.execute(delete(target).where(gone))
     return counts
 
 
@@ -205,9 +212,9 @@ def count_alive(conn: Connection, synced: SyncedTable) -> int:
     )
 
 
-def would_delete(conn: Connection, stage: Stage, snapshot_at: datetime) -> int:
+def would_delete(conn: Connection, stage: Stage, synced: SyncedTable, snapshot_at: datetime) -> int:
     """How many rows a full file would delete: alive, not in the file, not newer than it."""
-    synced, st = stage.synced, stage.table
+    st = stage.table
     target = synced.table
     same_key = and_(*(target.c[k] == st.c[k] for k in synced.key_columns))
     not_newer = or_(target.c[SYNCED_AT].is_(None), target.c[SYNCED_AT] <= snapshot_at)
@@ -219,9 +226,11 @@ def would_delete(conn: Connection, stage: Stage, snapshot_at: datetime) -> int:
     )
 
 
-def _drop_tombstoned(conn: Connection, stage: Stage, snapshot_at: datetime) -> int:
+def _drop_tombstoned(
+    conn: Connection, stage: Stage, synced: SyncedTable, snapshot_at: datetime
+) -> int:
     """Remove from the stage keys live sync deleted after the snapshot: no resurrection."""
-    synced, st = stage.synced, stage.table
+    st = stage.table
     keys = conn.execute(
         select(tombstones.c.record_key).where(
             tombstones.c.table_name == synced.name, tombstones.c.deleted_at > snapshot_at

@@ -252,13 +252,23 @@ class Schema:
                 self._add(synced, new)
             return synced
 
+    def plan(self, name: str, key_fields: Sequence[str], fields: Iterable[str]) -> dict[str, str]:
+        """The column each field would get, without changing the database.
+
+        ``ensure`` then gives the same answer, so a file can be staged before any DDL.
+        """
+        with self._lock:
+            synced = self.tables.get(name)
+            known = dict(synced.columns) if synced is not None else {}
+            taken = synced.taken if synced is not None else set(META_COLUMNS)
+            for f in [*key_fields, *fields]:
+                if f not in known:
+                    known[f] = column_for(f, taken)
+                    taken.add(known[f])
+            return known
+
     def _create(self, name: str, key_fields: Sequence[str], fields: Iterable[str]) -> SyncedTable:
-        columns: dict[str, str] = {}
-        taken: set[str] = set()
-        for f in [*key_fields, *fields]:
-            if f not in columns:
-                columns[f] = column_for(f, taken | set(META_COLUMNS))
-                taken.add(columns[f])
+        columns = self.plan(name, key_fields, fields)
         key_columns = tuple(columns[k] for k in key_fields)
         synced = SyncedTable(name, tuple(key_fields), key_columns, columns)
         now = utcnow()
@@ -283,11 +293,8 @@ class Schema:
         return synced
 
     def _add(self, synced: SyncedTable, new_fields: list[str]) -> None:
-        taken = synced.taken
-        added: dict[str, str] = {}
-        for f in new_fields:
-            added[f] = column_for(f, taken)
-            taken.add(added[f])
+        planned = self.plan(synced.name, synced.key_fields, new_fields)
+        added = {f: planned[f] for f in new_fields}
         now = utcnow()
         with self.engine.begin() as conn:
             existing = {c["name"] for c in inspect(conn).get_columns(synced.name)}

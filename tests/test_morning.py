@@ -1,0 +1,571 @@
+"""Morning Sync: files over SFTP (OpenSSH's client) or by hand, into real databases."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import time
+from datetime import timedelta
+from pathlib import Path
+from urllib.parse import urlencode
+
+import httpx
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import Engine, select, text
+
+from aljex_sync.cli import main
+from aljex_sync.journal import Journal
+from aljex_sync.morning import MorningLoader, dispose, export_time, table_for
+from aljex_sync.store.database import open_engine
+from aljex_sync.store.schema import files, utcnow
+
+from .support import TEST_PASSWORD, RunningService, make_settings, sftp_upload
+
+AUTH = ("aljex", TEST_PASSWORD)
+
+
+def write_csv(path: Path, header: list[str], rows: list[list[str]], **options: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding=options.pop("encoding", "utf-8")) as f:
+        writer = csv.writer(f, **options)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def customers(n: int, city: str = "Newark") -> list[list[str]]:
+    return [[f"C{i}", f"Customer {i}", city] for i in range(n)]
+
+
+def table_rows(engine: Engine, sql: str) -> list[dict]:
+    with engine.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(text(sql))]
+
+
+def file_log(engine: Engine) -> list[dict]:
+    with engine.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(select(files).order_by(files.c.id))]
+
+
+class Receiver:
+    """A MorningLoader on a database, as the service builds it."""
+
+    def __init__(self, database_url: str, tmp_path: Path, **sections: dict) -> None:
+        self.settings = make_settings(database_url, tmp_path, **sections)
+        self.engine = open_engine(self.settings.database.url)
+        self.journal = Journal(self.engine, self.settings)
+        self.journal.install()
+        self.loader = MorningLoader(self.engine, self.settings, self.journal.schema)
+
+    def load(self, path: Path, **options):
+        return self.loader.load(path, **options)
+
+
+@pytest.fixture
+def receiver(database_url, tmp_path):
+    r = Receiver(database_url, tmp_path)
+    yield r
+    r.engine.dispose()
+
+
+# -- file names ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "table"),
+    [
+        ("Employees.csv", "employees"),
+        ("Loads_20261127.csv", "loads"),
+        ("loads-2026-11-27-0600.csv", "loads"),
+        ("Payments (Accounts Payable) 11-27-2026.csv", "payments"),
+        ("Payments Received (Accounts Receivable)_20261127.csv", "payments_received"),
+        ("New Purchases.csv", "new_purchases"),
+        ("INVOICING.CSV", "invoicing"),
+        ("salesreps_20261127T060000.csv", "salesreps"),
+        ("weather.csv", None),
+    ],
+)
+def test_file_names_map_to_aljex_tables(tmp_path, name, table):
+    settings = make_settings("sqlite:///x.db", tmp_path)
+    assert table_for(name, settings) == table
+
+
+def test_configured_globs_override_the_name_rules(tmp_path):
+    settings = make_settings(
+        "sqlite:///x.db", tmp_path, tables={"loads": {"files": ["export_ld_*.csv"]}}
+    )
+    assert table_for("EXPORT_LD_0600.csv", settings) == "loads"
+
+
+def test_export_time_is_the_earlier_of_mtime_and_upload_start_less_the_margin():
+    start = utcnow()
+    assert export_time(start, start - timedelta(hours=2), 30) == start - timedelta(minutes=150)
+    assert export_time(start, start + timedelta(hours=2), 30) == start - timedelta(minutes=30)
+    assert export_time(start, None, 30) == start - timedelta(minutes=30)
+
+
+# -- full and window ----------------------------------------------------------------------
+
+
+def test_full_file_deletes_rows_it_no_longer_holds(receiver, tmp_path):
+    header = ["id", "name", "city"]
+    receiver.load(write_csv(tmp_path / "Customers.csv", header, customers(150)))
+    report = receiver.load(write_csv(tmp_path / "Customers.csv", header, customers(120)))
+    assert report.status == "loaded"
+    assert (report.counts.deleted, report.counts.updated) == (30, 120)
+    assert table_rows(receiver.engine, "SELECT COUNT(*) AS n FROM customers") == [{"n": 120}]
+
+
+def test_window_file_upserts_and_never_deletes(receiver, tmp_path):
+    header = ["id", "status"]
+    receiver.load(write_csv(tmp_path / "Loads.csv", header, [["1", "OPEN"], ["2", "OPEN"]]))
+    report = receiver.load(
+        write_csv(tmp_path / "Loads.csv", header, [["2", "COVERED"], ["3", "OPEN"]])
+    )
+    assert (report.mode, report.counts.inserted, report.counts.updated, report.counts.deleted) == (
+        "window",
+        1,
+        1,
+        0,
+    )
+    assert table_rows(receiver.engine, "SELECT id, status FROM loads ORDER BY id") == [
+        {"id": "1", "status": "OPEN"},
+        {"id": "2", "status": "COVERED"},
+        {"id": "3", "status": "OPEN"},
+    ]
+
+
+def test_soft_delete_tables_mark_rows_instead(database_url, tmp_path):
+    r = Receiver(database_url, tmp_path, tables={"customers": {"delete": "soft"}})
+    header = ["id", "name", "city"]
+    r.load(write_csv(tmp_path / "Customers.csv", header, customers(3)))
+    r.load(write_csv(tmp_path / "Customers.csv", header, customers(2)))
+    rows = table_rows(r.engine, "SELECT id, _aljex_deleted_at FROM customers ORDER BY id")
+    assert [row["_aljex_deleted_at"] is not None for row in rows] == [False, False, True]
+    r.engine.dispose()
+
+
+def test_guard_holds_a_full_file_that_would_delete_too_much_until_forced(receiver, tmp_path):
+    header = ["id", "name", "city"]
+    receiver.load(write_csv(tmp_path / "Customers.csv", header, customers(150)))
+    small = write_csv(tmp_path / "Customers.csv", header, customers(10))
+    report = receiver.load(small)
+    assert report.status == "held"
+    assert "would delete 140 of 150 rows" in report.error
+    assert table_rows(receiver.engine, "SELECT COUNT(*) AS n FROM customers") == [{"n": 150}]
+    forced = receiver.load(small, force=True)
+    assert forced.status == "loaded" and forced.counts.deleted == 140
+
+
+def test_guard_holds_an_empty_full_file(receiver, tmp_path):
+    header = ["id", "name", "city"]
+    receiver.load(write_csv(tmp_path / "Employees.csv", header, customers(5)))
+    report = receiver.load(write_csv(tmp_path / "Employees.csv", header, []))
+    assert report.status == "held" and "empty" in report.error
+    assert table_rows(receiver.engine, "SELECT COUNT(*) AS n FROM employees") == [{"n": 5}]
+
+
+def test_small_tables_are_not_guarded(receiver, tmp_path):
+    header = ["id", "name", "city"]
+    receiver.load(write_csv(tmp_path / "Salesreps.csv", header, customers(50)))
+    report = receiver.load(write_csv(tmp_path / "Salesreps.csv", header, customers(1)))
+    assert report.status == "loaded" and report.counts.deleted == 49
+
+
+# -- reconciliation with live sync -------------------------------------------------------
+
+
+def live_post(service: RunningService, **fields: str) -> None:
+    body = urlencode(fields)
+    response = httpx.post(
+        service.url,
+        content=body,
+        auth=AUTH,
+        timeout=30,
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert response.status_code == 200, response.text
+
+
+@pytest.fixture
+def service(database_url, tmp_path):
+    with RunningService(make_settings(database_url, tmp_path)) as running:
+        yield running
+
+
+def loader_of(service: RunningService) -> MorningLoader:
+    journal = service.service.journal
+    return MorningLoader(journal.engine, service.settings, journal.schema)
+
+
+def test_row_changed_by_live_after_the_export_is_kept(service, tmp_path):
+    live_post(
+        service, web_sync_table_name="loads", web_sync_action="create", id="7", status="DELIVERED"
+    )
+    exported = utcnow() - timedelta(hours=3)
+    path = write_csv(tmp_path / "Loads.csv", ["id", "status"], [["7", "DISPATCHED"], ["8", "OPEN"]])
+    report = loader_of(service).load(path, started_at=exported)
+    assert report.counts.skipped_newer == 1 and report.counts.inserted == 1
+    engine = service.engine()
+    assert table_rows(engine, "SELECT id, status, _aljex_source FROM loads ORDER BY id") == [
+        {"id": "7", "status": "DELIVERED", "_aljex_source": "live"},
+        {"id": "8", "status": "OPEN", "_aljex_source": "Loads.csv"},
+    ]
+    engine.dispose()
+
+
+def test_row_changed_by_live_before_the_export_is_updated_by_the_file(service, tmp_path):
+    live_post(service, web_sync_table_name="loads", web_sync_action="create", id="7", status="OPEN")
+    later = utcnow() + timedelta(hours=1)
+    path = write_csv(tmp_path / "Loads.csv", ["id", "status"], [["7", "COVERED"]])
+    report = loader_of(service).load(path, started_at=later)
+    assert report.counts.updated == 1 and report.counts.differing == 1
+    engine = service.engine()
+    assert table_rows(engine, "SELECT status FROM loads") == [{"status": "COVERED"}]
+    engine.dispose()
+
+
+def test_full_file_does_not_delete_a_row_live_created_after_the_export(service, tmp_path):
+    header = ["id", "name", "city"]
+    live_post(
+        service, web_sync_table_name="salesreps", web_sync_action="create", id="NEW", name="x"
+    )
+    path = write_csv(tmp_path / "Salesreps.csv", header, customers(3))
+    report = loader_of(service).load(path, started_at=utcnow() - timedelta(hours=1))
+    assert report.counts.deleted == 0 and report.counts.extra_in_db == 1
+    engine = service.engine()
+    assert {r["id"] for r in table_rows(engine, "SELECT id FROM salesreps")} == {
+        "NEW",
+        "C0",
+        "C1",
+        "C2",
+    }
+    engine.dispose()
+
+
+def test_record_deleted_by_live_after_the_export_is_not_brought_back(service, tmp_path):
+    live_post(service, web_sync_table_name="quotes", web_sync_action="create", id="Q1", amount="5")
+    live_post(service, web_sync_table_name="quotes", web_sync_action="delete", id="Q1")
+    path = write_csv(tmp_path / "Quotes.csv", ["id", "amount"], [["Q1", "5"], ["Q2", "6"]])
+    report = loader_of(service).load(path, started_at=utcnow() - timedelta(hours=2))
+    assert report.counts.skipped_newer == 1 and report.counts.inserted == 1
+    engine = service.engine()
+    assert table_rows(engine, "SELECT id FROM quotes") == [{"id": "Q2"}]
+    engine.dispose()
+
+
+def test_feed_health_counts_missing_extra_and_differing_rows(service, tmp_path):
+    for i, city in enumerate(["Newark", "Trenton", "Camden"]):
+        live_post(
+            service,
+            web_sync_table_name="payable",
+            web_sync_action="create",
+            id=f"C{i}",
+            name=f"Customer {i}",
+            city=city,
+        )
+    live_post(
+        service,
+        web_sync_table_name="payable",
+        web_sync_action="create",
+        id="X9",
+        name="only live",
+        city="Newark",
+    )
+    rows = [
+        ["C0", "Customer 0", "Newark"],
+        ["C1", "Customer 1", "Newark"],
+        ["C2", "Customer 2", "Camden"],
+        ["C3", "Customer 3", "Newark"],
+    ]
+    path = write_csv(tmp_path / "Payable.csv", ["id", "name", "city"], rows)
+    report = loader_of(service).load(path, started_at=utcnow() + timedelta(hours=1))
+    c = report.counts
+    assert (c.missing_in_db, c.extra_in_db, c.differing) == (1, 1, 1)
+    engine = service.engine()
+    [logged] = file_log(engine)
+    assert (logged["missing_in_db"], logged["extra_in_db"], logged["differing"]) == (1, 1, 1)
+    assert logged["status"] == "loaded" and logged["rows_read"] == 4
+    engine.dispose()
+
+
+# -- bookkeeping and bad files ------------------------------------------------------------
+
+
+def test_a_file_with_the_same_content_is_skipped_as_a_duplicate(receiver, tmp_path):
+    path = write_csv(tmp_path / "Carriers.csv", ["id", "name"], [["K1", "Haulers"]])
+    assert receiver.load(path).status == "loaded"
+    again = receiver.load(path)
+    assert again.status == "duplicate"
+    assert [f["status"] for f in file_log(receiver.engine)] == ["loaded", "duplicate"]
+
+
+def test_every_file_is_recorded_with_its_counts_and_times(receiver, tmp_path):
+    path = write_csv(tmp_path / "Carriers.csv", ["id", "name"], [["K1", "A"], ["K2", "B"]])
+    report = receiver.load(path)
+    [logged] = file_log(receiver.engine)
+    assert logged["sha256"] == report.sha256 and len(logged["sha256"]) == 64
+    assert (logged["table_name"], logged["mode"], logged["inserted"]) == ("carriers", "full", 2)
+    assert logged["snapshot_at"] is not None and logged["finished_at"] >= logged["started_at"]
+
+
+@pytest.mark.parametrize(
+    ("content", "line", "reason"),
+    [
+        (b"id,name\r\nK1,A\r\nK2,B,extra\r\n", 3, "fields"),
+        (b'id,name\nK1,"two\nlines"\nK2\n', 4, "fields"),
+        (b'id,name\nK1,"bad"quote\n', 2, ""),
+        (b"", None, "empty"),
+        (b"id,name\nK1,A\n,B\n", 3, "empty key"),
+    ],
+    ids=["extra-field", "short-row-after-quoted-newline", "bad-quoting", "zero-bytes", "empty-key"],
+)
+def test_a_malformed_file_is_rejected_whole_and_quarantined_with_its_line(
+    receiver, tmp_path, content, line, reason
+):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir(exist_ok=True)
+    path = inbox / "Carriers.csv"
+    path.write_bytes(content)
+    report = receiver.load(path)
+    assert report.status == "failed"
+    assert reason in report.error
+    if line:
+        assert f"line {line}" in report.error
+    moved = dispose(report, path, inbox)
+    assert moved == inbox / "failed" / "Carriers.csv" and not path.exists()
+    note = (inbox / "failed" / "Carriers.csv.error.txt").read_text()
+    assert report.error in note
+    with receiver.engine.connect() as conn:
+        assert not conn.dialect.has_table(conn, "carriers")
+
+
+def test_a_header_without_the_key_field_is_rejected(receiver, tmp_path):
+    path = write_csv(tmp_path / "Invoicing.csv", ["id", "total"], [["1", "5"]])
+    report = receiver.load(path)
+    assert report.status == "failed" and "no key field 'pro_num'" in report.error
+
+
+def test_an_unmatched_file_is_not_guessed(receiver, tmp_path):
+    path = write_csv(tmp_path / "inbox" / "Weather.csv", ["id"], [["1"]])
+    report = receiver.load(path)
+    assert report.status == "unmatched"
+    assert (
+        dispose(report, path, tmp_path / "inbox")
+        == tmp_path / "inbox" / "unmatched" / "Weather.csv"
+    )
+
+
+# -- CSV shapes ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("\ufeffid,name\r\nK1,Café\r\n".encode(), "Café"),
+        (b'id,name\nK1,"Line one\r\nline two, with comma"\n', "Line one\r\nline two, with comma"),
+        (b"id,name\r\nK1,M\xfcller Trucking\r\n", "Müller Trucking"),
+        (b"id\tname\nK1\tTab, Inc\n", "Tab, Inc"),
+        (b'id|name\nK1|Pipe "Co"\n', 'Pipe "Co"'),
+        (b'id,name\nK1,""\n', ""),
+    ],
+    ids=["utf8-bom-crlf", "quoted-newline", "cp1252", "tab", "pipe", "empty-string"],
+)
+def test_csv_shapes_load_exactly(receiver, tmp_path, content, expected):
+    path = tmp_path / "Carriers.csv"
+    path.write_bytes(content)
+    report = receiver.load(path)
+    assert report.status == "loaded", report.error
+    assert table_rows(receiver.engine, "SELECT id, name FROM carriers") == [
+        {"id": "K1", "name": expected}
+    ]
+
+
+def test_header_fields_get_the_same_columns_as_live_sync(receiver, tmp_path):
+    path = write_csv(tmp_path / "Loads.csv", ["id", "Osd", "select"], [["1", "Y", "s"]])
+    assert receiver.load(path).status == "loaded"
+    with receiver.engine.connect() as conn:
+        mapping = dict(
+            conn.execute(
+                text(
+                    "SELECT field_name, column_name FROM _aljex_columns WHERE table_name = 'loads'"
+                )
+            ).all()
+        )
+    assert mapping["Osd"] == "osd" and mapping["select"].startswith("select_")
+
+
+def test_dry_run_reports_and_changes_nothing(receiver, tmp_path):
+    header = ["id", "name", "city"]
+    receiver.load(write_csv(tmp_path / "Customers.csv", header, customers(5)))
+    report = receiver.load(
+        write_csv(tmp_path / "Customers.csv", header, customers(3, "X")), dry_run=True
+    )
+    assert report.status == "dry-run" and report.counts.deleted == 2 and report.counts.updated == 3
+    assert table_rows(
+        receiver.engine, "SELECT COUNT(*) AS n FROM customers WHERE city = 'Newark'"
+    ) == [{"n": 5}]
+    assert len(file_log(receiver.engine)) == 1
+
+
+# -- over SFTP, through the service --------------------------------------------------------
+
+
+def wait_for(predicate, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_uploaded_file_is_loaded_and_archived(service, tmp_path):
+    local = write_csv(tmp_path / "out" / "Loads_20261127.csv", ["id", "status"], [["1", "OPEN"]])
+    port = service.service.sftp.port
+    result = sftp_upload(port, [f"put -p {local}"], tmp_path / "client")
+    assert result.returncode == 0, result.stderr
+    assert service.service.loads.wait_idle(30)
+    engine = service.engine()
+    assert table_rows(engine, "SELECT id, status FROM loads") == [{"id": "1", "status": "OPEN"}]
+    engine.dispose()
+    inbox = service.settings.morning.inbox
+    archived = list((inbox / "archive").glob("*/Loads_20261127.csv"))
+    assert len(archived) == 1 and not (inbox / "Loads_20261127.csv").exists()
+
+
+def test_upload_with_preserved_mtime_sets_the_export_time(service, tmp_path):
+    local = write_csv(tmp_path / "out" / "Quotes.csv", ["id", "amount"], [["Q1", "1"]])
+    two_hours_ago = time.time() - 7200
+    os.utime(local, (two_hours_ago, two_hours_ago))
+    result = sftp_upload(service.service.sftp.port, [f"put -p {local}"], tmp_path / "client")
+    assert result.returncode == 0, result.stderr
+    assert service.service.loads.wait_idle(30)
+    engine = service.engine()
+    [logged] = file_log(engine)
+    lag = utcnow() - logged["snapshot_at"]
+    assert timedelta(minutes=145) < lag < timedelta(minutes=160)
+    engine.dispose()
+
+
+def test_a_malformed_upload_goes_to_failed_and_the_service_goes_on(service, tmp_path):
+    bad = tmp_path / "out" / "Carriers.csv"
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"id,name\nK1,A,B\n")
+    good = write_csv(tmp_path / "out" / "Employees.csv", ["id", "name"], [["E1", "Ann"]])
+    result = sftp_upload(service.service.sftp.port, [f"put {bad}", f"put {good}"], tmp_path / "c")
+    assert result.returncode == 0, result.stderr
+    assert service.service.loads.wait_idle(30)
+    inbox = service.settings.morning.inbox
+    assert "line 2" in (inbox / "failed" / "Carriers.csv.error.txt").read_text()
+    engine = service.engine()
+    assert table_rows(engine, "SELECT id FROM employees") == [{"id": "E1"}]
+    engine.dispose()
+
+
+def test_a_client_killed_mid_upload_loads_nothing(tmp_path, sqlite_url):
+    settings = make_settings(sqlite_url, tmp_path)
+    big = tmp_path / "out" / "Loads.csv"
+    big.parent.mkdir(parents=True)
+    with big.open("w") as f:
+        f.write("id,notes\n")
+        for i in range(100_000):
+            f.write(f"{i},{'x' * 100}\n")
+    with RunningService(settings) as running:
+        work = tmp_path / "client"
+        sftp_upload(running.service.sftp.port, ["pwd"], work)  # writes askpass and batch
+        (work / "batch").write_text(f"put {big}\n")
+        env = {
+            **os.environ,
+            "SSH_ASKPASS": str(work / "askpass.sh"),
+            "SSH_ASKPASS_REQUIRE": "force",
+            "DISPLAY": ":0",
+        }
+        process = subprocess.Popen(
+            [
+                "sftp",
+                "-F",
+                "/dev/null",
+                "-o",
+                "BatchMode=no",
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "PreferredAuthentications=password",
+                "-l",  # bandwidth limit in kbit/s, so the kill lands mid-upload
+                "8000",
+                "-P",
+                str(running.service.sftp.port),
+                "-b",
+                str(work / "batch"),
+                "aljex@127.0.0.1",
+            ],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        inbox = settings.morning.inbox
+        wait_for(
+            lambda: any(
+                p.name.startswith(".upload-") and p.stat().st_size > 1_000_000
+                for p in inbox.iterdir()
+            )
+        )
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        wait_for(lambda: not any(p.name.startswith(".upload-") for p in inbox.iterdir()))
+        assert running.service.loads.wait_idle(10)
+        assert running.service.loads.reports == []
+        assert [p.name for p in inbox.iterdir() if p.is_file()] == []
+
+
+def test_folder_watch_loads_a_file_once_it_stops_changing(tmp_path, sqlite_url):
+    settings = make_settings(sqlite_url, tmp_path, morning={"sftp": False, "quiet_seconds": 0.3})
+    with RunningService(settings) as running:
+        inbox = settings.morning.inbox
+        partial = write_csv(inbox / "Loads.csv.part", ["id", "status"], [["1", "OPEN"]])
+        time.sleep(1.0)
+        assert running.service.loads.reports == []
+        partial.rename(inbox / "Loads.csv")
+        wait_for(lambda: len(running.service.loads.reports) == 1)
+        assert running.service.loads.reports[0].status == "loaded"
+        engine = running.engine()
+        assert table_rows(engine, "SELECT id FROM loads") == [{"id": "1"}]
+        engine.dispose()
+
+
+def test_files_left_in_the_inbox_are_loaded_at_start(tmp_path, sqlite_url):
+    settings = make_settings(sqlite_url, tmp_path)
+    write_csv(settings.morning.inbox / "Employees.csv", ["id", "name"], [["E1", "Ann"]])
+    with RunningService(settings) as running:
+        assert running.service.loads.wait_idle(30)
+        assert [r.status for r in running.service.loads.reports] == ["loaded"]
+
+
+# -- the load command ---------------------------------------------------------------------
+
+
+def test_load_command_prints_a_summary_and_force_applies_a_held_file(tmp_path):
+    config = tmp_path / "aljex-sync.toml"
+    config.write_text(
+        f'[database]\nurl = "sqlite:///{tmp_path / "db.sqlite"}"\n'
+        '[live]\npassword = "x"\n[morning]\nsftp = false\n'
+    )
+    header = ["id", "name", "city"]
+    first = write_csv(tmp_path / "a" / "Customers.csv", header, customers(150))
+    runner = CliRunner()
+    result = runner.invoke(main, ["-c", str(config), "load", str(first)])
+    assert result.exit_code == 0, result.output
+    assert "loaded" in result.output and "150" in result.output
+    small = write_csv(tmp_path / "b" / "Customers.csv", header, customers(2))
+    held = runner.invoke(main, ["-c", str(config), "load", str(small)])
+    assert held.exit_code == 1 and "held" in held.output
+    dry = runner.invoke(main, ["-c", str(config), "load", "--dry-run", "--force", str(small)])
+    assert dry.exit_code == 0 and "dry-run" in dry.output
+    forced = runner.invoke(main, ["-c", str(config), "load", "--force", str(small)])
+    assert forced.exit_code == 0 and "148" in forced.output
