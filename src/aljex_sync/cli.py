@@ -25,6 +25,7 @@ from rich.table import Table
 from . import __version__, config, logs
 from .config import Settings
 from .credentials import generate_password, hash_password
+from .emulate_cli import emulate
 from .errors import AljexSyncError, ConfigError
 from .journal import Journal, summarize
 from .morning import FileReport, MorningLoader, recent_files
@@ -446,6 +447,9 @@ def replay(
         console.print("Nothing to replay.")
     else:
         console.print("Replayed: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+
+
+main.add_command(emulate)
 
 
 if __name__ == "__main__":
