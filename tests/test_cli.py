@@ -123,3 +123,11 @@ def test_serve_runs_until_sigterm_then_stops_cleanly(tmp_path):
     assert err.rstrip().endswith("stopped")
     _code, out = run("-c", str(path), "status")
     assert "1 applied" in out
+
+
+def test_demo_runs_the_whole_product_and_ends_with_zero_differences(tmp_path):
+    code, out = run("demo", "--seconds", "2", "--rate", "50", "--folder", str(tmp_path / "demo"))
+    assert code == 0, out
+    assert "13 files uploaded, 13 loaded" in out
+    assert "verify: zero differences" in out
+    assert (tmp_path / "demo" / "aljex.db").exists()
