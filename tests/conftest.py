@@ -12,6 +12,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from sqlalchemy import MetaData, create_engine, text
@@ -43,39 +44,43 @@ class ServerDatabases:
         self.made: dict[str, str] = {}
         self.errors: dict[str, Exception] = {}
 
+    NAME: ClassVar[str] = f"aljex_test_{RUN_ID}"
+    STATEMENTS: ClassVar[dict[tuple[str, str], str]] = {
+        ("postgresql", "create"): f'CREATE DATABASE "{NAME}"',
+        ("postgresql", "drop"): f'DROP DATABASE IF EXISTS "{NAME}" WITH (FORCE)',
+        ("mariadb", "create"): f"CREATE DATABASE `{NAME}` CHARACTER SET utf8mb4",
+        ("mariadb", "drop"): f"DROP DATABASE IF EXISTS `{NAME}`",
+    }
+
     def url(self, backend: str) -> str:
         if backend in self.made:
             return self.made[backend]
         if backend in self.errors:
             _unreachable(backend, self.errors[backend])
-        server = PG_SERVER if backend == "postgresql" else MY_SERVER
-        name = f"aljex_test_{RUN_ID}"
         try:
-            admin = create_engine(normalize_url(server), isolation_level="AUTOCOMMIT")
-            with admin.connect() as conn:
-                if backend == "postgresql":
-                    conn.execute(text(f'CREATE DATABASE "{name}"'))
-                else:
-                    conn.execute(text(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4"))
-            admin.dispose()
+            self._admin(backend, "create")
         except OperationalError as e:
             self.errors[backend] = e
             _unreachable(backend, e)
-        url = normalize_url(server).set(database=name)
+        url = normalize_url(_server(backend)).set(database=self.NAME)
         self.made[backend] = url.render_as_string(hide_password=False)
         return self.made[backend]
 
     def drop_all(self) -> None:
-        for backend, url in self.made.items():
-            server = PG_SERVER if backend == "postgresql" else MY_SERVER
-            name = normalize_url(url).database
-            admin = create_engine(normalize_url(server), isolation_level="AUTOCOMMIT")
+        for backend in self.made:
+            self._admin(backend, "drop")
+
+    def _admin(self, backend: str, what: str) -> None:
+        admin = create_engine(normalize_url(_server(backend)), isolation_level="AUTOCOMMIT")
+        try:
             with admin.connect() as conn:
-                if backend == "postgresql":
-                    conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-                else:
-                    conn.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
+                conn.execute(text(self.STATEMENTS[backend, what]))
+        finally:
             admin.dispose()
+
+
+def _server(backend: str) -> str:
+    return PG_SERVER if backend == "postgresql" else MY_SERVER
 
 
 @pytest.fixture(scope="session")
