@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from aljex_sync import config
 from aljex_sync.cli import main
 from aljex_sync.credentials import verify_password
+from aljex_sync.sftp import host_key_fingerprint
 
 
 def run(*args: str) -> tuple[int, str]:
@@ -42,6 +43,8 @@ def test_init_writes_a_config_and_prints_what_to_tell_aljex(tmp_path):
     assert verify_password(settings.morning.password_hash, passwords[1])
     assert passwords[0] not in path.read_text()
     assert path.stat().st_mode & 0o777 == 0o600
+    fingerprint = re.search(r"Host key: (SHA256:\S+)", out).group(1)
+    assert fingerprint == host_key_fingerprint(settings.morning.host_key)
 
 
 def test_init_will_not_overwrite_without_force(tmp_path):
@@ -131,3 +134,28 @@ def test_demo_runs_the_whole_product_and_ends_with_zero_differences(tmp_path):
     assert "13 files uploaded, 13 loaded" in out
     assert "verify: zero differences" in out
     assert (tmp_path / "demo" / "aljex.db").exists()
+
+
+def test_replay_command_lands_held_records_once_the_key_is_configured(tmp_path):
+    from aljex_sync.journal import Journal, Received
+    from aljex_sync.store.database import open_engine
+    from aljex_sync.store.schema import utcnow
+    from aljex_sync.wire import parse_body
+
+    path, _ = init(tmp_path)
+    settings = config.load(path, env={})
+    journal = Journal(open_engine(settings.database.url), settings)
+    journal.start()
+    body = b"web_sync_table_name=bills&web_sync_action=create&bill_no=B1&amount=5"
+    received = Received(body, "127.0.0.1", utcnow(), change=parse_body(body))
+    assert journal.submit(received).result().status == "held"
+    journal.close()
+    code, out = run("-c", str(path), "status")
+    assert "key field 'id' is missing" in out
+    path.write_text(path.read_text() + '\n[tables.bills]\nkey = ["bill_no"]\n')
+    code, out = run("-c", str(path), "replay")
+    assert code == 0
+    assert "event 1 bills B1 -> applied" in out
+    assert "Replayed: 1 applied" in out
+    code, out = run("-c", str(path), "replay")
+    assert "Nothing to replay." in out

@@ -32,6 +32,7 @@ from .errors import AljexSyncError, ConfigError
 from .journal import Journal, summarize
 from .morning import FileReport, MorningLoader, recent_files
 from .service import Service
+from .sftp import host_key_fingerprint
 from .store.database import display_url, open_engine
 
 console = Console()
@@ -144,6 +145,8 @@ def init(
     console.print(f"  Username: {settings.morning.username}")
     console.print(f"  Password: {sftp_password}", highlight=False)
     console.print("  Folder:   /")
+    fingerprint = host_key_fingerprint(settings.morning.host_key)
+    console.print(f"  Host key: {fingerprint} (ed25519)", highlight=False)
     console.print(
         "\nThe passwords are stored only as hashes and will not be shown again."
         "\nThen run: aljex-sync serve"
