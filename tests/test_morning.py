@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from sqlalchemy import Engine, select, text
 
 from aljex_sync.cli import main
+from aljex_sync.csvfile import CsvReader, inspect_file
 from aljex_sync.journal import Journal
 from aljex_sync.morning import MorningLoader, dispose, export_time, table_for
 from aljex_sync.store.database import open_engine
@@ -38,6 +39,10 @@ def write_csv(path: Path, header: list[str], rows: list[list[str]], **options: s
 
 def customers(n: int, city: str = "Newark") -> list[list[str]]:
     return [[f"C{i}", f"Customer {i}", city] for i in range(n)]
+
+
+# 1200 rows of an id,name file: more than one batch, so some are staged before the end.
+PLAIN_ROWS = b"".join(b"K%d,plain %d\r\n" % (i, i) for i in range(1200))
 
 
 def table_rows(engine: Engine, sql: str) -> list[dict]:
@@ -343,6 +348,20 @@ def test_a_malformed_file_is_rejected_whole_and_quarantined_with_its_line(
         assert not conn.dialect.has_table(conn, "carriers")
 
 
+def test_a_file_malformed_after_many_rows_leaves_no_trace(receiver, tmp_path):
+    bad = tmp_path / "Carriers.csv"
+    bad.write_bytes(b"id,name\r\n" + PLAIN_ROWS + b"K1200,x,extra\r\nK1201,y\r\n")
+    report = receiver.load(bad)
+    assert report.status == "failed" and "line 1202" in report.error
+    with receiver.engine.connect() as conn:
+        assert not conn.dialect.has_table(conn, "carriers")
+    good = write_csv(tmp_path / "Carriers.csv", ["id", "name"], [["K1", "A"]])
+    assert receiver.load(good).status == "loaded"
+    assert table_rows(receiver.engine, "SELECT id, name FROM carriers") == [
+        {"id": "K1", "name": "A"}
+    ]
+
+
 def test_a_header_without_the_key_field_is_rejected(receiver, tmp_path):
     path = write_csv(tmp_path / "Invoicing.csv", ["id", "total"], [["1", "5"]])
     report = receiver.load(path)
@@ -382,6 +401,122 @@ def test_csv_shapes_load_exactly(receiver, tmp_path, content, expected):
     assert table_rows(receiver.engine, "SELECT id, name FROM carriers") == [
         {"id": "K1", "name": expected}
     ]
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b'id,name\r\nK1,"Acme, Inc."\r\nK2,"two\r\nlines"\r\nK3,\r\nK4,""\r\n',
+        b"id,name\r\nK1,a\r\nK2,b\r\n\r\n\r\n",
+        b"id,name\nK1,a\n\nK2,b\n",
+        b"\nid,name\nK1,a\n",
+        b"id,name\nK1,a\r\nK2,b\n",
+        b"id,name\r\n" + PLAIN_ROWS + b'K1200,48" pipe\r\n',
+        b"id\r\nK1\r\n\\.\r\nK2\r\n",
+        b"id,name\r\nK1,first\r\nK2,x\r\nK1,last\r\n",
+        "id,name\r\nK1,Caf\u00e9\r\n".encode("cp1252"),
+        b'id\tname\r\nK1\t"tab\there"\r\nK2\t\r\n',
+        b'id|name\nK1|"pipe|here"\nK2|b\n',
+        "\ufeffid,name\r\nK1,Caf\u00e9\r\n".encode(),
+    ],
+    ids=[
+        "plain",
+        "trailing-blank-lines",
+        "blank-line-between-rows",
+        "blank-line-before-header",
+        "mixed-line-endings",
+        "quote-in-unquoted-value-after-many-rows",
+        "end-of-copy-marker-as-a-key",
+        "key-twice",
+        "cp1252",
+        "tab",
+        "pipe",
+        "utf8-bom",
+    ],
+)
+def test_the_table_holds_the_rows_csvfile_reads_whatever_the_shape(receiver, tmp_path, content):
+    """PostgreSQL may COPY a file's own bytes: they must give exactly the rows csvfile reads."""
+    path = tmp_path / "Carriers.csv"
+    path.write_bytes(content)
+    expected: dict[str, list[str]] = {}
+    with CsvReader(path, inspect_file(path)) as reader:
+        header = reader.header
+        for batch in reader.batches():
+            for row in batch:
+                expected[row[0]] = row  # a key given twice keeps its last row
+    report = receiver.load(path)
+    assert report.status == "loaded", report.error
+    assert report.counts.inserted == len(expected)
+    columns = ", ".join(header)
+    loaded = table_rows(receiver.engine, f"SELECT {columns} FROM carriers")
+    assert sorted(loaded, key=lambda r: r["id"]) == [
+        dict(zip(header, expected[k], strict=True)) for k in sorted(expected)
+    ]
+
+
+def test_live_sync_can_write_while_a_file_is_staged(receiver, tmp_path):
+    path = write_csv(tmp_path / "Customers.csv", ["id", "name", "city"], customers(1500))
+    # A writer that gives up after 0.3 s: it fails if staging holds the database's lock.
+    writer = open_engine(receiver.settings.database.url, timeout=0.3)
+    with writer.begin() as conn:
+        conn.execute(text("CREATE TABLE side (n INTEGER)"))
+    written: list[int] = []
+
+    def progress(bytes_read: int, rows: int) -> None:
+        with writer.begin() as conn:
+            conn.execute(text("INSERT INTO side (n) VALUES (:n)"), {"n": rows})
+        written.append(rows)
+
+    report = receiver.load(path, progress=progress)
+    writer.dispose()
+    assert report.status == "loaded" and report.counts.inserted == 1500
+    assert written[-1] == 1500 and len(written) >= 2
+    assert table_rows(receiver.engine, "SELECT COUNT(*) AS n FROM side") == [{"n": len(written)}]
+
+
+def test_counts_of_full_files_that_revive_update_insert_and_soft_delete(database_url, tmp_path):
+    r = Receiver(database_url, tmp_path, tables={"customers": {"delete": "soft"}})
+    header = ["id", "name", "city"]
+    r.load(write_csv(tmp_path / "Customers.csv", header, customers(5)))
+    second = [*customers(2), ["C5", "Customer 5", "Newark"]]
+    second[1][2] = "Camden"
+    c = r.load(write_csv(tmp_path / "Customers.csv", header, second)).counts
+    assert (c.inserted, c.updated, c.deleted) == (1, 2, 3)
+    assert (c.missing_in_db, c.extra_in_db, c.differing, c.skipped_newer) == (1, 3, 1, 0)
+    # C2 was soft-deleted: the file brings it back; C1 and C5 are now gone from the file.
+    third = [["C0", "Customer 0", "Newark"], ["C2", "Customer 2", "Newark"]]
+    c = r.load(write_csv(tmp_path / "Customers.csv", header, third)).counts
+    assert (c.inserted, c.updated, c.deleted) == (0, 2, 2)
+    assert (c.missing_in_db, c.extra_in_db, c.differing, c.skipped_newer) == (1, 2, 0, 0)
+    rows = table_rows(r.engine, "SELECT id, _aljex_deleted_at FROM customers ORDER BY id")
+    assert {row["id"]: row["_aljex_deleted_at"] is None for row in rows} == {
+        "C0": True,
+        "C1": False,
+        "C2": True,
+        "C3": False,
+        "C4": False,
+        "C5": False,
+    }
+    r.engine.dispose()
+
+
+def test_a_composite_key_merges_on_all_its_fields(database_url, tmp_path):
+    stops = {"key": ["load_id", "stop"], "mode": "full", "files": ["stops*.csv"]}
+    r = Receiver(database_url, tmp_path, tables={"stops": stops})
+    header = ["load_id", "stop", "city"]
+    first = [["L1", "1", "Newark"], ["L1", "2", "Camden"], ["L2", "1", "Trenton"]]
+    assert r.load(write_csv(tmp_path / "stops_1.csv", header, first)).counts.inserted == 3
+    # L1/2 changes, given twice (the last row wins); L2/1 goes; L2/2 is new.
+    second = [["L1", "1", "Newark"], ["L1", "2", "Edison"], ["L2", "2", "Paterson"]]
+    second.append(["L1", "2", "Hoboken"])
+    c = r.load(write_csv(tmp_path / "stops_2.csv", header, second)).counts
+    assert (c.inserted, c.updated, c.deleted, c.differing, c.extra_in_db) == (1, 2, 1, 1, 1)
+    assert table_rows(r.engine, "SELECT load_id, stop, city FROM stops ORDER BY load_id, stop") == [
+        {"load_id": "L1", "stop": "1", "city": "Newark"},
+        {"load_id": "L1", "stop": "2", "city": "Hoboken"},
+        {"load_id": "L2", "stop": "2", "city": "Paterson"},
+    ]
+    r.engine.dispose()
 
 
 def test_header_fields_get_the_same_columns_as_live_sync(receiver, tmp_path):

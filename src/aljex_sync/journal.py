@@ -3,7 +3,9 @@
 Each request is written to ``_aljex_events`` in the same transaction as its effect on the
 synced table, and the caller is answered only after that transaction commits. One writer
 thread does all the writing and commits whatever requests are waiting together (group
-commit): a lone request is committed at once, and under load one fsync serves many.
+commit): a lone request is committed at once, and under load one fsync serves many. The
+writer keeps its connection between groups and sends its statements straight to the driver
+(``store/prepared.py``); on SQLite another thread checkpoints the WAL, so no commit has to.
 
 Statuses:
 
@@ -16,23 +18,26 @@ Statuses:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import queue
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from sqlalchemy import Connection, Engine, func, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql.expression import ClauseElement
 
-from .config import Settings
+from .config import Settings, TableSettings
 from .errors import DatabaseUnavailable, WireError
-from .store.database import translate
+from .store.database import WalCheckpointer, translate
 from .store.prepared import Prepared
 from .store.rows import RowMeta, RowWriter, record_key
 from .store.schema import Schema, SyncedTable, events, utcnow
@@ -41,6 +46,8 @@ from .wire import Change, parse_body
 Status = Literal["applied", "held", "rejected", "superseded"]
 LIVE = "live"
 MAX_BATCH = 512
+MAX_SHAPES = 4096
+IDLE_RECHECK = 1.0  # seconds without a write before the writer's connection is re-checked
 
 log = logging.getLogger("aljex_sync.journal")
 
@@ -71,7 +78,7 @@ class Outcome:
     key: str = ""
 
 
-@dataclass
+@dataclass(slots=True)
 class _Plan:
     received: Received
     status: Status
@@ -79,7 +86,8 @@ class _Plan:
     key: str = ""
     synced: SyncedTable | None = None
     key_values: dict[str, str] = field(default_factory=dict)
-    values: dict[str, str] = field(default_factory=dict)
+    columns: tuple[str, ...] = ()  # the record's columns, and its values in their order
+    values: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
     replay_of: int | None = None
 
@@ -96,7 +104,10 @@ class _Plan:
         return self.received.rejection.action if self.received.rejection else None
 
 
-_Item = tuple[Received, int | None, "Future[Outcome]"]
+# A waiter is resolved after its group commits: a concurrent future in the writer thread,
+# an asyncio future on its own loop (see _settle).
+_Waiter = Future[Outcome] | asyncio.Future[Outcome]
+_Item = tuple[Received, int | None, _Waiter]
 
 EVENT_FIELDS = (
     "status",
@@ -120,6 +131,25 @@ def _event_insert(dialect: str) -> ClauseElement:
     return stmt.returning(events.c.id) if dialect == "postgresql" else stmt
 
 
+def _event_values(plan: _Plan, now: datetime) -> tuple[Any, ...]:
+    """An event row for a plan, in EVENT_FIELDS order."""
+    received, change = plan.received, plan.received.change
+    return (
+        plan.status,
+        plan.reason or None,
+        now if plan.status == "applied" else None,
+        received.received_at,
+        LIVE,
+        received.remote_addr,
+        plan.table,
+        change.action if change else None,
+        change.raw_action if change else plan.action or None,
+        plan.key or None,
+        "\n".join(plan.warnings) or None,
+        received.body,
+    )
+
+
 class Journal:
     """Writes requests and their effects, one transaction per group of waiting requests."""
 
@@ -131,9 +161,28 @@ class Journal:
         self._insert_event = Prepared.compile(
             _event_insert(engine.dialect.name), engine.dialect, EVENT_FIELDS
         )
+        # SQLite inserts a group's events as one executemany, with the ids it would have
+        # given them itself (max + 1, ...), which the write lock of BEGIN IMMEDIATE makes
+        # safe. The servers' sequences are not to be second-guessed: one insert each.
+        self._grouped_events: tuple[Prepared, Prepared] | None = None
+        if engine.dialect.name == "sqlite":
+            self._grouped_events = (
+                Prepared.compile(select(func.max(events.c.id)), engine.dialect, ()),
+                Prepared.compile(insert(events), engine.dialect, ("id", *EVENT_FIELDS)),
+            )
         self.counts: Counter[str] = Counter()
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        # The writer's connection; the lock lets replay() share process() with the writer.
+        self._lock = threading.Lock()
+        self._conn: Connection | None = None
+        self._last_used = 0.0
+        self._checkpointer: WalCheckpointer | None = None
+        # The columns of each (table, field names) the writer has seen: Aljex sends the
+        # same fields for every record of a table, and a field's column never changes once
+        # made, so a known shape needs neither ensure() nor a lookup per field.
+        self._columns: dict[tuple[str, tuple[str, ...]], tuple[str, ...]] = {}
+        self._settings_of: dict[str, TableSettings] = {}
 
     # -- life cycle ---------------------------------------------------------------------
 
@@ -147,6 +196,9 @@ class Journal:
     def start(self) -> None:
         """Install, then start the writer thread."""
         self.install()
+        if self.engine.dialect.name == "sqlite":
+            self._checkpointer = WalCheckpointer(self.engine)
+            self._checkpointer.start()
         self._thread = threading.Thread(target=self._run, name="aljex-journal", daemon=True)
         self._thread.start()
 
@@ -156,6 +208,11 @@ class Journal:
             self._queue.put(None)
             self._thread.join()
             self._thread = None
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
+            self._checkpointer = None
+        with self._lock:
+            self._release()
         self.engine.dispose()
 
     def submit(self, received: Received) -> Future[Outcome]:
@@ -163,6 +220,16 @@ class Journal:
         future: Future[Outcome] = Future()
         self._queue.put((received, None, future))
         return future
+
+    async def write(self, received: Received) -> Outcome:
+        """Queue a request for the writer and wait for its commit, on the running loop.
+
+        Cheaper than awaiting ``submit``: the writer resolves every waiter of a group on one
+        call into the loop, instead of waking the loop once per request.
+        """
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._queue.put((received, None, future))
+        return await future
 
     def _run(self) -> None:
         while True:
@@ -181,6 +248,8 @@ class Journal:
                     break
                 batch.append(nxt)
             self.process(batch)
+            if self._checkpointer is not None:
+                self._checkpointer.committed()
             if stop:
                 return
 
@@ -193,32 +262,63 @@ class Journal:
         held. If the database is unavailable, every future gets DatabaseUnavailable and
         nothing is acknowledged.
         """
-        try:
-            with self.engine.connect() as conn:
+        with self._lock:
+            try:
+                conn = self._connection()
                 plans = [self._plan(received, replay_of) for received, replay_of, _ in batch]
                 try:
                     with conn.begin():
-                        outcomes = [self._write(conn, plan) for plan in plans]
+                        outcomes = self._write_group(conn, plans)
                 except SQLAlchemyError as e:
                     if isinstance(translate(e), DatabaseUnavailable):
                         raise
                     outcomes = [self._write_alone(conn, plan) for plan in plans]
-        except (SQLAlchemyError, DatabaseUnavailable, OSError) as e:
-            error = translate(e) if not isinstance(e, DatabaseUnavailable) else e
-            if not isinstance(error, DatabaseUnavailable):
-                error = DatabaseUnavailable(str(error))
-            log.error("database unavailable, %d request(s) not acknowledged: %s", len(batch), error)
-            for _, _, future in batch:
-                future.set_exception(error)
-            return
-        except Exception as e:  # a bug: fail the requests, keep the writer alive
-            log.exception("journal writer failed")
-            for _, _, future in batch:
-                future.set_exception(e)
-            return
-        for (_, _, future), outcome in zip(batch, outcomes, strict=True):
-            self.counts[outcome.status] += 1
-            future.set_result(outcome)
+            except (SQLAlchemyError, DatabaseUnavailable, OSError) as e:
+                self._release()
+                error = translate(e) if not isinstance(e, DatabaseUnavailable) else e
+                if not isinstance(error, DatabaseUnavailable):
+                    error = DatabaseUnavailable(str(error))
+                log.error(
+                    "database unavailable, %d request(s) not acknowledged: %s", len(batch), error
+                )
+                _settle([(waiter, error) for _, _, waiter in batch])
+                return
+            except Exception as e:  # a bug: fail the requests, keep the writer alive
+                self._release()
+                log.exception("journal writer failed")
+                _settle([(waiter, e) for _, _, waiter in batch])
+                return
+            self.counts.update(outcome.status for outcome in outcomes)
+        _settle(
+            [(waiter, outcome) for (_, _, waiter), outcome in zip(batch, outcomes, strict=True)]
+        )
+
+    def _connection(self) -> Connection:
+        """The writer's connection, kept from one group to the next.
+
+        A pool checkout and return per group costs more than the statements of a small
+        group. After an idle spell the connection goes back to the pool and is checked out
+        again, so the pool's pre-ping still finds one the server closed meanwhile; after a
+        failure it is dropped.
+        """
+        now = time.monotonic()
+        if self._conn is not None and (
+            self._conn.invalidated or now - self._last_used > IDLE_RECHECK
+        ):
+            self._release()
+        if self._conn is None:
+            self._conn = self.engine.connect()
+        self._last_used = now
+        return self._conn
+
+    def _release(self) -> None:
+        """Give the writer's connection back to the pool (a lost one is discarded there)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except SQLAlchemyError as e:
+                log.warning("could not return the writer's connection: %s", translate(e))
 
     def _plan(self, received: Received, replay_of: int | None) -> _Plan:
         """Decide what to do with a request; creates tables and columns it needs."""
@@ -226,7 +326,7 @@ class Journal:
             return _Plan(received, "rejected", received.rejection.reason, replay_of=replay_of)
         change = received.change
         assert change is not None
-        settings = self.settings.table(change.table)
+        settings = self._table_settings(change.table)
         plan = _Plan(received, "applied", warnings=change.warnings, replay_of=replay_of)
         existing = self.schema.tables.get(change.table)
         key_fields = settings.key
@@ -238,36 +338,58 @@ class Journal:
                 f"table {change.table} was created with key ({', '.join(existing.key_fields)}) "
                 f"but the configuration says ({', '.join(key_fields)})",
             )
-        fields = dict(change.fields)
+        fields = change.fields
         key_values: list[str] = []
         for key_field in key_fields:
-            sent = SyncedTable.key_field_for_names(fields, key_field)
+            sent = (
+                key_field
+                if key_field in fields
+                else SyncedTable.key_field_for_names(fields, key_field)
+            )
             if sent is None:
                 return self._held(plan, f"key field {key_field!r} is missing")
-            value = fields.pop(sent)
+            value = fields[sent]
             if value == "":
                 return self._held(plan, f"key field {key_field!r} is empty")
-            fields[key_field] = value
+            if sent != key_field:  # sent in another case: keep it under the configured name
+                fields = {n: v for n, v in fields.items() if n != sent}
+                fields[key_field] = value
             key_values.append(value)
         plan.key = record_key(key_values)
-        if change.action == "delete" and existing is None:
-            plan.reason = "no such table yet; nothing to delete"
+        if change.action == "delete":
+            if existing is None:
+                plan.reason = "no such table yet; nothing to delete"
+                return plan
+            plan.synced = existing
+            plan.key_values = {existing.columns[k]: fields[k] for k in key_fields}
             return plan
-        try:
-            synced = existing
-            if change.action != "delete" or synced is None:
-                synced = self.schema.ensure(change.table, key_fields, fields)
-        except SQLAlchemyError as e:
-            error = translate(e, change.table)
-            if isinstance(error, DatabaseUnavailable):
-                raise error from e
-            return self._held(plan, str(error))
-        assert synced is not None
-        plan.synced = synced
-        plan.key_values = {synced.columns[k]: fields[k] for k in key_fields}
-        if change.action != "delete":
-            plan.values = {synced.columns[f]: v for f, v in fields.items()}
+        names = tuple(fields)
+        columns = self._columns.get((change.table, names)) if existing is not None else None
+        if columns is None:
+            try:
+                existing = self.schema.ensure(change.table, key_fields, fields)
+            except SQLAlchemyError as e:
+                error = translate(e, change.table)
+                if isinstance(error, DatabaseUnavailable):
+                    raise error from e
+                return self._held(plan, str(error))
+            columns = tuple(existing.columns[f] for f in names)
+            if len(self._columns) >= MAX_SHAPES:
+                self._columns.clear()
+            self._columns[change.table, names] = columns
+        assert existing is not None
+        plan.synced = existing
+        plan.key_values = {existing.columns[k]: fields[k] for k in key_fields}
+        plan.columns = columns
+        plan.values = tuple(fields.values())
         return plan
+
+    def _table_settings(self, table: str) -> TableSettings:
+        """``settings.table(table)``, made once per table: it builds a new object each call."""
+        found = self._settings_of.get(table)
+        if found is None:
+            found = self._settings_of[table] = self.settings.table(table)
+        return found
 
     @staticmethod
     def _held(plan: _Plan, reason: str) -> _Plan:
@@ -290,12 +412,62 @@ class Journal:
                     self._write_event(conn, plan)
                     return self._outcome(plan, event_id)
             if change.action == "delete":
-                soft = self.settings.table(change.table).delete == "soft"
+                soft = self._table_settings(change.table).delete == "soft"
                 if not self.rows.delete(conn, plan.synced, plan.key_values, meta, soft=soft):
                     plan.reason = "no such record; nothing to delete"
             else:
-                self.rows.upsert(conn, plan.synced, [plan.values], meta)
+                self.rows.upsert(conn, plan.synced, plan.columns, [(plan.values, meta)])
         return self._outcome(plan, event_id)
+
+    def _write_group(self, conn: Connection, plans: Sequence[_Plan]) -> list[Outcome]:
+        """Write a group: its events, then its effects in the order the requests came.
+
+        A statement's round trip through Python and the driver costs more than SQLite's
+        work on a small row, so the events go in as one executemany (on SQLite), and each
+        run of upserts into one table with one set of columns as another; a later record
+        for a key still lands after an earlier one. Replays go one by one, since each
+        checks the age of its row first.
+        """
+        if any(plan.replay_of is not None for plan in plans):
+            return [self._write(conn, plan) for plan in plans]
+        event_ids = self._insert_events(conn, plans)
+        run: list[tuple[Sequence[str], RowMeta]] = []
+        run_of: tuple[SyncedTable, tuple[str, ...]] | None = None
+        for plan, event_id in zip(plans, event_ids, strict=True):
+            synced, change = plan.synced, plan.received.change
+            if plan.status != "applied" or synced is None or change is None:
+                continue
+            meta = RowMeta(plan.received.received_at, LIVE, event_id)
+            if change.action != "delete":
+                if run_of is None or run_of[0] is not synced or run_of[1] is not plan.columns:
+                    if run_of is not None:
+                        self.rows.upsert(conn, run_of[0], run_of[1], run)
+                    run, run_of = [], (synced, plan.columns)
+                run.append((plan.values, meta))
+                continue
+            if run_of is not None:
+                self.rows.upsert(conn, run_of[0], run_of[1], run)
+                run, run_of = [], None
+            soft = self._table_settings(change.table).delete == "soft"
+            if not self.rows.delete(conn, synced, plan.key_values, meta, soft=soft):
+                plan.reason = "no such record; nothing to delete"
+        if run_of is not None:
+            self.rows.upsert(conn, run_of[0], run_of[1], run)
+        return [
+            self._outcome(plan, event_id) for plan, event_id in zip(plans, event_ids, strict=True)
+        ]
+
+    def _insert_events(self, conn: Connection, plans: Sequence[_Plan]) -> list[int]:
+        """Insert the events of a group, in order; return their ids."""
+        now = utcnow()
+        rows = [_event_values(plan, now) for plan in plans]
+        if self._grouped_events is None or len(rows) == 1:
+            return [self._insert_event.insert_values(conn, row) for row in rows]
+        last_id, insert_with_ids = self._grouped_events
+        first = int(last_id.scalar(conn) or 0) + 1
+        ids = list(range(first, first + len(rows)))
+        insert_with_ids.execute_values(conn, [(i, *row) for i, row in zip(ids, rows, strict=True)])
+        return ids
 
     def _write_alone(self, conn: Connection, plan: _Plan) -> Outcome:
         """Write one request in its own transaction; hold it if the database refuses it."""
@@ -311,37 +483,16 @@ class Journal:
                 return self._write(conn, plan)
 
     def _write_event(self, conn: Connection, plan: _Plan) -> int:
-        received = plan.received
         now = utcnow()
-        row = {
-            "status": plan.status,
-            "error": plan.reason or None,
-            "applied_at": now if plan.status == "applied" else None,
-        }
         if plan.replay_of is not None:
+            row = {
+                "status": plan.status,
+                "error": plan.reason or None,
+                "applied_at": now if plan.status == "applied" else None,
+            }
             conn.execute(update(events).where(events.c.id == plan.replay_of).values(row))
             return plan.replay_of
-        change = received.change
-        result = self._insert_event.execute(
-            conn,
-            [
-                {
-                    **row,
-                    "received_at": received.received_at,
-                    "source": LIVE,
-                    "remote_addr": received.remote_addr,
-                    "table_name": plan.table,
-                    "action": change.action if change else None,
-                    "raw_action": (change.raw_action if change else plan.action or None),
-                    "record_key": plan.key or None,
-                    "warnings": "\n".join(plan.warnings) or None,
-                    "body": received.body,
-                }
-            ],
-        )
-        if result.returns_rows:
-            return int(result.scalar_one())
-        return int(result.lastrowid)
+        return self._insert_event.insert_values(conn, _event_values(plan, now))
 
     @staticmethod
     def _outcome(plan: _Plan, event_id: int) -> Outcome:
@@ -389,6 +540,38 @@ class Journal:
         except WireError as e:
             return Received(body, remote_addr, received_at, rejection=e)
         return Received(body, remote_addr, received_at, change=change)
+
+
+def _settle(results: Sequence[tuple[_Waiter, Outcome | BaseException]]) -> None:
+    """Resolve waiters: concurrent futures here, asyncio ones in one callback per loop.
+
+    Waking a loop costs a system call and hands it the GIL while this thread still has
+    waiters to resolve; once per group is enough. A waiter that was cancelled meanwhile
+    (its request abandoned) is skipped.
+    """
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Waiter, Outcome | BaseException]]] = {}
+    for waiter, result in results:
+        if isinstance(waiter, asyncio.Future):
+            by_loop.setdefault(waiter.get_loop(), []).append((waiter, result))
+        else:
+            with contextlib.suppress(InvalidStateError):
+                _resolve(waiter, result)
+    for loop, pairs in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
+            loop.call_soon_threadsafe(_resolve_all, pairs)
+
+
+def _resolve_all(pairs: list[tuple[_Waiter, Outcome | BaseException]]) -> None:
+    for waiter, result in pairs:
+        if not waiter.done():
+            _resolve(waiter, result)
+
+
+def _resolve(waiter: _Waiter, result: Outcome | BaseException) -> None:
+    if isinstance(result, BaseException):
+        waiter.set_exception(result)
+    else:
+        waiter.set_result(result)
 
 
 @dataclass(frozen=True)

@@ -191,7 +191,7 @@ class LiveEndpoint:
             return _text(200, "parsed")
         received = Received(body, source, received_at, change=change)
         try:
-            outcome = await asyncio.wrap_future(self.journal.submit(received))
+            outcome = await self.journal.write(received)
         except DatabaseUnavailable as e:
             line.emit(503, "database unavailable")
             return _text(503, f"database unavailable, nothing was stored: {e}"[:300])
@@ -252,7 +252,7 @@ class LiveEndpoint:
         if self.journal is not None:
             received = Received(body, source, received_at, rejection=error)
             try:
-                await asyncio.wrap_future(self.journal.submit(received))
+                await self.journal.write(received)
             except DatabaseUnavailable as e:
                 log.warning("could not journal a rejected request: %s", e)
         line.emit(status, error.reason)

@@ -3,27 +3,65 @@
 SQLAlchemy Core builds every statement from checked names; compiling it and processing
 its parameters on each call is what costs, and for a 400-field record it costs more than
 the commit. A ``Prepared`` keeps the compiled SQL text, the order of its parameters and the
-few type conversions it needs (timestamps), and sends each row straight to the driver.
+few type conversions it needs (timestamps), and sends rows straight to the driver's cursor
+(``database.run_on_driver``, which still raises SQLAlchemy's exceptions).
+
+Rows are given either as mappings, or (cheaper: no dictionary per row) as sequences of
+values in the order of the names the statement was compiled for.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any, cast
 
-from sqlalchemy import Connection, CursorResult, Dialect
+from sqlalchemy import Connection, Dialect
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ClauseElement
 
+from .database import run_on_driver
 
-@dataclass(frozen=True)
+Parameters = Sequence[Any] | dict[str, Any]
+
+
+def _picker(indexes: Sequence[int]) -> Callable[[Sequence[Any]], tuple[Any, ...]]:
+    """The values at ``indexes``, as a tuple, in one C call."""
+    if len(indexes) > 1:
+        return itemgetter(*indexes)
+    if indexes:
+        index = indexes[0]
+        return lambda values: (values[index],)
+    return lambda values: ()
+
+
 class Prepared:
-    """A statement compiled for one dialect, for a fixed set of parameter names."""
+    """A statement compiled for one dialect, for a fixed list of parameter names."""
 
-    sql: str
-    order: tuple[str, ...] | None  # positional parameter order, None for named styles
-    processors: Mapping[str, Callable[[Any], Any]]
+    __slots__ = ("_converters", "_pick", "names", "order", "processors", "returning", "sql")
+
+    def __init__(
+        self,
+        sql: str,
+        names: Sequence[str],
+        order: Sequence[str] | None,
+        processors: Mapping[str, Callable[[Any], Any]],
+        *,
+        returning: bool = False,
+    ) -> None:
+        self.sql = sql
+        self.names = tuple(names)
+        self.order = tuple(order) if order is not None else None  # positional styles only
+        self.processors = dict(processors)
+        self.returning = returning
+        index = {name: i for i, name in enumerate(self.names)}
+        unnamed = [n for n in self.order or () if n not in index]
+        if unnamed:
+            raise ValueError(f"the statement has parameters it was not compiled for: {unnamed}")
+        # For rows given as values: where each positional parameter comes from, and which
+        # values need converting (a processor per index).
+        self._pick = _picker([index[n] for n in self.order]) if self.order is not None else None
+        self._converters = [(index[n], p) for n, p in self.processors.items() if n in index]
 
     @classmethod
     def compile(cls, stmt: ClauseElement, dialect: Dialect, names: Sequence[str]) -> Prepared:
@@ -34,17 +72,66 @@ class Prepared:
             if processor is not None:
                 processors[name] = processor
         order = tuple(compiled.positiontup) if compiled.positiontup is not None else None
-        return cls(compiled.string, order, processors)
+        returning = bool(compiled.effective_returning)
+        return cls(compiled.string, names, order, processors, returning=returning)
 
-    def parameters(self, row: Mapping[str, Any]) -> tuple[Any, ...] | dict[str, Any]:
+    # -- rows as mappings ---------------------------------------------------------------
+
+    def parameters(self, row: Mapping[str, Any]) -> Parameters:
+        """The driver's parameters for ``row``, which must carry every name compiled for."""
         if self.processors:
             row = {**row, **{n: p(row[n]) for n, p in self.processors.items() if n in row}}
-        if self.order is None:
-            return dict(row)
-        return tuple(row[name] for name in self.order)
+        if self.order is not None:
+            return tuple(row[name] for name in self.order)
+        return row if isinstance(row, dict) else dict(row)
 
-    def execute(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> CursorResult[Any]:
-        """Run for one row, or as executemany for several."""
-        if len(rows) == 1:
-            return conn.exec_driver_sql(self.sql, self.parameters(rows[0]))
-        return conn.exec_driver_sql(self.sql, [self.parameters(r) for r in rows])
+    def execute(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Run for one row, or as one executemany for several, in their order."""
+        self._run(conn, [self.parameters(r) for r in rows])
+
+    # -- rows as values in the order of ``names`` ---------------------------------------
+
+    def values_parameters(self, values: Sequence[Any]) -> Parameters:
+        """The driver's parameters for one row given as values in the order of ``names``."""
+        if self._converters:
+            values = list(values)
+            for i, convert in self._converters:
+                values[i] = convert(values[i])
+        if self._pick is not None:
+            return self._pick(values)
+        return dict(zip(self.names, values, strict=True))
+
+    def execute_values(self, conn: Connection, rows: Sequence[Sequence[Any]]) -> None:
+        """Run for rows given as values, as one executemany when there are several."""
+        self._run(conn, [self.values_parameters(r) for r in rows])
+
+    def insert_values(self, conn: Connection, values: Sequence[Any]) -> int:
+        """Run an INSERT of one row given as values and return the new row's id.
+
+        From its RETURNING clause where it has one (PostgreSQL), else from the driver's
+        ``lastrowid`` (SQLite, MySQL).
+        """
+        cursor = run_on_driver(conn, self.sql, self.values_parameters(values))
+        try:
+            if self.returning:
+                returned = cursor.fetchone()
+                assert returned is not None
+                return int(returned[0])
+            return int(cursor.lastrowid)
+        finally:
+            cursor.close()
+
+    def scalar(self, conn: Connection) -> Any:
+        """Run a query without parameters and return the first column of its first row."""
+        cursor = run_on_driver(conn, self.sql)
+        try:
+            row = cursor.fetchone()
+            return None if row is None else row[0]
+        finally:
+            cursor.close()
+
+    def _run(self, conn: Connection, params: list[Parameters]) -> None:
+        if len(params) == 1:
+            run_on_driver(conn, self.sql, params[0]).close()
+        elif params:
+            run_on_driver(conn, self.sql, params, many=True).close()

@@ -26,7 +26,7 @@ from .schema import (
     tombstones,
 )
 
-META = (SYNCED_AT, SOURCE, EVENT_ID, DELETED_AT)
+META = (SYNCED_AT, SOURCE, EVENT_ID, DELETED_AT)  # upsert() fills them in this order
 
 
 @dataclass(frozen=True)
@@ -86,20 +86,20 @@ class RowWriter:
         self,
         conn: Connection,
         synced: SyncedTable,
-        rows: Sequence[Mapping[str, str]],
-        meta: RowMeta,
+        columns: tuple[str, ...],
+        rows: Sequence[tuple[Sequence[str], RowMeta]],
     ) -> None:
-        """Upsert rows that all carry the same columns (keys included)."""
+        """Upsert rows given as values in ``columns`` order (keys included), each with its meta.
+
+        One executemany, in the order given, so a later row for a key wins.
+        """
         if not rows:
             return
-        prepared = self.upsert_statement(synced, tuple(rows[0]))
-        extra = {
-            SYNCED_AT: meta.synced_at,
-            SOURCE: meta.source,
-            EVENT_ID: meta.event_id,
-            DELETED_AT: None,
-        }
-        prepared.execute(conn, [{**row, **extra} for row in rows])
+        prepared = self.upsert_statement(synced, columns)
+        prepared.execute_values(
+            conn,
+            [(*values, meta.synced_at, meta.source, meta.event_id, None) for values, meta in rows],
+        )
 
     def delete(
         self,
