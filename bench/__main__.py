@@ -1,28 +1,116 @@
-"""Run every benchmark and print its table: `make bench`."""
+"""`make bench`: every speed goal, against baselines measured in the same run.
+
+Live Sync posts the emulator's records (invoicing trimmed to 40 fields, and Aljex's
+400-field loads); Morning Sync loads a generated 100 MB file. Results go to
+bench/results/ as JSON, a markdown table, and a plot of the latency distribution.
+"""
 
 from __future__ import annotations
 
-import itertools
+import argparse
+import json
+import platform
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
 
-from bench import live
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError
+
+from aljex_sync.brokerage import Brokerage
+from bench import live, morning
+
+RESULTS = Path(__file__).parent / "results"
+POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
-def synthetic_records(fields: int, count: int) -> list[tuple[str, dict[str, str]]]:
-    counter = itertools.count(1)
-    table = "employees" if fields <= 40 else "loads"
+def brokerage_records(fields: int, count: int) -> list[tuple[str, dict[str, str]]]:
+    """``count`` realistic records of about ``fields`` fields, each with its own key."""
+    brokerage = Brokerage(7, today=date(2026, 11, 27), size="small")
+    table, key = ("loads", "id") if fields > 40 else ("invoicing", "pro_num")
+    source = list(brokerage.records(table).values())
     records = []
-    for _ in range(count):
-        n = next(counter)
-        record = {"id": str(100000 + n)}
-        for i in range(1, fields):
-            record[f"field_{i}"] = f"value {i} of record {n}"
+    for i in range(count):
+        record = dict(source[i % len(source)])
+        if fields <= 40:
+            record = {key: record[key], **dict(list(record.items())[: fields - 1])}
+        record[key] = f"{record[key]}-{i}"
         records.append((table, record))
     return records
 
 
+def _postgres_reachable() -> str | None:
+    try:
+        engine = create_engine(POSTGRES)
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        engine.dispose()
+    except OperationalError:
+        return None
+    return POSTGRES
+
+
+def plot(results: list[dict[str, Any]], path: Path) -> None:
+    """The latency distribution at one connection, aljex-sync against the ceiling."""
+    import matplotlib
+    import matplotlib.ticker
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    percent = [i * 100 / 199 for i in range(200)]
+    for r in results:
+        if r["connections"] != 1:
+            continue
+        for who, style in (("sqlite", "-"), ("ceiling", ":")):
+            label = "aljex-sync (SQLite, FULL)" if who == "sqlite" else "parse-only ceiling"
+            ax.plot(r[who]["quantiles_ms"], percent, style, label=f"{r['fields']} fields, {label}")
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.set_xlabel("latency per request, ms (one connection)")
+    ax.set_ylabel("% of requests at or below")
+    ax.axvline(2.0, color="grey", linewidth=0.5)
+    ax.axvline(5.0, color="grey", linewidth=0.5)
+    ax.grid(True, which="both", linewidth=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("Live Sync latency, emulator records")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main() -> None:
-    results = live.run(synthetic_records)
-    print("\n".join(live.table(results)))
+    parser = argparse.ArgumentParser(prog="make bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small counts, no 1 GB file")
+    args = parser.parse_args()
+    RESULTS.mkdir(exist_ok=True)
+    if args.quick:
+        live_results = live.run(brokerage_records, sequential=300, concurrent=900, repeats=1)
+        morning_results = morning.run(20_000, big_gb=0, postgres=_postgres_reachable(), repeats=1)
+    else:
+        live_results = live.run(brokerage_records)
+        morning_results = morning.run(postgres=_postgres_reachable())
+    lines = [
+        f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.machine()},"
+        f" Python {platform.python_version()}.",
+        "",
+        "### Live Sync",
+        "",
+        *live.table(live_results),
+        "",
+        "### Morning Sync",
+        "",
+        *morning.table(morning_results),
+        "",
+    ]
+    (RESULTS / "results.md").write_text("\n".join(lines))
+    (RESULTS / "results.json").write_text(
+        json.dumps({"live": live_results, "morning": morning_results}, indent=1)
+    )
+    plot(live_results, RESULTS / "latency.png")
+    print("\n".join(lines))
+    print(f"Written: {RESULTS / 'results.md'}, results.json, latency.png")
 
 
 if __name__ == "__main__":

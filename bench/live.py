@@ -61,6 +61,7 @@ def _best(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "per_second": max(r["per_second"] for r in runs),
         "p50_ms": min(r["p50_ms"] for r in runs),
         "p99_ms": min(r["p99_ms"] for r in runs),
+        "quantiles_ms": min(runs, key=lambda r: r["p99_ms"])["quantiles_ms"],
         "runs": len(runs),
     }
 
