@@ -210,7 +210,7 @@ class Stage:
         elif self._positional:
             run_on_driver(self.conn, self._insert.sql, rows, many=True).close()
         else:
-            self._insert.execute(self.conn, [dict(zip(self.columns, r, strict=True)) for r in rows])
+            self._insert.execute_values(self.conn, rows)
 
     def add_csv(self, data: bytes) -> None:
         """Stage part of the file's bytes (``open(csv=True)`` only): COPY reads them."""

@@ -6,8 +6,8 @@ the commit. A ``Prepared`` keeps the compiled SQL text, the order of its paramet
 few type conversions it needs (timestamps), and sends rows straight to the driver's cursor
 (``database.run_on_driver``, which still raises SQLAlchemy's exceptions).
 
-Rows are given either as mappings, or (cheaper: no dictionary per row) as sequences of
-values in the order of the names the statement was compiled for.
+Rows are given as sequences of values in the order of the names the statement was compiled
+for: no dictionary per row.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def _picker(indexes: Sequence[int]) -> Callable[[Sequence[Any]], tuple[Any, ...]
 class Prepared:
     """A statement compiled for one dialect, for a fixed list of parameter names."""
 
-    __slots__ = ("_converters", "_pick", "names", "order", "processors", "returning", "sql")
+    __slots__ = ("_converters", "_pick", "names", "order", "returning", "sql")
 
     def __init__(
         self,
@@ -52,7 +52,6 @@ class Prepared:
         self.sql = sql
         self.names = tuple(names)
         self.order = tuple(order) if order is not None else None  # positional styles only
-        self.processors = dict(processors)
         self.returning = returning
         index = {name: i for i, name in enumerate(self.names)}
         unnamed = [n for n in self.order or () if n not in index]
@@ -61,7 +60,7 @@ class Prepared:
         # For rows given as values: where each positional parameter comes from, and which
         # values need converting (a processor per index).
         self._pick = _picker([index[n] for n in self.order]) if self.order is not None else None
-        self._converters = [(index[n], p) for n, p in self.processors.items() if n in index]
+        self._converters = [(index[n], p) for n, p in processors.items() if n in index]
 
     @classmethod
     def compile(cls, stmt: ClauseElement, dialect: Dialect, names: Sequence[str]) -> Prepared:
@@ -74,20 +73,6 @@ class Prepared:
         order = tuple(compiled.positiontup) if compiled.positiontup is not None else None
         returning = bool(compiled.effective_returning)
         return cls(compiled.string, names, order, processors, returning=returning)
-
-    # -- rows as mappings ---------------------------------------------------------------
-
-    def parameters(self, row: Mapping[str, Any]) -> Parameters:
-        """The driver's parameters for ``row``, which must carry every name compiled for."""
-        if self.processors:
-            row = {**row, **{n: p(row[n]) for n, p in self.processors.items() if n in row}}
-        if self.order is not None:
-            return tuple(row[name] for name in self.order)
-        return row if isinstance(row, dict) else dict(row)
-
-    def execute(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
-        """Run for one row, or as one executemany for several, in their order."""
-        self._run(conn, [self.parameters(r) for r in rows])
 
     # -- rows as values in the order of ``names`` ---------------------------------------
 

@@ -136,20 +136,15 @@ class RowWriter:
         return result.rowcount
 
     def tombstone(self, conn: Connection, table: str, key: str, meta: RowMeta) -> None:
-        row = {
-            "table_name": table,
-            "record_key": key,
-            "deleted_at": meta.synced_at,
-            "event_id": meta.event_id,
-        }
         prepared = self._tombstone_statement
         if prepared is None:
             stmt = self._upsert(
                 tombstones, ("table_name", "record_key"), ["deleted_at", "event_id"]
             )
-            prepared = Prepared.compile(stmt, self.sa_dialect, list(row))
+            names = ("table_name", "record_key", "deleted_at", "event_id")
+            prepared = Prepared.compile(stmt, self.sa_dialect, names)
             self._tombstone_statement = prepared
-        prepared.execute(conn, [row])
+        prepared.execute_values(conn, [(table, key, meta.synced_at, meta.event_id)])
 
     def synced_at(
         self, conn: Connection, synced: SyncedTable, key: Mapping[str, str]
