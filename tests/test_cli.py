@@ -137,18 +137,17 @@ def test_demo_runs_the_whole_product_and_ends_with_zero_differences(tmp_path):
 
 
 def test_replay_command_lands_held_records_once_the_key_is_configured(tmp_path):
-    from aljex_sync.journal import Journal, Received
+    from aljex_sync.journal import Journal, Outcome, Received
     from aljex_sync.store.database import open_engine
     from aljex_sync.store.schema import utcnow
-    from aljex_sync.wire import parse_body
 
     path, _ = init(tmp_path)
     settings = config.load(path, env={})
     journal = Journal(open_engine(settings.database.url), settings)
     journal.start()
     body = b"web_sync_table_name=bills&web_sync_action=create&bill_no=B1&amount=5"
-    received = Received(body, "127.0.0.1", utcnow(), change=parse_body(body))
-    assert journal.submit(received).result().status == "held"
+    (outcome,) = journal.write_group([Received(body, "127.0.0.1", utcnow())])
+    assert isinstance(outcome, Outcome) and outcome.status == "held"
     journal.close()
     code, out = run("-c", str(path), "status")
     assert "key field 'id' is missing" in out

@@ -511,7 +511,7 @@ def test_replay_lands_held_records_once_a_key_is_configured(database_url, tmp_pa
 
 
 def test_sqlite_commits_are_durable_wal_and_synchronous_full(sqlite_service):
-    engine = sqlite_service.service.journal.engine
+    engine = sqlite_service.service.engine
     with engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL

@@ -202,8 +202,8 @@ def service(database_url, tmp_path):
 
 
 def loader_of(service: RunningService) -> MorningLoader:
-    journal = service.service.journal
-    return MorningLoader(journal.engine, service.settings, journal.schema)
+    running = service.service
+    return MorningLoader(running.engine, service.settings, running.schema)
 
 
 def test_row_changed_by_live_after_the_export_is_kept(service, tmp_path):

@@ -1,11 +1,13 @@
 """The journal: every authenticated request, kept as it came, with what became of it.
 
 Each request is written to ``_aljex_events`` in the same transaction as its effect on the
-synced table, and the caller is answered only after that transaction commits. One writer
-thread does all the writing and commits whatever requests are waiting together (group
-commit): a lone request is committed at once, and under load one fsync serves many. The
-writer keeps its connection between groups and sends its statements straight to the driver
-(``store/prepared.py``); on SQLite another thread checkpoints the WAL, so no commit has to.
+synced table, and the caller is answered only after that transaction commits. Requests
+are written in groups, one transaction each (group commit): the Live Sync writer
+(``journal_process``) hands over whatever requests are waiting, so a lone request is
+committed at once and under load one fsync serves many. The journal parses each body
+itself, so the HTTP edge only checks who sends and how much. It keeps its connection
+between groups and sends its statements straight to the driver (``store/prepared.py``);
+on SQLite another thread checkpoints the WAL, so no commit has to.
 
 Statuses:
 
@@ -18,15 +20,11 @@ Statuses:
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import queue
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -56,13 +54,13 @@ log = logging.getLogger("aljex_sync.journal")
 class Received:
     """One authenticated request as the HTTP edge read it.
 
-    Exactly one of ``change`` (it parsed) and ``rejection`` (it did not) is set.
+    The journal parses ``body``; ``rejection`` is set when the edge already refused the
+    request (too large, wrong content type), and the request is then only recorded.
     """
 
     body: bytes
     remote_addr: str
     received_at: datetime
-    change: Change | None = None
     rejection: WireError | None = None
 
 
@@ -76,11 +74,14 @@ class Outcome:
     table: str | None = None
     action: str | None = None
     key: str = ""
+    rejection: WireError | None = None  # why a ``rejected`` request was refused
 
 
 @dataclass(slots=True)
 class _Plan:
     received: Received
+    change: Change | None
+    rejection: WireError | None
     status: Status
     reason: str = ""
     key: str = ""
@@ -93,21 +94,19 @@ class _Plan:
 
     @property
     def table(self) -> str | None:
-        if self.received.change is not None:
-            return self.received.change.table
-        return self.received.rejection.table if self.received.rejection else None
+        if self.change is not None:
+            return self.change.table
+        return self.rejection.table if self.rejection else None
 
     @property
     def action(self) -> str | None:
-        if self.received.change is not None:
-            return self.received.change.action
-        return self.received.rejection.action if self.received.rejection else None
+        if self.change is not None:
+            return self.change.action
+        return self.rejection.action if self.rejection else None
 
 
-# A waiter is resolved after its group commits: a concurrent future in the writer thread,
-# an asyncio future on its own loop (see _settle).
-_Waiter = Future[Outcome] | asyncio.Future[Outcome]
-_Item = tuple[Received, int | None, _Waiter]
+# A request to write, and the event it replays (None for a new request).
+_Item = tuple[Received, int | None]
 
 EVENT_FIELDS = (
     "status",
@@ -133,7 +132,7 @@ def _event_insert(dialect: str) -> ClauseElement:
 
 def _event_values(plan: _Plan, now: datetime) -> tuple[Any, ...]:
     """An event row for a plan, in EVENT_FIELDS order."""
-    received, change = plan.received, plan.received.change
+    received, change = plan.received, plan.change
     return (
         plan.status,
         plan.reason or None,
@@ -171,9 +170,7 @@ class Journal:
                 Prepared.compile(insert(events), engine.dialect, ("id", *EVENT_FIELDS)),
             )
         self.counts: Counter[str] = Counter()
-        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        # The writer's connection; the lock lets replay() share process() with the writer.
+        # The writer's connection; the lock serializes groups from more than one thread.
         self._lock = threading.Lock()
         self._conn: Connection | None = None
         self._last_used = 0.0
@@ -194,20 +191,14 @@ class Journal:
             raise DatabaseUnavailable(f"cannot open the database: {translate(e)}") from e
 
     def start(self) -> None:
-        """Install, then start the writer thread."""
+        """Install, and on SQLite start checkpointing the WAL in the background."""
         self.install()
         if self.engine.dialect.name == "sqlite":
             self._checkpointer = WalCheckpointer(self.engine)
             self._checkpointer.start()
-        self._thread = threading.Thread(target=self._run, name="aljex-journal", daemon=True)
-        self._thread.start()
 
     def close(self) -> None:
-        """Finish what is queued, stop the writer and close the database."""
-        if self._thread is not None:
-            self._queue.put(None)
-            self._thread.join()
-            self._thread = None
+        """Stop the checkpointer and close the database."""
         if self._checkpointer is not None:
             self._checkpointer.stop()
             self._checkpointer = None
@@ -215,57 +206,25 @@ class Journal:
             self._release()
         self.engine.dispose()
 
-    def submit(self, received: Received) -> Future[Outcome]:
-        """Queue a request for the writer; the future resolves after its commit."""
-        future: Future[Outcome] = Future()
-        self._queue.put((received, None, future))
-        return future
-
-    async def write(self, received: Received) -> Outcome:
-        """Queue a request for the writer and wait for its commit, on the running loop.
-
-        Cheaper than awaiting ``submit``: the writer resolves every waiter of a group on one
-        call into the loop, instead of waking the loop once per request.
-        """
-        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self._queue.put((received, None, future))
-        return await future
-
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            batch = [item]
-            stop = False
-            while len(batch) < MAX_BATCH:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stop = True
-                    break
-                batch.append(nxt)
-            self.process(batch)
-            if self._checkpointer is not None:
-                self._checkpointer.committed()
-            if stop:
-                return
-
     # -- writing ------------------------------------------------------------------------
 
-    def process(self, batch: Sequence[_Item]) -> None:
-        """Write a group of requests in one transaction and resolve their futures.
+    def write_group(self, received: Sequence[Received]) -> list[Outcome | BaseException]:
+        """Write requests as one group, in one transaction; each gets its outcome or error.
 
-        If one record makes the group fail, each is retried alone so only that one is
-        held. If the database is unavailable, every future gets DatabaseUnavailable and
-        nothing is acknowledged.
+        The outcomes come after the commit. If one record makes the group fail, each is
+        retried alone so only that one is held. If the database is unavailable, each gets
+        DatabaseUnavailable and nothing is acknowledged.
         """
+        results = self._process([(r, None) for r in received])
+        if self._checkpointer is not None:
+            self._checkpointer.committed()
+        return results
+
+    def _process(self, batch: Sequence[_Item]) -> list[Outcome | BaseException]:
         with self._lock:
             try:
                 conn = self._connection()
-                plans = [self._plan(received, replay_of) for received, replay_of, _ in batch]
+                plans = [self._plan(received, replay_of) for received, replay_of in batch]
                 try:
                     with conn.begin():
                         outcomes = self._write_group(conn, plans)
@@ -281,17 +240,13 @@ class Journal:
                 log.error(
                     "database unavailable, %d request(s) not acknowledged: %s", len(batch), error
                 )
-                _settle([(waiter, error) for _, _, waiter in batch])
-                return
+                return [error] * len(batch)
             except Exception as e:  # a bug: fail the requests, keep the writer alive
                 self._release()
                 log.exception("journal writer failed")
-                _settle([(waiter, e) for _, _, waiter in batch])
-                return
+                return [e] * len(batch)
             self.counts.update(outcome.status for outcome in outcomes)
-        _settle(
-            [(waiter, outcome) for (_, _, waiter), outcome in zip(batch, outcomes, strict=True)]
-        )
+        return list(outcomes)
 
     def _connection(self) -> Connection:
         """The writer's connection, kept from one group to the next.
@@ -321,13 +276,24 @@ class Journal:
                 log.warning("could not return the writer's connection: %s", translate(e))
 
     def _plan(self, received: Received, replay_of: int | None) -> _Plan:
-        """Decide what to do with a request; creates tables and columns it needs."""
-        if received.rejection is not None:
-            return _Plan(received, "rejected", received.rejection.reason, replay_of=replay_of)
-        change = received.change
-        assert change is not None
+        """Parse a request and decide what to do with it; creates tables and columns it needs."""
+        rejection = received.rejection
+        if rejection is None:
+            live = self.settings.live
+            try:
+                change = parse_body(
+                    received.body, legacy_charset=live.legacy_charset, max_fields=live.max_fields
+                )
+            except WireError as e:
+                rejection = e
+        if rejection is not None:
+            return _Plan(
+                received, None, rejection, "rejected", rejection.reason, replay_of=replay_of
+            )
         settings = self._table_settings(change.table)
-        plan = _Plan(received, "applied", warnings=change.warnings, replay_of=replay_of)
+        plan = _Plan(
+            received, change, None, "applied", warnings=change.warnings, replay_of=replay_of
+        )
         existing = self.schema.tables.get(change.table)
         key_fields = settings.key
         if existing is not None and [k.lower() for k in existing.key_fields] != [
@@ -401,7 +367,7 @@ class Journal:
         received = plan.received
         event_id = self._write_event(conn, plan)
         if plan.status == "applied" and plan.synced is not None:
-            change = received.change
+            change = plan.change
             assert change is not None
             meta = RowMeta(received.received_at, LIVE, event_id)
             if plan.replay_of is not None:
@@ -434,7 +400,7 @@ class Journal:
         run: list[tuple[Sequence[str], RowMeta]] = []
         run_of: tuple[SyncedTable, tuple[str, ...]] | None = None
         for plan, event_id in zip(plans, event_ids, strict=True):
-            synced, change = plan.synced, plan.received.change
+            synced, change = plan.synced, plan.change
             if plan.status != "applied" or synced is None or change is None:
                 continue
             meta = RowMeta(plan.received.received_at, LIVE, event_id)
@@ -496,7 +462,9 @@ class Journal:
 
     @staticmethod
     def _outcome(plan: _Plan, event_id: int) -> Outcome:
-        return Outcome(event_id, plan.status, plan.reason, plan.table, plan.action, plan.key)
+        return Outcome(
+            event_id, plan.status, plan.reason, plan.table, plan.action, plan.key, plan.rejection
+        )
 
     # -- replay -------------------------------------------------------------------------
 
@@ -526,52 +494,11 @@ class Journal:
         with self.engine.connect() as conn:
             rows = conn.execute(query).all()
         for row in rows:
-            received = self._reread(row.body, row.remote_addr, row.received_at)
-            future: Future[Outcome] = Future()
-            self.process([(received, int(row.id), future)])
-            yield future.result()
-
-    def _reread(self, body: bytes, remote_addr: str, received_at: datetime) -> Received:
-        live = self.settings.live
-        try:
-            change = parse_body(
-                body, legacy_charset=live.legacy_charset, max_fields=live.max_fields
-            )
-        except WireError as e:
-            return Received(body, remote_addr, received_at, rejection=e)
-        return Received(body, remote_addr, received_at, change=change)
-
-
-def _settle(results: Sequence[tuple[_Waiter, Outcome | BaseException]]) -> None:
-    """Resolve waiters: concurrent futures here, asyncio ones in one callback per loop.
-
-    Waking a loop costs a system call and hands it the GIL while this thread still has
-    waiters to resolve; once per group is enough. A waiter that was cancelled meanwhile
-    (its request abandoned) is skipped.
-    """
-    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Waiter, Outcome | BaseException]]] = {}
-    for waiter, result in results:
-        if isinstance(waiter, asyncio.Future):
-            by_loop.setdefault(waiter.get_loop(), []).append((waiter, result))
-        else:
-            with contextlib.suppress(InvalidStateError):
-                _resolve(waiter, result)
-    for loop, pairs in by_loop.items():
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
-            loop.call_soon_threadsafe(_resolve_all, pairs)
-
-
-def _resolve_all(pairs: list[tuple[_Waiter, Outcome | BaseException]]) -> None:
-    for waiter, result in pairs:
-        if not waiter.done():
-            _resolve(waiter, result)
-
-
-def _resolve(waiter: _Waiter, result: Outcome | BaseException) -> None:
-    if isinstance(result, BaseException):
-        waiter.set_exception(result)
-    else:
-        waiter.set_result(result)
+            received = Received(row.body, row.remote_addr, row.received_at)
+            (result,) = self._process([(received, int(row.id))])
+            if isinstance(result, BaseException):
+                raise result
+            yield result
 
 
 @dataclass(frozen=True)

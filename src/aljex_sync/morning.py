@@ -175,6 +175,8 @@ class MorningLoader:
     ) -> None:
         assert report.table is not None and report.snapshot_at is not None
         table_settings = self.settings.table(report.table)
+        # The journal's writer and other loads grow tables from other processes.
+        self.schema.reload()
         with self.engine.connect() as conn:
             stage: Stage | None = None
             # COPY reads the file's own bytes when they are UTF-8 and plain CSV; if they

@@ -1,8 +1,10 @@
-"""Running the service: the journal, the Live Sync endpoint, and (later) the SFTP inbox.
+"""Running the service: the journal, the Live Sync endpoint, and the Morning Sync inbox.
 
 ``Service`` owns their life cycle so that ``serve``, the demo and the tests start and stop
-the same things the same way. Stopping drains in-flight HTTP requests first, then lets the
-journal commit what it holds, then closes the database.
+the same things the same way. The journal's writer runs in a process of its own
+(``journal_process``); the morning loads run here, on a connection pool of their own.
+Stopping drains in-flight HTTP requests first, then lets the journal commit what it holds,
+then closes the database.
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ from starlette.routing import Route
 from .config import Settings
 from .credentials import PasswordCheck
 from .inbox import FolderWatch, LoadQueue, left_over
-from .journal import Journal
+from .journal_process import JournalProcess
 from .live import LiveEndpoint
 from .morning import MorningLoader
 from .sftp import SftpInbox, SftpSettings
 from .store.database import display_url, open_engine
+from .store.schema import Schema
 
 log = logging.getLogger("aljex_sync.service")
 
@@ -35,9 +38,9 @@ class Service:
     def __init__(self, settings: Settings, *, ceiling_path: str | None = None) -> None:
         self.settings = settings
         self.ceiling_path = ceiling_path
-        self.journal = Journal(
-            open_engine(settings.database.url, timeout=settings.database.timeout), settings
-        )
+        self.journal = JournalProcess(settings)
+        self.engine = open_engine(settings.database.url, timeout=settings.database.timeout)
+        self.schema = Schema(self.engine)
         self.live: LiveEndpoint | None = None
         self.loads: LoadQueue | None = None
         self.sftp: SftpInbox | None = None
@@ -48,7 +51,8 @@ class Service:
 
     async def start(self) -> None:
         """Open the database, then start listening. Raises if either cannot be done."""
-        await asyncio.to_thread(self.journal.start)
+        await self.journal.start()  # which creates the system tables
+        await asyncio.to_thread(self.schema.reload)
         log.info("database %s ready", display_url(self.settings.database.url))
         live = self.settings.live
         if live.enabled:
@@ -86,7 +90,7 @@ class Service:
     async def _start_morning(self) -> None:
         """The load queue, then the SFTP server or the folder watch that feeds it."""
         morning = self.settings.morning
-        loader = MorningLoader(self.journal.engine, self.settings, self.journal.schema)
+        loader = MorningLoader(self.engine, self.settings, self.schema)
         self.loads = LoadQueue(loader, morning.inbox)
         self.loads.start()
         if morning.sftp:
@@ -130,7 +134,8 @@ class Service:
         for sock in self._sockets:
             sock.close()
         self._sockets.clear()
-        await asyncio.to_thread(self.journal.close)
+        await self.journal.close()
+        await asyncio.to_thread(self.engine.dispose)
         log.info("stopped")
 
     async def run_until(self, stop: asyncio.Event) -> None:

@@ -42,6 +42,7 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.dialects import mysql
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.types import TypeEngine
 
 from .identifiers import column_for
@@ -204,8 +205,10 @@ class SyncedTable:
 class Schema:
     """The synced tables, kept in memory and grown in the database as fields arrive.
 
-    Safe to share between the live writer thread and a morning loader thread: changes to
-    the schema are serialized by a lock.
+    Safe to share between threads: changes to the schema are serialized by a lock. Other
+    processes grow the same tables (the journal's writer process, the morning loads, the
+    CLI), so this copy can be behind the database: a change that collides with one made
+    elsewhere re-reads the schema and is tried again.
     """
 
     def __init__(self, engine: Engine) -> None:
@@ -243,6 +246,16 @@ class Schema:
 
         Raises a SQLAlchemy error if the database refuses the DDL; the caller translates.
         """
+        fields = tuple(fields)
+        with self._lock:
+            try:
+                return self._ensure(name, key_fields, fields)
+            except SQLAlchemyError:
+                # Most likely made meanwhile by another process: catch up and retry once.
+                self.reload()
+                return self._ensure(name, key_fields, fields)
+
+    def _ensure(self, name: str, key_fields: Sequence[str], fields: Iterable[str]) -> SyncedTable:
         with self._lock:
             synced = self.tables.get(name)
             if synced is None:

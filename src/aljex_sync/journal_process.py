@@ -1,0 +1,366 @@
+"""The journal's writer in a process of its own, for the Live Sync endpoint.
+
+The HTTP event loop and the journal's writer both need the CPU for every request. In one
+process they also take turns at the interpreter lock: the writer gives it up around each
+database call and then waits for the loop to let go of it, and under load most of a
+group's time went to that wait. Here the writer is a child process with its own
+interpreter. The loop sends each request down a socket pair and the child answers once
+per group, so the loop does little more than it does to parse a request.
+
+Frames are a 4-byte big-endian length and a pickle. Parent to child: ``(id, body,
+remote address, received at, rejection)``, the request as the edge read it, unparsed;
+an empty frame asks the child to finish and exit. Child to parent: ``("done", [(id,
+Outcome or exception), ...])`` after each commit, and ``("log", record)`` for its log
+lines, which the parent logs as its own. Group commit is natural: whatever arrived while
+the child was writing the last group is the next group.
+
+The child is forked from a fork server (``multiprocessing``'s forkserver context) that
+has this module loaded: quick to start, and never forked from a process with threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import pickle
+import signal
+import socket
+import struct
+import threading
+from collections import Counter
+from typing import Any, cast
+
+from .config import Settings
+from .errors import DatabaseUnavailable
+from .journal import MAX_BATCH, Journal, Outcome, Received
+from .store.database import open_engine
+
+log = logging.getLogger("aljex_sync.journal")
+
+_LENGTH = struct.Struct(">I")
+START_TIMEOUT = 60.0
+READ_SIZE = 1 << 20
+STOP_TIMEOUT = 60.0
+
+
+def _frame(obj: object) -> bytes:
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    return _LENGTH.pack(len(data)) + data
+
+
+def _unframe(frame: bytes) -> Any:
+    # Only ever frames from the other end of a socket pair this process made with its
+    # own child; nothing from the network is unpickled. Request bodies travel as bytes.
+    return pickle.loads(frame)  # noqa: S301
+
+
+class _Frames:
+    """Splits a byte stream into frames."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self._buffer += data
+        frames: list[bytes] = []
+        start = 0
+        buffer = self._buffer
+        while len(buffer) - start >= 4:
+            (size,) = _LENGTH.unpack_from(buffer, start)
+            end = start + 4 + size
+            if end > len(buffer):
+                break
+            frames.append(bytes(buffer[start + 4 : end]))
+            start = end
+        del buffer[:start]
+        return frames
+
+
+# -- the parent side -------------------------------------------------------------------
+
+
+class _Link(asyncio.Protocol):
+    """The parent's end of the socket pair to one child, and the requests sent down it."""
+
+    def __init__(self, owner: JournalProcess) -> None:
+        self.owner = owner
+        self.frames = _Frames()
+        self.transport: asyncio.Transport | None = None
+        self.pending: dict[int, asyncio.Future[Outcome]] = {}
+        self.ready: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._outbox: list[bytes] = []
+
+    @property
+    def open(self) -> bool:
+        return self.transport is not None and not self.closed.done()
+
+    def send(self, frame: bytes) -> None:
+        """Queue a frame; the frames of one turn of the loop go in one write.
+
+        The requests that arrive together then reach the child together: one system call,
+        one wake-up, one group.
+        """
+        if not self._outbox:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._outbox.append(frame)
+
+    def _flush(self) -> None:
+        frames, self._outbox = self._outbox, []
+        if self.open:
+            assert self.transport is not None
+            self.transport.write(b"".join(frames))
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        for frame in self.frames.feed(data):
+            kind, payload = _unframe(frame)
+            if kind == "done":
+                self._settle(payload)
+            elif kind == "log":
+                record = logging.makeLogRecord(payload)
+                logging.getLogger(record.name).handle(record)
+            elif not self.ready.done():  # "ready" or "failed"
+                self.ready.set_result(None if kind == "ready" else str(payload))
+
+    def _settle(self, results: list[tuple[int, tuple[Any, ...] | BaseException]]) -> None:
+        for rid, result in results:
+            future = self.pending.pop(rid, None)
+            if not isinstance(result, BaseException):
+                outcome = Outcome(*result)
+                self.owner.counts[outcome.status] += 1
+                if future is not None and not future.done():
+                    future.set_result(outcome)
+            elif future is not None and not future.done():
+                future.set_exception(result)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The child is gone: nothing still waiting was acknowledged."""
+        if not self.ready.done():
+            self.ready.set_result("the journal process exited while starting")
+        pending, self.pending = self.pending, {}
+        if pending and not self.owner.stopping:
+            log.error("the journal process exited; %d request(s) not acknowledged", len(pending))
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(DatabaseUnavailable("the journal process exited"))
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
+class JournalProcess:
+    """Writes Live Sync requests through a journal in a child process.
+
+    ``write`` answers after the commit, or raises :class:`DatabaseUnavailable` if the
+    database could not take the request. If the child dies, the requests it held get
+    DatabaseUnavailable (nothing of theirs was acknowledged) and the next request starts
+    a new child.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.counts: Counter[str] = Counter()  # outcomes by status, for tests and status
+        self.stopping = False
+        self._process: multiprocessing.process.BaseProcess | None = None
+        self._link: _Link | None = None
+        self._next_id = 0
+        self._starting = asyncio.Lock()
+
+    @property
+    def pid(self) -> int | None:
+        """The child's process id, while it runs."""
+        return self._process.pid if self._process is not None else None
+
+    async def start(self) -> None:
+        """Start the child and wait until its database is ready; raises if it is not."""
+        loop = asyncio.get_running_loop()
+        parent, child = socket.socketpair()
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([__name__])
+        process = context.Process(
+            target=_child_main,
+            args=(child, self.settings, logging.getLogger().getEffectiveLevel()),
+            name="aljex-journal",
+            daemon=True,
+        )
+        try:
+            await asyncio.to_thread(process.start)
+        finally:
+            child.close()
+        self._process = process
+        _, self._link = await loop.create_connection(lambda: _Link(self), sock=parent)
+        try:
+            failure = await asyncio.wait_for(asyncio.shield(self._link.ready), START_TIMEOUT)
+        except TimeoutError:
+            failure = "the journal process did not start in time"
+        if failure is not None:
+            await self._kill()
+            raise DatabaseUnavailable(failure)
+
+    async def write(self, received: Received) -> Outcome:
+        """Send a request to the writer and wait for its commit."""
+        link = self._link
+        if link is None or not link.open:
+            link = await self._restart()
+        self._next_id += 1
+        rid = self._next_id
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        link.pending[rid] = future
+        fields = (rid, received.body, received.remote_addr, received.received_at)
+        link.send(_frame((*fields, received.rejection)))
+        try:
+            return await future
+        finally:
+            link.pending.pop(rid, None)
+
+    async def close(self) -> None:
+        """Let the child finish what it was sent, then stop it."""
+        self.stopping = True
+        link = self._link
+        if link is not None and link.open:
+            link.send(_LENGTH.pack(0))
+            try:
+                await asyncio.wait_for(asyncio.shield(link.closed), STOP_TIMEOUT)
+            except TimeoutError:
+                log.error("the journal process did not finish in time; stopping it")
+        await self._kill()
+
+    async def _restart(self) -> _Link:
+        if self.stopping:
+            raise DatabaseUnavailable("the service is stopping")
+        async with self._starting:
+            if self._link is None or not self._link.open:
+                await self._kill()
+                log.warning("starting a new journal process")
+                await self.start()
+        assert self._link is not None
+        return self._link
+
+    async def _kill(self) -> None:
+        """Close the link and make sure the child is gone."""
+        link, self._link = self._link, None
+        if link is not None and link.transport is not None:
+            link.transport.close()
+        process, self._process = self._process, None
+        if process is not None:
+            await asyncio.to_thread(process.join, 5)
+            if process.is_alive():
+                process.terminate()
+                await asyncio.to_thread(process.join, 5)
+
+
+# -- the child side --------------------------------------------------------------------
+
+
+class _Sender:
+    """The child's end, shared by its writer and its log lines."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._lock = threading.Lock()
+
+    def send(self, obj: object) -> None:
+        frame = _frame(obj)
+        with self._lock:
+            self.sock.sendall(frame)
+
+
+class _LogToParent(logging.Handler):
+    def __init__(self, sender: _Sender) -> None:
+        super().__init__()
+        self.sender = sender
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            fields = dict(record.__dict__)
+            fields["msg"] = record.getMessage()
+            fields["args"] = None
+            fields["exc_text"] = (
+                logging.Formatter().formatException(record.exc_info) if record.exc_info else None
+            )
+            fields["exc_info"] = None
+            self.sender.send(("log", fields))
+        except Exception:
+            self.handleError(record)
+
+
+def _child_main(sock: socket.socket, settings: Settings, level: int) -> None:
+    """The journal process: write what arrives, group by group, until told to stop."""
+    # Stopping is the parent's call: Ctrl-C reaches the whole process group, and the
+    # parent drains its requests before it asks this process to finish.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sender = _Sender(sock)
+    root = logging.getLogger()
+    root.handlers[:] = [_LogToParent(sender)]
+    root.setLevel(level)
+    try:
+        journal = Journal(
+            open_engine(settings.database.url, timeout=settings.database.timeout), settings
+        )
+        journal.start()
+    except Exception as e:  # reported to the parent, which raises it
+        sender.send(("failed", str(e)))
+        return
+    sender.send(("ready", None))
+    try:
+        _write_until_stopped(sock, sender, journal)
+    finally:
+        journal.close()
+        sock.close()
+
+
+def _write_until_stopped(sock: socket.socket, sender: _Sender, journal: Journal) -> None:
+    """Each read takes every request that has arrived, and they are written as one group."""
+    frames = _Frames()
+    while True:
+        try:
+            data = sock.recv(READ_SIZE)
+        except ConnectionResetError:
+            data = b""
+        if not data:  # the parent is gone
+            return
+        stop = False
+        batch: list[tuple[int, Received]] = []
+        for frame in frames.feed(data):
+            if not frame:
+                stop = True
+                break
+            rid, body, remote_addr, received_at, rejection = _unframe(frame)
+            batch.append((rid, Received(body, remote_addr, received_at, rejection)))
+        for start in range(0, len(batch), MAX_BATCH):
+            group = batch[start : start + MAX_BATCH]
+            results = journal.write_group([received for _, received in group])
+            sender.send(
+                (
+                    "done",
+                    [(rid, _wire_result(r)) for (rid, _), r in zip(group, results, strict=True)],
+                )
+            )
+        if stop:
+            return
+
+
+def _wire_result(result: Outcome | BaseException) -> tuple[Any, ...] | BaseException:
+    """An outcome as a plain tuple (quicker to pickle than the dataclass), or an exception
+    the parent can unpickle: a bug's own exception class may not be."""
+    if isinstance(result, Outcome):
+        return (
+            result.event_id,
+            result.status,
+            result.reason,
+            result.table,
+            result.action,
+            result.key,
+            result.rejection,
+        )
+    if isinstance(result, DatabaseUnavailable):
+        return result
+    try:
+        _unframe(pickle.dumps(result))
+    except Exception:
+        return RuntimeError(f"{type(result).__name__}: {result}")
+    return result

@@ -1,0 +1,131 @@
+"""The journal's writer process: requests cross to it and back, and losing it loses nothing
+that was acknowledged. Real server, real child process, real databases."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import threading
+import time
+
+import httpx
+import pytest
+
+from aljex_sync.store.database import open_engine
+from aljex_sync.store.schema import Schema
+
+from .support import RunningService, make_settings
+from .test_live import journal, post, record, rows
+
+
+def writer_pid(running: RunningService) -> int:
+    pid = running.service.journal.pid
+    assert pid is not None
+    return pid
+
+
+def wait_for_exit(pid: int) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        with open(f"/proc/{pid}/stat") as f:  # a zombie until its parent reaps it
+            if f.read().split(") ")[1].startswith("Z"):
+                return
+        time.sleep(0.02)
+    raise AssertionError(f"process {pid} did not exit")
+
+
+def test_the_writer_is_a_process_of_its_own(service):
+    assert writer_pid(service) != os.getpid()
+    assert post(service, record("notes", "create", id="1")).status_code == 200
+    assert service.service.journal.counts["applied"] == 1
+
+
+def test_a_killed_writer_is_replaced_and_the_next_request_lands(tmp_path, sqlite_url):
+    with RunningService(make_settings(sqlite_url, tmp_path)) as running:
+        assert post(running, record("notes", "create", id="1")).status_code == 200
+        first = writer_pid(running)
+        os.kill(first, signal.SIGKILL)
+        wait_for_exit(first)
+        statuses = [post(running, record("notes", "create", id="2")).status_code]
+        if statuses[0] != 200:  # sent before the loss was noticed: refused, not lost
+            assert statuses[0] == 503
+            statuses.append(post(running, record("notes", "create", id="2")).status_code)
+        assert statuses[-1] == 200
+        assert writer_pid(running) != first
+        engine = running.engine()
+        assert [r["id"] for r in rows(engine, "SELECT id FROM notes ORDER BY id")] == ["1", "2"]
+        engine.dispose()
+
+
+def test_a_request_in_flight_when_the_writer_dies_gets_503_and_is_not_stored(tmp_path, sqlite_url):
+    settings = make_settings(sqlite_url, tmp_path, database={"timeout": 20})
+    with RunningService(settings) as running:
+        assert post(running, record("notes", "create", id="1")).status_code == 200
+        blocker = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), isolation_level=None)
+        blocker.execute("BEGIN EXCLUSIVE")  # the writer now waits for the lock
+        replies: list[httpx.Response] = []
+        sender = threading.Thread(
+            target=lambda: replies.append(post(running, record("notes", "create", id="2")))
+        )
+        sender.start()
+        time.sleep(0.5)
+        os.kill(writer_pid(running), signal.SIGKILL)
+        sender.join(timeout=20)
+        blocker.execute("ROLLBACK")
+        blocker.close()
+        assert replies and replies[0].status_code == 503
+        assert "nothing was stored" in replies[0].text
+        assert post(running, record("notes", "create", id="3")).status_code == 200
+        engine = running.engine()
+        assert [r["id"] for r in rows(engine, "SELECT id FROM notes ORDER BY id")] == ["1", "3"]
+        assert [e["record_key"] for e in journal(engine)] == ["1", "3"]
+        engine.dispose()
+
+
+def test_the_writers_log_lines_reach_the_service_log(tmp_path, sqlite_url, caplog):
+    settings = make_settings(sqlite_url, tmp_path, database={"timeout": 0.3})
+    with caplog.at_level("INFO"), RunningService(settings) as running:
+        blocker = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), isolation_level=None)
+        blocker.execute("BEGIN EXCLUSIVE")
+        assert post(running, record("notes", "create", id="1")).status_code == 503
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    lines = [r for r in caplog.records if r.name == "aljex_sync.journal"]
+    assert any(
+        r.levelname == "ERROR" and "1 request(s) not acknowledged" in r.getMessage() for r in lines
+    )
+
+
+def test_stopping_the_service_stops_the_writer(tmp_path, sqlite_url):
+    with RunningService(make_settings(sqlite_url, tmp_path)) as running:
+        pid = writer_pid(running)
+        assert post(running, record("notes", "create", id="1")).status_code == 200
+    wait_for_exit(pid)
+
+
+def test_a_database_that_cannot_open_stops_start_up_with_the_reason(tmp_path):
+    url = f"sqlite:///{tmp_path / 'missing-folder' / 'aljex.db'}"
+    with pytest.raises(Exception, match="cannot open the database"):
+        RunningService(make_settings(url, tmp_path)).__enter__()
+
+
+def test_schemas_in_two_processes_catch_up_with_each_other(database_url):
+    """The writer process and the morning loads grow the same tables from separate copies."""
+    ours, theirs = Schema(open_engine(database_url)), Schema(open_engine(database_url))
+    ours.install()
+    theirs.install()
+    ours.ensure("loads", ["id"], ["id", "status"])
+    # theirs has not seen the table: creating it adopts ours and adds its own field
+    made = theirs.ensure("loads", ["id"], ["id", "status", "weight"])
+    assert made.columns == {"id": "id", "status": "status", "weight": "weight"}
+    # ours has not seen "weight": adding the same field again, or another, catches up
+    grown = ours.ensure("loads", ["id"], ["id", "weight", "miles"])
+    assert grown.columns == {"id": "id", "status": "status", "weight": "weight", "miles": "miles"}
+    assert theirs.ensure("loads", ["id"], ["miles"]).columns == grown.columns
+    for schema in (ours, theirs):
+        schema.engine.dispose()
