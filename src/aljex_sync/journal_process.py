@@ -97,11 +97,16 @@ class _Link(asyncio.Protocol):
         return self.transport is not None and not self.closed.done()
 
     def send(self, frame: bytes) -> None:
-        """Queue a frame; the frames of one turn of the loop go in one write.
+        """Send a frame: at once to an idle child, else with the rest of this loop turn's.
 
-        The requests that arrive together then reach the child together: one system call,
-        one wake-up, one group.
+        Requests that arrive while the child is writing then reach it together, in one
+        system call and one wake-up, to be its next group; a lone request does not wait
+        for the loop to come round.
         """
+        if not self.pending and not self._outbox and self.open:
+            assert self.transport is not None
+            self.transport.write(frame)
+            return
         if not self._outbox:
             asyncio.get_running_loop().call_soon(self._flush)
         self._outbox.append(frame)
@@ -208,9 +213,9 @@ class JournalProcess:
         self._next_id += 1
         rid = self._next_id
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        link.pending[rid] = future
         fields = (rid, received.body, received.remote_addr, received.received_at)
         link.send(_frame((*fields, received.rejection)))
+        link.pending[rid] = future
         try:
             return await future
         finally:
