@@ -78,6 +78,29 @@ def test_status_on_an_empty_database(tmp_path):
     assert "Requests: none" in out
 
 
+def test_status_answers_while_a_writer_holds_the_database(tmp_path):
+    """Readers begin deferred on SQLite: a long morning merge does not hold up `status`."""
+    import sqlite3
+
+    path, _ = init(tmp_path)
+    assert run("-c", str(path), "status")[0] == 0  # creates the journal's tables
+    writer = sqlite3.connect(tmp_path / "aljex.db", isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    writer.execute("INSERT INTO _aljex_tables VALUES ('x', '[]', '[]', '2026-01-01')")
+    try:
+        result = CliRunner().invoke(
+            main,
+            ["-c", str(path), "status"],
+            env={"ALJEX_SYNC_DATABASE_TIMEOUT": "0.2"},
+            catch_exceptions=False,
+        )
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    assert result.exit_code == 0, result.output
+    assert "Requests: none" in result.output
+
+
 def test_help_explains_every_command():
     code, out = run("--help")
     assert code == 0

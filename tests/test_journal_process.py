@@ -129,3 +129,51 @@ def test_schemas_in_two_processes_catch_up_with_each_other(database_url):
     assert theirs.ensure("loads", ["id"], ["miles"]).columns == grown.columns
     for schema in (ours, theirs):
         schema.engine.dispose()
+
+
+@pytest.fixture(params=["postgresql", "mariadb"])
+def server_url(request, server_databases):
+    """A database on each server backend, emptied: SQLite has no connection to lose."""
+    from .conftest import _empty
+
+    url = server_databases.url(request.param)
+    _empty(url)
+    return url
+
+
+def drop_other_connections(url: str) -> int:
+    """Have the server end every connection to this database but the caller's own."""
+    engine = open_engine(url)
+    try:
+        with engine.connect() as conn:
+            if engine.dialect.name == "postgresql":
+                query = (
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+                return len(conn.exec_driver_sql(query).all())
+            ids = conn.exec_driver_sql(
+                "SELECT id FROM information_schema.processlist"
+                " WHERE db = DATABASE() AND id <> CONNECTION_ID()"
+            ).scalars()
+            killed = 0
+            for connection_id in ids:
+                conn.exec_driver_sql(f"KILL CONNECTION {int(connection_id)}")
+                killed += 1
+            return killed
+    finally:
+        engine.dispose()
+
+
+def test_a_connection_the_server_dropped_is_replaced_without_a_503(tmp_path, server_url):
+    with RunningService(make_settings(server_url, tmp_path)) as running:
+        assert post(running, record("notes", "create", id="1")).status_code == 200
+        assert drop_other_connections(server_url) >= 1
+        # Within a second of its last use the writer trusts its connection, finds it
+        # gone at the first statement, and writes the group again on a new one.
+        response = post(running, record("notes", "create", id="2"))
+        assert response.status_code == 200, response.text
+        engine = running.engine()
+        assert [r["id"] for r in rows(engine, "SELECT id FROM notes ORDER BY id")] == ["1", "2"]
+        assert [e["record_key"] for e in journal(engine)] == ["1", "2"]
+        engine.dispose()

@@ -32,7 +32,7 @@ from .emulator import (
 )
 from .morning import FileReport
 from .service import BackgroundService
-from .store.database import open_engine
+from .store.database import open_engine, reading
 
 
 @dataclass
@@ -100,7 +100,7 @@ def run_demo(
 def _row_counts(url: str, tables: list[str]) -> dict[str, int]:
     engine = open_engine(url)
     try:
-        with engine.connect() as conn:
+        with reading(engine) as conn:
             return {
                 name: int(conn.execute(select(func.count()).select_from(table(name))).scalar_one())
                 for name in tables

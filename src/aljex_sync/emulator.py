@@ -44,7 +44,7 @@ from . import __version__
 from .brokerage import MORNING_TABLES, SCALES, Brokerage, Key, LiveChange, write_morning_csvs
 from .catalog import CATALOG, key_for, mode_for, table_for_file_name
 from .errors import AljexSyncError
-from .store.database import display_url, open_engine
+from .store.database import display_url, open_engine, reading
 from .store.schema import DELETED_AT, columns_table
 from .wire import ACTION_PARAM, TABLE_PARAM
 
@@ -985,7 +985,7 @@ def _column_maps(engine: Engine) -> dict[str, dict[str, str]]:
     if not inspect(engine).has_table(columns_table.name):
         return {}
     maps: dict[str, dict[str, str]] = {}
-    with engine.connect() as conn:
+    with reading(engine) as conn:
         c = columns_table.c
         for row in conn.execute(select(c.table_name, c.column_name, c.field_name)):
             maps.setdefault(row.table_name, {})[row.field_name] = row.column_name
@@ -1032,7 +1032,7 @@ def _actual_rows(
     fields = [f for f in wanted if f in columns]
     source = table(name, *(column(columns[f]) for f in fields), column(DELETED_AT))
     query = select(*(source.c[columns[f]] for f in fields), source.c[DELETED_AT])
-    with engine.connect() as conn:
+    with reading(engine) as conn:
         for row in conn.execution_options(yield_per=500).execute(query):
             if row[-1] is not None:
                 continue

@@ -20,6 +20,7 @@ Statuses:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -35,7 +36,7 @@ from sqlalchemy.sql.expression import ClauseElement
 
 from .config import Settings, TableSettings
 from .errors import DatabaseUnavailable, WireError
-from .store.database import WalCheckpointer, translate
+from .store.database import WalCheckpointer, reading, translate
 from .store.prepared import Prepared
 from .store.rows import RowMeta, RowWriter, record_key
 from .store.schema import Schema, SyncedTable, events, utcnow
@@ -223,14 +224,13 @@ class Journal:
     def _process(self, batch: Sequence[_Item]) -> list[Outcome | BaseException]:
         with self._lock:
             try:
-                conn = self._connection()
                 plans = [self._plan(received, replay_of) for received, replay_of in batch]
                 try:
-                    with conn.begin():
-                        outcomes = self._write_group(conn, plans)
+                    outcomes = self._commit_group(plans)
                 except SQLAlchemyError as e:
                     if isinstance(translate(e), DatabaseUnavailable):
                         raise
+                    conn = self._connection()
                     outcomes = [self._write_alone(conn, plan) for plan in plans]
             except (SQLAlchemyError, DatabaseUnavailable, OSError) as e:
                 self._release()
@@ -247,6 +247,32 @@ class Journal:
                 return [e] * len(batch)
             self.counts.update(outcome.status for outcome in outcomes)
         return list(outcomes)
+
+    def _commit_group(self, plans: Sequence[_Plan]) -> list[Outcome]:
+        """Write a group in one transaction and commit it.
+
+        The kept connection can turn out lost (a server restart, an idle timeout) at the
+        first statement. Nothing was committed then, so the group is written once more on
+        a new connection rather than answered 503. A connection lost at COMMIT is not
+        retried: the commit may have happened.
+        """
+        for attempt in (1, 2):
+            conn = self._connection()
+            transaction = conn.begin()
+            try:
+                outcomes = self._write_group(conn, plans)
+            except SQLAlchemyError:
+                lost = conn.invalidated
+                with contextlib.suppress(SQLAlchemyError):
+                    transaction.rollback()
+                if lost and attempt == 1:
+                    log.warning("the database connection was lost; writing the group again")
+                    self._release()
+                    continue
+                raise
+            transaction.commit()
+            return outcomes
+        raise AssertionError("unreachable")
 
     def _connection(self) -> Connection:
         """The writer's connection, kept from one group to the next.
@@ -491,7 +517,7 @@ class Journal:
             query = query.where(events.c.status.in_(statuses))
         if table:
             query = query.where(events.c.table_name == table.lower())
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             rows = conn.execute(query).all()
         for row in rows:
             received = Received(row.body, row.remote_addr, row.received_at)
@@ -513,7 +539,7 @@ class Summary:
 
 def summarize(engine: Engine) -> Summary:
     """Read the journal's counts; needs nothing but the database."""
-    with engine.connect() as conn:
+    with reading(engine) as conn:
         by_status = {
             str(s): int(n)
             for s, n in conn.execute(

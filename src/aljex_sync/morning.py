@@ -30,7 +30,7 @@ from . import catalog
 from .config import Settings
 from .csvfile import CsvReader, FileFacts, MalformedFile, inspect_file, records_end
 from .errors import DatabaseUnavailable, MorningFileError
-from .store.database import translate
+from .store.database import reading, translate
 from .store.merge import CsvRefused, MergeCounts, Stage, apply, copies_csv, survey
 from .store.schema import Schema, SyncedTable, files, utcnow
 
@@ -157,7 +157,7 @@ class MorningLoader:
         return report
 
     def _already_loaded(self, sha256: str) -> bool:
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             found = conn.execute(
                 select(files.c.id).where(files.c.sha256 == sha256, files.c.status == "loaded")
             ).first()
@@ -420,5 +420,5 @@ def recent_files(engine: Engine, limit: int = 10) -> list[dict[str, object]]:
         .order_by(files.c.id.desc())
         .limit(limit)
     )
-    with engine.connect() as conn:
+    with reading(engine) as conn:
         return [dict(row._mapping) for row in conn.execute(query)]

@@ -1,7 +1,8 @@
 """Connecting to the target database, running hot statements, and translating errors.
 
 SQLite gets WAL with ``synchronous=FULL`` (a commit is on disk before it returns) and
-``BEGIN IMMEDIATE`` transactions, so two writers queue on the lock instead of deadlocking.
+``BEGIN IMMEDIATE`` transactions, so two writers queue on the lock instead of deadlocking;
+connections that only read (:func:`reading`) begin deferred and never wait for a writer.
 MariaDB/MySQL get utf8mb4, UTC, a short lock wait, and ``innodb_strict_mode=OFF`` so that
 Aljex's 400-field tables can be created (strict mode refuses them for their worst-case row
 size even though real rows fit). PostgreSQL gets a short lock timeout.
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, exc
@@ -103,7 +106,23 @@ def _sqlite_setup(engine: Engine, timeout: float) -> None:
 
     @event.listens_for(engine, "begin")
     def _begin(connection: Connection) -> None:
-        run_on_driver(connection, "BEGIN IMMEDIATE").close()
+        read_only = connection.get_execution_options().get(READ_ONLY, False)
+        run_on_driver(connection, "BEGIN" if read_only else "BEGIN IMMEDIATE").close()
+
+
+READ_ONLY = "aljex_read_only"
+
+
+@contextmanager
+def reading(engine: Engine) -> Iterator[Connection]:
+    """A connection for reads only.
+
+    On SQLite its transactions begin deferred: in WAL mode a reader then sees the last
+    commit and waits for nobody, where ``BEGIN IMMEDIATE`` would queue behind the writer
+    (a morning merge holds the lock for seconds) and hold up the writers in turn.
+    """
+    with engine.connect() as conn:
+        yield conn.execution_options(**{READ_ONLY: True})
 
 
 def run_on_driver(

@@ -45,6 +45,7 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.types import TypeEngine
 
+from .database import reading
 from .identifiers import column_for
 
 _MYSQL = ("mysql", "mariadb")
@@ -218,13 +219,19 @@ class Schema:
         self.tables: dict[str, SyncedTable] = {}
 
     def install(self) -> None:
-        """Create the system tables if missing and load what is known of synced tables."""
-        with self.engine.begin() as conn:
-            SYSTEM.create_all(conn)
+        """Create the system tables if missing and load what is known of synced tables.
+
+        Looks before it writes, so that once they exist (the usual case) it takes no lock.
+        """
+        with reading(self.engine) as conn:
+            present = set(inspect(conn).get_table_names())
+        if not present.issuperset(SYSTEM.tables):
+            with self.engine.begin() as conn:
+                SYSTEM.create_all(conn)
         self.reload()
 
     def reload(self) -> None:
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             known: dict[str, SyncedTable] = {}
             for row in conn.execute(select(tables_table)):
                 known[row.table_name] = SyncedTable(
