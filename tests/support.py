@@ -1,10 +1,14 @@
-"""Helpers the tests share: settings for a test, and the service running in a thread."""
+"""Helpers the tests share: settings for a test, the service and the SFTP inbox in threads."""
 
 from __future__ import annotations
 
+import asyncio
+import hmac
 import os
+import queue
 import shlex
 import subprocess
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +17,12 @@ from sqlalchemy import Engine
 from aljex_sync import config
 from aljex_sync.config import Settings
 from aljex_sync.service import BackgroundService
+from aljex_sync.sftp import SftpInbox, SftpSettings, Upload
 from aljex_sync.store.database import open_engine
 
 TEST_PASSWORD = "s3cret-pass"
+SFTP_USER = "aljex"
+SFTP_PASSWORD = "correct horse battery"
 
 
 def make_settings(database_url: str, tmp_path: Path, **sections: dict[str, Any]) -> Settings:
@@ -84,3 +91,67 @@ def sftp_upload(
         timeout=60,
         check=False,
     )
+
+
+class RunningInbox:
+    """An SftpInbox on its own event loop in a background thread, as the service would run it."""
+
+    def __init__(self, settings: SftpSettings) -> None:
+        self.settings = settings
+        self.uploads: queue.Queue[Upload] = queue.Queue()
+        self.port = 0
+        self.fingerprint = ""
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        assert self._ready.wait(10), "server did not start"
+        if self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._serve())
+        except BaseException as exc:
+            self._error = exc
+            self._ready.set()
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        inbox = SftpInbox(self.settings, self._on_upload)
+        await inbox.start()
+        self.port, self.fingerprint = inbox.port, inbox.fingerprint
+        self._ready.set()
+        try:
+            await self._stop.wait()
+        finally:
+            await inbox.close()
+
+    async def _on_upload(self, upload: Upload) -> None:
+        self.uploads.put(upload)
+        if upload.name.startswith("boom"):
+            raise RuntimeError("the service choked on it")
+
+    def next_upload(self, timeout: float = 5) -> Upload:
+        return self.uploads.get(timeout=timeout)
+
+    def stop(self) -> list[Upload]:
+        """Close the server (which awaits its callbacks); return every Upload not yet taken."""
+        if self._thread.is_alive():
+            assert self._loop is not None and self._stop is not None
+            self._loop.call_soon_threadsafe(self._stop.set)
+            self._thread.join(15)
+            assert not self._thread.is_alive(), "server did not stop"
+        if self._error is not None:
+            raise self._error
+        uploads = []
+        while not self.uploads.empty():
+            uploads.append(self.uploads.get_nowait())
+        return uploads
+
+
+def check_password(password: str) -> bool:
+    return hmac.compare_digest(password.encode(), SFTP_PASSWORD.encode())

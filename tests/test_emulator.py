@@ -36,10 +36,15 @@ from aljex_sync.emulator import (
 )
 from aljex_sync.sftp import SftpSettings
 
-from .support import TEST_PASSWORD, RunningService, make_settings
-from .test_sftp import PASSWORD as SFTP_PASSWORD
-from .test_sftp import USER as SFTP_USER
-from .test_sftp import RunningInbox, check_password
+from .support import (
+    SFTP_PASSWORD,
+    SFTP_USER,
+    TEST_PASSWORD,
+    RunningInbox,
+    RunningService,
+    check_password,
+    make_settings,
+)
 
 SEED = 7
 TODAY = date(2026, 11, 27)

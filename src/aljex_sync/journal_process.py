@@ -15,7 +15,10 @@ lines, which the parent logs as its own. Group commit is natural: whatever arriv
 the child was writing the last group is the next group.
 
 The child is forked from a fork server (``multiprocessing``'s forkserver context) that
-has this module loaded: quick to start, and never forked from a process with threads.
+has this module loaded: quick to start, and never forked from a process with threads. As
+with any ``multiprocessing`` child, the program's main module is imported in it again, so
+a script that runs a ``Service`` itself must keep its start-up under
+``if __name__ == "__main__":`` (the ``aljex-sync`` command does).
 """
 
 from __future__ import annotations
