@@ -177,3 +177,15 @@ def test_a_connection_the_server_dropped_is_replaced_without_a_503(tmp_path, ser
         assert [r["id"] for r in rows(engine, "SELECT id FROM notes ORDER BY id")] == ["1", "2"]
         assert [e["record_key"] for e in journal(engine)] == ["1", "2"]
         engine.dispose()
+
+
+def test_without_a_fork_server_the_writer_is_spawned(tmp_path, sqlite_url, monkeypatch):
+    """Windows has no fork server: the writer then starts in a fresh interpreter."""
+    import multiprocessing
+
+    monkeypatch.setattr(multiprocessing, "get_all_start_methods", lambda: ["spawn"])
+    with RunningService(make_settings(sqlite_url, tmp_path)) as running:
+        with open(f"/proc/{writer_pid(running)}/cmdline", "rb") as f:
+            assert b"spawn_main" in f.read()
+        assert post(running, record("notes", "create", id="1")).status_code == 200
+        assert running.service.journal.counts["applied"] == 1

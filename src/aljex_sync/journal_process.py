@@ -186,8 +186,12 @@ class JournalProcess:
         """Start the child and wait until its database is ready; raises if it is not."""
         loop = asyncio.get_running_loop()
         parent, child = socket.socketpair()
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload([__name__])
+        context: multiprocessing.context.BaseContext
+        if "forkserver" in multiprocessing.get_all_start_methods():
+            context = multiprocessing.get_context("forkserver")
+            context.set_forkserver_preload([__name__])
+        else:  # Windows: a fresh interpreter, slower to start
+            context = multiprocessing.get_context("spawn")
         process = context.Process(
             target=_child_main,
             args=(child, self.settings, logging.getLogger().getEffectiveLevel()),
