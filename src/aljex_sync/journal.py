@@ -24,7 +24,6 @@ import contextlib
 import logging
 import threading
 import time
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -170,7 +169,6 @@ class Journal:
                 Prepared.compile(select(func.max(events.c.id)), engine.dialect, ()),
                 Prepared.compile(insert(events), engine.dialect, ("id", *EVENT_FIELDS)),
             )
-        self.counts: Counter[str] = Counter()
         # The writer's connection; the lock serializes groups from more than one thread.
         self._lock = threading.Lock()
         self._conn: Connection | None = None
@@ -245,7 +243,6 @@ class Journal:
                 self._release()
                 log.exception("journal writer failed")
                 return [e] * len(batch)
-            self.counts.update(outcome.status for outcome in outcomes)
         return list(outcomes)
 
     def _commit_group(self, plans: Sequence[_Plan]) -> list[Outcome]:

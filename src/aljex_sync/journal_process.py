@@ -170,7 +170,7 @@ class JournalProcess:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.counts: Counter[str] = Counter()  # outcomes by status, for tests and status
+        self.counts: Counter[str] = Counter()  # outcomes by status, as the writer reported them
         self.stopping = False
         self._process: multiprocessing.process.BaseProcess | None = None
         self._link: _Link | None = None

@@ -52,7 +52,6 @@ class Service:
     async def start(self) -> None:
         """Open the database, then start listening. Raises if either cannot be done."""
         await self.journal.start()  # which creates the system tables
-        await asyncio.to_thread(self.schema.reload)
         log.info("database %s ready", display_url(self.settings.database.url))
         live = self.settings.live
         if live.enabled:

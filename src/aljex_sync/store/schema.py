@@ -263,14 +263,14 @@ class Schema:
                 return self._ensure(name, key_fields, fields)
 
     def _ensure(self, name: str, key_fields: Sequence[str], fields: Iterable[str]) -> SyncedTable:
-        with self._lock:
-            synced = self.tables.get(name)
-            if synced is None:
-                return self._create(name, key_fields, fields)
-            new = [f for f in dict.fromkeys(fields) if f not in synced.columns]
-            if new:
-                self._add(synced, new)
-            return synced
+        """``ensure`` against this copy of the schema; the caller holds the lock."""
+        synced = self.tables.get(name)
+        if synced is None:
+            return self._create(name, key_fields, fields)
+        new = [f for f in dict.fromkeys(fields) if f not in synced.columns]
+        if new:
+            self._add(synced, new)
+        return synced
 
     def plan(self, name: str, key_fields: Sequence[str], fields: Iterable[str]) -> dict[str, str]:
         """The column each field would get, without changing the database.
