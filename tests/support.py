@@ -153,5 +153,18 @@ class RunningInbox:
         return uploads
 
 
+def sftp_settings(inbox: Path, host_key: Path) -> SftpSettings:
+    """An SFTP inbox on a free loopback port, with the test user and a short login delay."""
+    return SftpSettings(
+        host="127.0.0.1",
+        port=0,
+        username=SFTP_USER,
+        check_password=check_password,
+        inbox=inbox,
+        host_key=host_key,
+        failed_login_delay=0.1,
+    )
+
+
 def check_password(password: str) -> bool:
     return hmac.compare_digest(password.encode(), SFTP_PASSWORD.encode())

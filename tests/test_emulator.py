@@ -34,7 +34,6 @@ from aljex_sync.emulator import (
     upload_morning,
     verify,
 )
-from aljex_sync.sftp import SftpSettings
 
 from .support import (
     SFTP_PASSWORD,
@@ -42,8 +41,8 @@ from .support import (
     TEST_PASSWORD,
     RunningInbox,
     RunningService,
-    check_password,
     make_settings,
+    sftp_settings,
 )
 
 SEED = 7
@@ -435,17 +434,24 @@ def test_count_and_duration_together_are_refused(tmp_path):
 # -- the morning files ---------------------------------------------------------------------
 
 
+def morning_out(tmp_path: Path, *, changes_sent: int) -> tuple[EmulatorState, Path]:
+    """A state after ``changes_sent`` live changes, and its morning files written by
+    ``emulate morning --out`` into a folder of their own."""
+    state = new_state(tmp_path)
+    state.events.append(LiveRun(0, changes_sent))
+    state.save()
+    out = tmp_path / "out"
+    code, output = invoke("morning", "--out", str(out), "--state", str(state.path))
+    assert code == 0, output
+    return state, out
+
+
 def morning_files(directory: Path) -> dict[str, bytes]:
     return {path.name: path.read_bytes() for path in sorted(directory.iterdir())}
 
 
 def test_morning_out_writes_the_files_of_the_brokerage_as_the_feed_left_it(tmp_path):
-    state = new_state(tmp_path)
-    state.events.append(LiveRun(0, 120))
-    state.save()
-    out = tmp_path / "out"
-    code, output = invoke("morning", "--out", str(out), "--state", str(state.path))
-    assert code == 0, output
+    state, out = morning_out(tmp_path, changes_sent=120)
 
     reference = tmp_path / "reference"
     brokerage = state.brokerage()
@@ -458,27 +464,13 @@ def test_morning_out_writes_the_files_of_the_brokerage_as_the_feed_left_it(tmp_p
 
 @pytest.fixture
 def inbox(tmp_path: Path) -> Iterator[RunningInbox]:
-    settings = SftpSettings(
-        host="127.0.0.1",
-        port=0,
-        username=SFTP_USER,
-        check_password=check_password,
-        inbox=tmp_path / "inbox",
-        host_key=tmp_path / "keys" / "host_key",
-        failed_login_delay=0.1,
-    )
-    server = RunningInbox(settings)
+    server = RunningInbox(sftp_settings(tmp_path / "inbox", tmp_path / "keys" / "host_key"))
     yield server
     server.stop()
 
 
 def test_morning_upload_arrives_byte_identical_to_the_out_files_with_its_mtime(inbox, tmp_path):
-    state = new_state(tmp_path)
-    state.events.append(LiveRun(0, 60))
-    state.save()
-    out = tmp_path / "out"
-    code, output = invoke("morning", "--out", str(out), "--state", str(state.path))
-    assert code == 0, output
+    state, out = morning_out(tmp_path, changes_sent=60)
 
     target = SftpTarget("127.0.0.1", inbox.port, SFTP_USER, SFTP_PASSWORD, "/")
     report = upload_morning(state, target)

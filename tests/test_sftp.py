@@ -21,7 +21,7 @@ import pytest
 
 from aljex_sync.sftp import SftpSettings, host_key_fingerprint
 
-from .support import SFTP_PASSWORD, SFTP_USER, RunningInbox, check_password
+from .support import SFTP_PASSWORD, SFTP_USER, RunningInbox, sftp_settings
 
 USER = SFTP_USER
 TARGET = f"{USER}@127.0.0.1"
@@ -50,15 +50,7 @@ def inbox_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def settings(tmp_path: Path, inbox_dir: Path) -> SftpSettings:
-    return SftpSettings(
-        host="127.0.0.1",
-        port=0,
-        username=USER,
-        check_password=check_password,
-        inbox=inbox_dir,
-        host_key=tmp_path / "keys" / "ssh_host_ed25519_key",
-        failed_login_delay=0.1,
-    )
+    return sftp_settings(inbox_dir, tmp_path / "keys" / "ssh_host_ed25519_key")
 
 
 @pytest.fixture
