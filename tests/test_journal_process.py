@@ -189,3 +189,23 @@ def test_without_a_fork_server_the_writer_is_spawned(tmp_path, sqlite_url, monke
             assert b"spawn_main" in f.read()
         assert post(running, record("notes", "create", id="1")).status_code == 200
         assert running.service.journal.counts["applied"] == 1
+
+
+def test_a_malformed_body_while_the_database_is_down_gets_503_until_it_can_be_journaled(
+    tmp_path, sqlite_url
+):
+    """The writer parses and journals every body before it answers, a refusal included."""
+    settings = make_settings(sqlite_url, tmp_path, database={"timeout": 0.3})
+    bad = record("notes", "frobnicate", id="1")
+    with RunningService(settings) as running:
+        blocker = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), isolation_level=None)
+        blocker.execute("BEGIN EXCLUSIVE")
+        assert post(running, bad).status_code == 503
+        blocker.execute("ROLLBACK")
+        blocker.close()
+        assert post(running, bad).status_code == 422
+        engine = running.engine()
+        assert [(e["status"], e["raw_action"]) for e in journal(engine)] == [
+            ("rejected", "frobnicate")
+        ]
+        engine.dispose()
