@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
-from aljex_sync.brokerage import Brokerage
+from aljex_sync.emulate.brokerage import Brokerage
 from bench import live, morning
 
 RESULTS = Path(__file__).parent / "results"

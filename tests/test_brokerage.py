@@ -10,18 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from aljex_sync.brokerage import (
-    LOAD_STATUSES,
-    MORNING_TABLES,
-    Brokerage,
-    LiveChange,
-    Scale,
-    charset_for,
-    file_charset,
-    write_morning_csvs,
-)
-from aljex_sync.brokerage_fields import MONEY_FIELDS
 from aljex_sync.catalog import CATALOG, key_for
+from aljex_sync.emulate.brokerage import MORNING_TABLES, Brokerage
+from aljex_sync.emulate.fields import MONEY_FIELDS
+from aljex_sync.emulate.morning import write_morning_csvs
+from aljex_sync.emulate.values import charset_for, file_charset
+from aljex_sync.emulate.world import LOAD_STATUSES, LiveChange, Scale
 
 TODAY = date(2026, 11, 27)
 TIME = re.compile(r"^\d{1,2}:\d{2}$")

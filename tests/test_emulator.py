@@ -15,25 +15,20 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import Engine, text
 
-from aljex_sync.brokerage import MORNING_TABLES, Brokerage, LiveChange, write_morning_csvs
 from aljex_sync.catalog import key_for
-from aljex_sync.emulate_cli import emulate
-from aljex_sync.emulator import (
+from aljex_sync.emulate.brokerage import MORNING_TABLES, Brokerage
+from aljex_sync.emulate.commands import emulate
+from aljex_sync.emulate.morning import SftpTarget, upload_morning, write_morning_csvs
+from aljex_sync.emulate.sender import LiveOptions, LiveReport, LiveTarget, encode_change, run_live
+from aljex_sync.emulate.state import (
     EmulatorError,
     EmulatorState,
-    LiveOptions,
-    LiveReport,
     LiveRun,
-    LiveTarget,
     MorningUpload,
-    SftpTarget,
-    encode_change,
-    expected_records,
     load_state,
-    run_live,
-    upload_morning,
-    verify,
 )
+from aljex_sync.emulate.verify import expected_records, verify
+from aljex_sync.emulate.world import LiveChange
 
 from .support import (
     SFTP_PASSWORD,

@@ -8,15 +8,10 @@ from __future__ import annotations
 
 from datetime import date
 
-from aljex_sync.emulator import (
-    LiveOptions,
-    LiveTarget,
-    SftpTarget,
-    load_state,
-    run_live,
-    upload_morning,
-    verify,
-)
+from aljex_sync.emulate.morning import SftpTarget, upload_morning
+from aljex_sync.emulate.sender import LiveOptions, LiveTarget, run_live
+from aljex_sync.emulate.state import load_state
+from aljex_sync.emulate.verify import verify
 
 from .support import TEST_PASSWORD, RunningService, make_settings
 

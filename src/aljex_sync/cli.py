@@ -27,7 +27,7 @@ from . import __version__, config, logs
 from .config import Settings
 from .credentials import generate_password, hash_password
 from .demo import run_demo
-from .emulate_cli import emulate
+from .emulate.commands import emulate
 from .errors import AljexSyncError, ConfigError
 from .journal import Journal, summarize
 from .morning import FileReport, MorningLoader, recent_files

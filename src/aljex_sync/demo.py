@@ -18,18 +18,10 @@ from sqlalchemy import func, select, table
 
 from . import config
 from .credentials import generate_password
-from .emulator import (
-    LiveOptions,
-    LiveReport,
-    LiveTarget,
-    MorningReport,
-    SftpTarget,
-    VerifyReport,
-    load_state,
-    run_live,
-    upload_morning,
-    verify,
-)
+from .emulate.morning import MorningReport, SftpTarget, upload_morning
+from .emulate.sender import LiveOptions, LiveReport, LiveTarget, run_live
+from .emulate.state import load_state
+from .emulate.verify import VerifyReport, verify
 from .morning import FileReport
 from .service import BackgroundService
 from .store.database import open_engine, reading

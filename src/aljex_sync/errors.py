@@ -13,7 +13,7 @@ CLI messages only at the edge (``live.py``, ``cli.py``)::
     ├── RecordNotApplicable          terminal for one record: it is held, the reply is 200
     ├── MorningFileError             a Morning Sync file that cannot be loaded as a whole
     │   └── MalformedFile            (csvfile.py) bad CSV: moved to inbox/failed/ with the line
-    ├── EmulatorError                (emulator.py) the emulator's state or options are wrong
+    ├── EmulatorError                (emulate/state.py) the emulator's state or options are wrong
     └── DatabaseUnavailable          transient: nothing is acknowledged, the reply is 503
 
 Terminal errors concern one record and retrying will not help until the operator changes

@@ -1,4 +1,4 @@
-"""``aljex-sync emulate``: play Aljex's side of the wire. Parse options, call emulator.py, print."""
+"""``aljex-sync emulate``: play Aljex's side of the wire. Parse options, call the library, print."""
 
 from __future__ import annotations
 
@@ -17,20 +17,12 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from . import emulator
-from .brokerage import SCALES
-from .emulator import (
-    Difference,
-    EmulatorError,
-    EmulatorState,
-    LiveOptions,
-    LiveReport,
-    LiveTarget,
-    MorningReport,
-    SftpTarget,
-    VerifyReport,
-)
-from .store.database import display_url
+from .morning import MorningReport, SftpTarget, upload_morning, write_morning
+from .sender import LiveOptions, LiveReport, LiveTarget, run_live
+from .state import DEFAULT_SIZE, DEFAULT_STATE, EmulatorError, EmulatorState, load_state
+from .verify import Difference, VerifyReport
+from .verify import verify as check_receiver
+from .world import SCALES
 
 console = Console()
 err_console = Console(stderr=True)
@@ -50,7 +42,7 @@ def _state_options(command: F) -> F:
             "--state",
             "state_path",
             type=click.Path(dir_okay=False, path_type=Path),
-            default=emulator.DEFAULT_STATE,
+            default=DEFAULT_STATE,
             show_default=True,
             help="JSON file of what was sent; continued by every run, read by verify.",
         ),
@@ -63,7 +55,7 @@ def _state_options(command: F) -> F:
         click.option(
             "--size",
             type=click.Choice(sorted(SCALES)),
-            help=f"Brokerage size of a new state [default: {emulator.DEFAULT_SIZE}].",
+            help=f"Brokerage size of a new state [default: {DEFAULT_SIZE}].",
         ),
     ]
     for option in reversed(options):
@@ -75,9 +67,7 @@ def _load(
     state_path: Path, seed: int | None, today: datetime | None, size: str | None
 ) -> EmulatorState:
     try:
-        return emulator.load_state(
-            state_path, seed=seed, today=today.date() if today else None, size=size
-        )
+        return load_state(state_path, seed=seed, today=today.date() if today else None, size=size)
     except EmulatorError as e:
         _fail(str(e))
 
@@ -166,7 +156,7 @@ def live(
         options = LiveOptions(count, duration, rate, concurrency, tables, retries)
         target = LiveTarget(url, user, password)
         with _stop_on_interrupt() as stop, _live_progress(options) as progress:
-            report = emulator.run_live(state, target, options, progress=progress, stop=stop)
+            report = run_live(state, target, options, progress=progress, stop=stop)
     except EmulatorError as e:
         _fail(str(e))
     _print_live(report, state)
@@ -304,10 +294,10 @@ def morning(
     the_day = day.date() if day else None
     try:
         if out is not None:
-            report = emulator.write_morning(state, out, day=the_day, tables=tables)
+            report = write_morning(state, out, day=the_day, tables=tables)
         elif server is not None and password is not None:
             target = SftpTarget(server[0], server[1], user, password, directory)
-            report = emulator.upload_morning(state, target, day=the_day, tables=tables)
+            report = upload_morning(state, target, day=the_day, tables=tables)
         else:
             _fail(f"give --sftp HOST:PORT and --password (or ${PASSWORD_ENV}), or --out DIR")
     except EmulatorError as e:
@@ -339,7 +329,7 @@ def _print_morning(report: MorningReport, state: EmulatorState, *, uploaded: boo
     "--state",
     "state_path",
     type=click.Path(dir_okay=False, path_type=Path, exists=True),
-    default=emulator.DEFAULT_STATE,
+    default=DEFAULT_STATE,
     show_default=True,
     help="The state file the feed was sent with.",
 )
@@ -351,16 +341,16 @@ def verify(url: str, tables: frozenset[str] | None, show: int, state_path: Path)
     """
     state = _load(state_path, None, None, None)
     try:
-        report = emulator.verify(url, state, tables=tables, examples=max(show, 0))
+        report = check_receiver(url, state, tables=tables, examples=max(show, 0))
     except EmulatorError as e:
         _fail(str(e))
-    _print_verify(report, url, show)
+    _print_verify(report, show)
     if not report.ok:
         sys.exit(1)
 
 
-def _print_verify(report: VerifyReport, url: str, show: int) -> None:
-    table = Table(title=f"Verify {display_url(url)}")
+def _print_verify(report: VerifyReport, show: int) -> None:
+    table = Table(title=f"Verify {report.database}")
     for name in ("table", "expected", "actual", "missing", "extra", "differing"):
         table.add_column(name, justify="left" if name == "table" else "right")
     for t in report.tables:
