@@ -15,14 +15,14 @@ from functools import partial
 from .departments import Departments
 from .values import ascii_letters, cents, hm, iso, money
 from .vocabulary import DOMAIN, EMPLOYEE_TYPES, NOTES, QUIRK_NOTE
-from .world import CLOSED_STATUSES, LiveChange, Record, change
+from .world import CLOSED_STATUSES, LiveChange, Pool, Record, change
 
 
 class LiveActivity:
     """Moves the brokerage on: :meth:`next_change` makes one change and returns it as sent."""
 
     def __init__(self, departments: Departments) -> None:
-        self.d = departments
+        self.departments = departments
         self.world = departments.world
         self._pending: deque[Callable[[], LiveChange]] = deque()
         actions = self._actions()
@@ -44,7 +44,7 @@ class LiveActivity:
 
     def _actions(self) -> list[tuple[Callable[[], LiveChange | None], float]]:
         """What the live feed does, with how often: loads move most."""
-        d = self.d
+        d = self.departments
         return [
             (self._create_load, 8),
             (self._advance_load, 40),
@@ -75,12 +75,12 @@ class LiveActivity:
         w = self.world
         customer_id = w.pools["active_customers"].pick(w.rng) or w.customers[0]
         pickup = w.now.date() + timedelta(days=w.rng.randint(0, 3))
-        load = self.d.loads.new_load(w.now, pickup, w.data["customers"][(customer_id,)])
+        load = self.departments.loads.new_load(w.now, pickup, w.data["customers"][(customer_id,)])
         w.pools["active_loads"].add(load["id"])
         return w.emit("loads", "create", load)
 
     def _advance_load(self) -> LiveChange | None:
-        w, loads = self.world, self.d.loads
+        w, loads = self.world, self.departments.loads
         load_id = w.pools["active_loads"].pick(w.rng)
         if load_id is None:
             return None
@@ -97,7 +97,7 @@ class LiveActivity:
 
     def _touch_load(self) -> LiveChange | None:
         """A load edited without a status change: an appointment, notes or the weight."""
-        w, loads = self.world, self.d.loads
+        w, loads = self.world, self.departments.loads
         rng, load_id = w.rng, w.pools["active_loads"].pick(w.rng)
         if load_id is None:
             return None
@@ -122,7 +122,7 @@ class LiveActivity:
     # -- money ------------------------------------------------------------------------------
 
     def _invoice(self, load_id: str) -> LiveChange:
-        w, accounting = self.world, self.d.accounting
+        w, accounting = self.world, self.departments.accounting
         invoice = accounting.new_invoice(w.data["loads"][(load_id,)], w.now)
         accounting.add_invoice(invoice, w.now)
         return change("invoicing", "create", invoice)
@@ -133,7 +133,7 @@ class LiveActivity:
         if load_id is None:
             return None
         w.pools["unbilled_loads"].discard(load_id)
-        payable = self.d.accounting.new_payable(w.data["loads"][(load_id,)], w.now)
+        payable = self.departments.accounting.new_payable(w.data["loads"][(load_id,)], w.now)
         w.pools["unpaid_payables"].add(payable["id"])
         return w.emit("payable", "create", payable)
 
@@ -145,20 +145,20 @@ class LiveActivity:
         w.pools["unpaid_payables"].discard(payable_id)
         payable = w.get("payable", payable_id)
         self._pending.append(partial(w.emit, "payable", "update", {**payable, "status": "PAID"}))
-        return w.emit("payments", "create", self.d.accounting.new_payment(payable, w.now))
+        return w.emit("payments", "create", self.departments.accounting.new_payment(payable, w.now))
 
     def _receive_payment(self) -> LiveChange | None:
         w = self.world
         pro_num = w.pools["open_invoices"].pick(w.rng)
         if pro_num is None:
             return None
-        receipt = self.d.accounting.new_receipt(w.data["invoicing"][(pro_num,)], w.now)
+        receipt = self.departments.accounting.new_receipt(w.data["invoicing"][(pro_num,)], w.now)
         self._pending.append(partial(self._settle, pro_num))
         w.pools["open_invoices"].discard(pro_num)
         return w.emit("payments_received", "create", receipt)
 
     def _settle(self, pro_num: str) -> LiveChange:
-        invoice = self.d.accounting.settle_invoice(pro_num, self.world.now)
+        invoice = self.departments.accounting.settle_invoice(pro_num, self.world.now)
         return change("invoicing", "update", invoice)
 
     def _adjust(self, table: str) -> LiveChange | None:
@@ -166,7 +166,9 @@ class LiveActivity:
         if not w.invoices:
             return None
         invoice = w.data["invoicing"][(w.rng.choice(w.invoices),)]
-        return w.emit(table, "create", self.d.accounting.new_adjustment(table, invoice, w.now))
+        return w.emit(
+            table, "create", self.departments.accounting.new_adjustment(table, invoice, w.now)
+        )
 
     # -- quotes, spots, purchases -----------------------------------------------------------
 
@@ -212,17 +214,15 @@ class LiveActivity:
         elif roll < 0.85 or len(active) < 2:
             customer["total_exposure"] = money(w.exposure.get(customer_id, 0))
         else:
-            customer["status"] = "HOLD" if customer["status"] == "ACTIVE" else "ACTIVE"
-            (active.discard if customer["status"] == "HOLD" else active.add)(customer_id)
+            _toggle_status(customer, active, "HOLD")
         return w.emit("customers", "update", customer)
 
     def _create_customer(self) -> LiveChange:
         w = self.world
-        customer = self.d.companies.new_customer(w.now)
-        result = w.emit("customers", "create", customer)
-        w.customers.append(customer["id"])
-        w.pools["active_customers"].add(customer["id"])
-        return result
+        companies = self.departments.companies
+        customer = companies.new_customer(w.now)
+        companies.add_customer(customer, w.now)
+        return change("customers", "create", customer)
 
     def _update_carrier(self) -> LiveChange:
         w = self.world
@@ -238,17 +238,15 @@ class LiveActivity:
         elif roll < 0.85 or len(active) < 2:
             carrier["phone"], carrier["contact"] = w.phone(), w.person()
         else:
-            carrier["status"] = "INACTIVE" if carrier["status"] == "ACTIVE" else "ACTIVE"
-            (active.discard if carrier["status"] == "INACTIVE" else active.add)(carrier_id)
+            _toggle_status(carrier, active, "INACTIVE")
         return w.emit("carriers", "update", carrier)
 
     def _create_carrier(self) -> LiveChange:
         w = self.world
-        carrier = self.d.companies.new_carrier(w.now)
-        result = w.emit("carriers", "create", carrier)
-        w.carriers.append(carrier["id"])
-        w.pools["active_carriers"].add(carrier["id"])
-        return result
+        companies = self.departments.companies
+        carrier = companies.new_carrier(w.now)
+        companies.add_carrier(carrier, w.now)
+        return change("carriers", "create", carrier)
 
     def _update_employee(self) -> LiveChange:
         w = self.world
@@ -260,14 +258,19 @@ class LiveActivity:
         return w.emit("employees", "update", employee)
 
     def _create_employee(self) -> LiveChange:
-        w = self.world
-        employee = self.d.people.new_employee(w.rng.choice(EMPLOYEE_TYPES))
-        result = w.emit("employees", "create", employee)
-        w.employees.append(employee["id"])
-        return result
+        w, people = self.world, self.departments.people
+        employee = people.new_employee(w.rng.choice(EMPLOYEE_TYPES))
+        people.add_employee(employee, w.now)
+        return change("employees", "create", employee)
 
     def _update_salesrep(self) -> LiveChange:
         w = self.world
         salesrep = w.get("salesreps", w.rng.choice(w.salesreps))
         salesrep["commission_pct"] = str(w.rng.choice((15, 20, 25, 30, 35)))
         return w.emit("salesreps", "update", salesrep)
+
+
+def _toggle_status(record: Record, active: Pool, inactive: str) -> None:
+    """Put an ACTIVE company on ``inactive`` (out of the ``active`` pool), or back."""
+    record["status"] = inactive if record["status"] == "ACTIVE" else "ACTIVE"
+    (active.discard if record["status"] == inactive else active.add)(record["id"])

@@ -18,12 +18,12 @@ class History:
     """Lays down a brokerage's past on its world, up to the clock's first tick."""
 
     def __init__(self, departments: Departments) -> None:
-        self.d = departments
+        self.departments = departments
         self.world = departments.world
 
     def lay_down(self) -> None:
         """Generate the whole history, in the one order a seed reproduces."""
-        w, d = self.world, self.d
+        w, d = self.world, self.departments
         scale, now = w.scale, w.now
         for n in range(scale.employees):
             since = now - timedelta(days=w.rng.randint(200, 2000))
@@ -58,7 +58,9 @@ class History:
                 created = now - timedelta(minutes=rng.randint(30, 900))
             plans.append((created, pickup, rng.choice(w.customers)))
         for created, pickup, customer_id in sorted(plans):
-            load = self.d.loads.new_load(created, pickup, w.data["customers"][(customer_id,)])
+            load = self.departments.loads.new_load(
+                created, pickup, w.data["customers"][(customer_id,)]
+            )
             updated = self._progress(load, created, pickup)
             w.store("loads", load, created)
             w.meta["loads"][(load["id"],)].updated = updated
@@ -82,7 +84,7 @@ class History:
 
     def _progress(self, load: Record, created: datetime, pickup: date) -> datetime:
         """Move a history load to the status its dates call for; return its last update."""
-        w, loads = self.world, self.d.loads
+        w, loads = self.world, self.departments.loads
         target, now = self._target(load, pickup), w.now
         at = created
         if target == "VOID":
@@ -114,7 +116,7 @@ class History:
 
     def _money(self, load: Record, delivered: datetime) -> None:
         """Invoice a delivered history load; bill, pay and collect on it when time allows."""
-        w, accounting = self.world, self.d.accounting
+        w, accounting = self.world, self.departments.accounting
         rng, now = w.rng, w.now
         at = w.between(delivered + timedelta(hours=1), min(delivered + timedelta(hours=30), now))
         invoice = accounting.new_invoice(load, at)
@@ -140,7 +142,7 @@ class History:
 
     def _extras(self) -> None:
         """Debits and credits on past invoices; the quotes, spots and purchases of late."""
-        w, d = self.world, self.d
+        w, d = self.world, self.departments
         rng, now, scale = w.rng, w.now, w.scale
         for table, count in (("debits", scale.debits), ("credits", scale.credits)):
             for _ in range(count if w.invoices else 0):
@@ -170,7 +172,7 @@ class History:
         colon[next(s for s in reversed(slots) if colon[s] == "")] = ":"
         loads[(colon["id"],)] = colon
         drop = dict(loads[rng.choice(keys)])
-        drop[f"ps_appt_time_{rng.choice(self.d.loads.stops(drop, 'S'))}"] = "DROP"
+        drop[f"ps_appt_time_{rng.choice(self.departments.loads.stops(drop, 'S'))}"] = "DROP"
         loads[(drop["id"],)] = drop
         noted = dict(loads[rng.choice(keys)])
         noted["notes"] = QUIRK_NOTE

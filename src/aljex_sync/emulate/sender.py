@@ -220,7 +220,7 @@ class _Poster:
             self._conn = None
 
 
-class _Sender(threading.Thread):
+class _SenderThread(threading.Thread):
     """A sending thread: posts the changes queued for it, in order, retrying transient
     failures. The feed gives all changes of one record to the same sender, so each record's
     changes arrive in the order they were made whatever the concurrency."""
@@ -299,7 +299,8 @@ class _Feed:
         self.stop = threading.Event()  # set by a fatal reply or the caller's stop
         self.external_stop = external_stop or threading.Event()
         self.senders = [
-            _Sender(n, target, options, self.tally, self.stop) for n in range(options.concurrency)
+            _SenderThread(n, target, options, self.tally, self.stop)
+            for n in range(options.concurrency)
         ]
         self.generated = self.posted = self.skipped = 0
         self.started = time.monotonic()
