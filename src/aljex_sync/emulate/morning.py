@@ -105,6 +105,15 @@ def _described(table_name: str, path: Path, location: str) -> MorningFile:
     return MorningFile(table_name, path.name, location, st.st_size, st.st_mtime)
 
 
+def _as_the_feed_left_it(
+    state: EmulatorState, day: date | None, tables: Collection[str] | None
+) -> tuple[Brokerage, date]:
+    """The brokerage where the feed stands, and the files' day (default: its clock's)."""
+    check_tables(tables, MORNING_TABLES)
+    brokerage = state.brokerage()
+    return brokerage, day or brokerage.now.date()
+
+
 def write_morning(
     state: EmulatorState,
     out_dir: Path,
@@ -116,9 +125,7 @@ def write_morning(
 
     Nothing was sent, so the state is not changed.
     """
-    check_tables(tables, MORNING_TABLES)
-    brokerage = state.brokerage()
-    day = day or brokerage.now.date()
+    brokerage, day = _as_the_feed_left_it(state, day, tables)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = []
     with tempfile.TemporaryDirectory(prefix="aljex-morning-") as temp:
@@ -141,9 +148,7 @@ def upload_morning(
     that verify expects what arrived. Raises EmulatorError when the server cannot be
     reached or refuses a file.
     """
-    check_tables(tables, MORNING_TABLES)
-    brokerage = state.brokerage()
-    day = day or brokerage.now.date()
+    brokerage, day = _as_the_feed_left_it(state, day, tables)
     report = MorningReport(day, [])
     with tempfile.TemporaryDirectory(prefix="aljex-morning-") as temp:
         written = _write_files(brokerage, day, Path(temp), tables)
