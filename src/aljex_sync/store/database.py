@@ -279,8 +279,9 @@ def _refused_for_the_record(orig: BaseException | None) -> bool:
     sqlstate = getattr(orig, "sqlstate", None)
     if isinstance(sqlstate, str) and sqlstate[:2] in _PG_RECORD_CLASSES:
         return True
-    args = getattr(orig, "args", ())
-    return bool(args) and isinstance(args[0], int) and args[0] in _MYSQL_RECORD_ERRORS
+    args: tuple[Any, ...] = tuple(getattr(orig, "args", ()))
+    code = args[0] if args else None
+    return isinstance(code, int) and code in _MYSQL_RECORD_ERRORS
 
 
 def _looks_like_record_problem(text: str) -> bool:
