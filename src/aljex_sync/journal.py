@@ -68,12 +68,16 @@ class Received:
 
     The journal parses ``body``; ``rejection`` is set when the edge already refused the
     request (too large, wrong content type), and the request is then only recorded.
+    ``resent`` marks a request whose writer died before answering: if its event is in the
+    journal, it was committed, and that outcome is the answer.
     """
 
     body: bytes
     remote_addr: str
     received_at: datetime
     rejection: WireError | None = None
+    # Sent again after the writer died with it in hand: it may have been committed.
+    resent: bool = False
 
 
 @dataclass(frozen=True)
@@ -259,6 +263,10 @@ class Journal:
             results: list[Outcome | BaseException | None] = []
             for received, replay_of in batch:
                 try:
+                    found = self._journaled(received) if received.resent else None
+                    if found is not None:
+                        results.append(found)
+                        continue
                     plans.append(self._plan(received, replay_of))
                     results.append(None)
                 except Exception as e:
@@ -279,6 +287,38 @@ class Journal:
                 written = self._one_by_one(plans)
             outcomes = iter(written)
             return [next(outcomes) if r is None else r for r in results]
+
+    def _journaled(self, received: Received) -> Outcome | None:
+        """The outcome of a request already in the journal, or None if it is not there.
+
+        A request is known by when it was received, from where, and its body.
+        """
+        c = events.c
+        query = select(
+            c.id, c.status, c.error, c.table_name, c.action, c.raw_action, c.record_key, c.body
+        ).where(
+            c.received_at == received.received_at,
+            c.remote_addr == received.remote_addr[:NAME_WIDTH],
+            c.source == LIVE,
+        )
+        with reading(self.engine) as conn:
+            row = next((r for r in conn.execute(query) if bytes(r.body) == received.body), None)
+        if row is None:
+            return None
+        log.warning("a request the last writer had in hand was committed as event %d", row.id)
+        rejection = None
+        if row.status == "rejected":
+            rejection = self._plan(received, None).rejection
+        action = row.action or (rejection.action if rejection else None)
+        return Outcome(
+            int(row.id),
+            row.status,
+            row.error or "",
+            row.table_name,
+            action,
+            row.record_key or "",
+            rejection,
+        )
 
     def _failed(self, error: BaseException, count: int) -> Exception:
         """Log why ``count`` requests are not acknowledged; the error each of them gets."""
