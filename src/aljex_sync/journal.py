@@ -158,6 +158,7 @@ def _event_values(plan: _Plan, now: datetime) -> tuple[Any, ...]:
     remote_addr = received.remote_addr[:NAME_WIDTH]
     if plan.bare:
         reason = plan.reason[:TEXT_CUT] or None
+        remote_addr = "".join(c for c in remote_addr if c.isprintable()) or "-"
         nothing = (None, None, None, None, None)  # table, action, raw action, key, warnings
         return (
             plan.status,
