@@ -8,12 +8,17 @@ import signal
 import sqlite3
 import threading
 import time
+from dataclasses import replace
+from pathlib import Path
+from urllib.parse import urlencode
 
 import httpx
 import pytest
 
+from aljex_sync.errors import UnknownAction
+from aljex_sync.journal import Journal, Outcome, Received
 from aljex_sync.store.database import open_engine
-from aljex_sync.store.schema import Schema
+from aljex_sync.store.schema import Schema, utcnow
 
 from .support import RunningService, make_settings
 from .test_live import journal, post, record, rows
@@ -62,7 +67,7 @@ def test_a_killed_writer_is_replaced_and_the_next_request_lands(tmp_path, sqlite
         engine.dispose()
 
 
-def test_a_request_in_flight_when_the_writer_dies_gets_503_and_is_not_stored(tmp_path, sqlite_url):
+def test_a_request_in_flight_when_the_writer_dies_is_written_by_the_next_one(tmp_path, sqlite_url):
     settings = make_settings(sqlite_url, tmp_path, database={"timeout": 20})
     with RunningService(settings) as running:
         assert post(running, record("notes", "create", id="1")).status_code == 200
@@ -74,17 +79,51 @@ def test_a_request_in_flight_when_the_writer_dies_gets_503_and_is_not_stored(tmp
         )
         sender.start()
         time.sleep(0.5)
-        os.kill(writer_pid(running), signal.SIGKILL)
-        sender.join(timeout=20)
+        first = writer_pid(running)
+        os.kill(first, signal.SIGKILL)
+        wait_for_exit(first)
+        time.sleep(0.5)
         blocker.execute("ROLLBACK")
         blocker.close()
-        assert replies and replies[0].status_code == 503
-        assert "nothing was stored" in replies[0].text
+        sender.join(timeout=30)
+        assert replies and replies[0].status_code == 200, replies[0].text
         assert post(running, record("notes", "create", id="3")).status_code == 200
         engine = running.engine()
-        assert [r["id"] for r in rows(engine, "SELECT id FROM notes ORDER BY id")] == ["1", "3"]
-        assert [e["record_key"] for e in journal(engine)] == ["1", "3"]
+        assert [r["id"] for r in rows(engine, "SELECT id FROM notes ORDER BY id")] == [
+            "1",
+            "2",
+            "3",
+        ]
+        assert [e["record_key"] for e in journal(engine)] == ["1", "2", "3"]
         engine.dispose()
+
+
+def test_a_request_committed_before_its_writer_died_is_answered_from_the_journal(database_url):
+    """The writer can die between COMMIT and its answer: the resent request is not written
+    twice, and gets the outcome it had."""
+    settings = make_settings(database_url, Path("."))
+    journal_ = Journal(open_engine(settings.database.url), settings)
+    journal_.install()
+    body = urlencode(record("notes", "create", id="1", text="once")).encode()
+    received = Received(body, "203.0.113.9", utcnow())
+    [first] = journal_.write_group([received])
+    bad = Received(b"web_sync_table_name=notes&web_sync_action=merge&id=2", "x", utcnow())
+    [refused] = journal_.write_group([bad])
+    [again, refused_again, new] = journal_.write_group(
+        [
+            replace(received, resent=True),
+            replace(bad, resent=True),
+            Received(body, "203.0.113.9", utcnow(), resent=True),  # another request
+        ]
+    )
+    assert isinstance(first, Outcome) and isinstance(again, Outcome)
+    assert (again.event_id, again.status, again.key) == (first.event_id, "applied", "1")
+    assert isinstance(refused_again, Outcome) and isinstance(refused, Outcome)
+    assert refused_again.event_id == refused.event_id
+    assert isinstance(refused_again.rejection, UnknownAction)
+    assert isinstance(new, Outcome) and new.event_id not in (first.event_id, refused.event_id)
+    assert [e["record_key"] for e in journal(journal_.engine)] == ["1", None, "1"]
+    journal_.close()
 
 
 def test_the_writers_log_lines_reach_the_service_log(tmp_path, sqlite_url, caplog):

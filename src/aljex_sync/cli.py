@@ -174,7 +174,7 @@ password_hash = {q(live_hash)}
 allow_ips = []                     # CIDRs; empty means any address
 trusted_proxies = []               # CIDRs whose X-Forwarded-For is believed
 max_body_bytes = 1048576
-max_fields = 2000
+max_fields = 1000                  # fits every database: MariaDB allows 1017 columns
 legacy_charset = "cp1252"
 
 [morning]

@@ -55,8 +55,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "allow_ips": Key(list, [], "CIDRs allowed to post; empty means any address"),
         "trusted_proxies": Key(list, [], "CIDRs whose X-Forwarded-For is believed"),
         "max_body_bytes": Key(int, 1048576, "largest request body accepted"),
-        "max_fields": Key(int, 2000, "most fields accepted in one request"),
+        "max_fields": Key(int, 1000, "most fields accepted in one request"),
         "legacy_charset": Key(str, "cp1252", "charset of values that are not valid UTF-8"),
+        "accept_tables": Key(list, [], "tables Live Sync may write; empty means any"),
+        "max_tables": Key(int, 200, "most synced tables; Live Sync creates no more"),
     },
     "morning": {
         "enabled": Key(bool, True, "receive Morning Sync files"),
@@ -103,6 +105,8 @@ class LiveSettings:
     max_body_bytes: int
     max_fields: int
     legacy_charset: str
+    accept_tables: frozenset[str] = frozenset()
+    max_tables: int = 200
 
 
 @dataclass(frozen=True)
@@ -201,7 +205,7 @@ def parse(
         raise ConfigError("live.path", "must start with /")
     _check_credentials("live", live)
     _check_charset("live.legacy_charset", live["legacy_charset"])
-    for key in ("max_body_bytes", "max_fields"):
+    for key in ("max_body_bytes", "max_fields", "max_tables"):
         if live[key] <= 0:
             raise ConfigError(f"live.{key}", "must be more than 0")
     live_settings = LiveSettings(
@@ -217,6 +221,8 @@ def parse(
         max_body_bytes=live["max_body_bytes"],
         max_fields=live["max_fields"],
         legacy_charset=live["legacy_charset"],
+        accept_tables=frozenset(str(t).lower() for t in live["accept_tables"]),
+        max_tables=live["max_tables"],
     )
 
     morning_host, morning_port = _listen("morning.listen", morning["listen"])

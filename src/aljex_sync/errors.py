@@ -9,6 +9,7 @@ CLI messages only at the edge (``live.py``, ``cli.py``)::
     │   ├── MalformedRequest         400: no table or action, broken encoding, bad name, NUL
     │   ├── RequestTooLarge          413: body or field count over the limits
     │   ├── UnsupportedMediaType     415: a content type other than form-urlencoded
+    │   ├── TableNotAccepted         403: a table outside [live] accept_tables or max_tables
     │   └── UnknownAction            422: an action that is not create, update or delete
     ├── RecordNotApplicable          terminal for one record: it is held, the reply is 200
     ├── MorningFileError             a Morning Sync file that cannot be loaded as a whole
@@ -61,6 +62,11 @@ class RequestTooLarge(WireError):
 
 class UnsupportedMediaType(WireError):
     """The request declares a content type that is not form-urlencoded."""
+
+
+class TableNotAccepted(WireError):
+    """A record for a table Live Sync may not write: not in ``accept_tables``, or a new
+    table beyond ``max_tables``."""
 
 
 class UnknownAction(WireError):

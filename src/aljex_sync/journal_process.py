@@ -8,11 +8,16 @@ interpreter. The loop sends each request down a socket pair and the child answer
 per group, so the loop does little more than it does to parse a request.
 
 Frames are a 4-byte big-endian length and a pickle. Parent to child: ``(id, body,
-remote address, received at, rejection)``, the request as the edge read it, unparsed;
+remote address, received at, rejection, resent)``, the request as the edge read it, unparsed;
 an empty frame asks the child to finish and exit. Child to parent: ``("done", [(id,
 Outcome or exception), ...])`` after each commit, and ``("log", record)`` for its log
 lines, which the parent logs as its own. Group commit is natural: whatever arrived while
 the child was writing the last group is the next group.
+
+If the child dies, the requests it had in hand may or may not have been committed (it can
+die between its COMMIT and its answer). Each is sent once more, marked ``resent``, to the
+next child, which answers from the journal if the request is there and writes it if not:
+a committed request is never answered 503, and none is journaled twice.
 
 The child is forked from a fork server (``multiprocessing``'s forkserver context) that
 has this module loaded: quick to start, and never forked from a process with threads. As
@@ -40,6 +45,11 @@ from .journal import MAX_BATCH, Journal, Outcome, Received
 from .store.database import open_engine
 
 log = logging.getLogger("aljex_sync.journal")
+
+
+class WriterLost(DatabaseUnavailable):
+    """The journal process exited with the request in hand; it may have been committed."""
+
 
 _LENGTH = struct.Struct(">I")
 START_TIMEOUT = 60.0
@@ -151,10 +161,10 @@ class _Link(asyncio.Protocol):
             self.ready.set_result("the journal process exited while starting")
         pending, self.pending = self.pending, {}
         if pending and not self.owner.stopping:
-            log.error("the journal process exited; %d request(s) not acknowledged", len(pending))
+            log.error("the journal process exited with %d request(s) in hand", len(pending))
         for future in pending.values():
             if not future.done():
-                future.set_exception(DatabaseUnavailable("the journal process exited"))
+                future.set_exception(WriterLost("the journal process exited"))
         if not self.closed.done():
             self.closed.set_result(None)
 
@@ -213,20 +223,31 @@ class JournalProcess:
             raise DatabaseUnavailable(failure)
 
     async def write(self, received: Received) -> Outcome:
-        """Send a request to the writer and wait for its commit."""
-        link = self._link
-        if link is None or not link.open:
-            link = await self._restart()
-        self._next_id += 1
-        rid = self._next_id
-        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        fields = (rid, received.body, received.remote_addr, received.received_at)
-        link.send(_frame((*fields, received.rejection)))
-        link.pending[rid] = future
-        try:
-            return await future
-        finally:
-            link.pending.pop(rid, None)
+        """Send a request to the writer and wait for its commit.
+
+        If the writer dies with the request in hand, the request goes once more, marked
+        resent, to a new writer (see the module's docstring).
+        """
+        resent = False
+        while True:
+            link = self._link
+            if link is None or not link.open:
+                link = await self._restart()
+            self._next_id += 1
+            rid = self._next_id
+            future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+            fields = (rid, received.body, received.remote_addr, received.received_at)
+            link.send(_frame((*fields, received.rejection, resent)))
+            link.pending[rid] = future
+            try:
+                return await future
+            except WriterLost:
+                if resent or self.stopping:
+                    raise
+                resent = True
+                log.warning("sending the request the journal process had in hand to a new one")
+            finally:
+                link.pending.pop(rid, None)
 
     async def close(self) -> None:
         """Let the child finish what it was sent, then stop it."""
@@ -341,8 +362,8 @@ def _write_until_stopped(sock: socket.socket, sender: _Sender, journal: Journal)
             if not frame:
                 stop = True
                 break
-            rid, body, remote_addr, received_at, rejection = _unframe(frame)
-            batch.append((rid, Received(body, remote_addr, received_at, rejection)))
+            rid, body, remote_addr, received_at, rejection, resent = _unframe(frame)
+            batch.append((rid, Received(body, remote_addr, received_at, rejection, resent)))
         for start in range(0, len(batch), MAX_BATCH):
             group = batch[start : start + MAX_BATCH]
             results = journal.write_group([received for _, received in group])

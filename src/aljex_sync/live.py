@@ -29,6 +29,7 @@ from .errors import (
     DatabaseUnavailable,
     MalformedRequest,
     RequestTooLarge,
+    TableNotAccepted,
     UnknownAction,
     UnsupportedMediaType,
     WireError,
@@ -46,6 +47,7 @@ STATUS_OF: dict[type[WireError], int] = {
     RequestTooLarge: 413,
     UnsupportedMediaType: 415,
     UnknownAction: 422,
+    TableNotAccepted: 403,
 }
 
 

@@ -3,8 +3,14 @@
 Aljex sends ``application/x-www-form-urlencoded`` per HTML 4.01 section 17.13.4.1: pairs
 joined by ``&``, name and value by ``=``, ``+`` for a space and ``%XX`` for any other byte.
 The decoder is strict where the standard library is lenient: a broken ``%`` escape or a NUL
-is an error, never passed on. Each name and value is decoded as UTF-8, or, when that fails,
-with a legacy charset (Aljex is an old system); nothing is ever replaced with U+FFFD.
+is an error, never passed on. Each name and value is decoded by ``charset.decode``: valid
+UTF-8 as UTF-8, each byte outside a valid sequence by a legacy charset (Aljex is an old
+system, and one value can mix both); nothing is ever replaced with U+FFFD.
+
+Field names are case-insensitive (``Osd``, ``osd`` and ``OSD`` are one field): a record
+that carries two case variants keeps the last, with a warning, as for a field sent twice.
+``web_sync_table_name`` and ``web_sync_action`` sent twice are refused: which table or
+action was meant cannot be guessed.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import unquote_to_bytes
 
+from .charset import decode
 from .errors import MalformedRequest, RequestTooLarge, UnknownAction
 
 Action = Literal["create", "update", "delete"]
@@ -34,6 +41,11 @@ ACTIONS: dict[str, Action] = {
 
 TABLE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 MAX_IDENTIFIER_BYTES = 63  # PostgreSQL's limit, the smallest of the three databases
+# Names the databases keep for themselves, refused on every backend alike: on PostgreSQL a
+# table ``pg_class`` would be made in ``public`` but read and written in ``pg_catalog``,
+# which the search path always puts first. ``information_schema`` is a schema, never on
+# the search path, and MariaDB keeps its own tables in other databases: both are safe.
+RESERVED_TABLE_PREFIXES = ("_aljex", "sqlite_", "pg_")
 _BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 
 
@@ -55,68 +67,76 @@ class Change:
 def decode_pairs(body: bytes, *, legacy_charset: str = "cp1252") -> list[tuple[str, str]]:
     """Split and decode a form-urlencoded body into (name, value) pairs, in order.
 
-    Raises MalformedRequest for a broken escape, a NUL byte, or text that is valid in
-    neither UTF-8 nor the legacy charset.
+    Raises MalformedRequest for a broken escape or a NUL byte.
     """
-    if b"\x00" in body:
-        raise MalformedRequest("the body contains a NUL byte")
-    if _BAD_ESCAPE.search(body):
-        raise MalformedRequest("the body has a broken %-escape")
-    try:
-        text = body.decode("ascii")
-    except UnicodeDecodeError:  # raw non-ASCII bytes: not encoded as the standard says
-        return [
-            (_decode(name, legacy_charset, "a field name"), _decode(value, legacy_charset, ""))
-            for name, _, value in (p.partition(b"=") for p in body.split(b"&") if p)
-        ]
-    pairs: list[tuple[str, str]] = []
-    for part in text.split("&"):
-        if not part:
-            continue
-        name, _, value = part.partition("=")
-        # Most of Aljex's names and values have no %-escape: skip the byte round trip.
-        if "%" in name:
-            name = _decode(name.encode(), legacy_charset, "a field name")
-        else:
-            name = name.replace("+", " ")
-        if "%" in value:
-            value = _decode(value.encode(), legacy_charset, f"field {name!r}")
-        else:
-            value = value.replace("+", " ")
-        pairs.append((name, value))
-    return pairs
+    return _Pairs(legacy_charset).read(body)
 
 
-def _decode(raw: bytes, legacy_charset: str, what: str) -> str:
-    data = unquote_to_bytes(raw.replace(b"+", b" ")) if raw else b""
-    if b"\x00" in data:
-        raise MalformedRequest(f"{what or 'a value'} contains a NUL byte")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        pass
-    try:
-        return data.decode(legacy_charset)
-    except UnicodeDecodeError:
-        raise MalformedRequest(
-            f"{what or 'a value'} is neither UTF-8 nor {legacy_charset}"
-        ) from None
+class _Pairs:
+    """Decodes the pairs of one body, counting the names and values that were not UTF-8."""
+
+    def __init__(self, legacy_charset: str) -> None:
+        self.legacy_charset = legacy_charset
+        self.mixed = 0  # names and values with bytes read by the legacy charset
+
+    def read(self, body: bytes) -> list[tuple[str, str]]:
+        if b"\x00" in body:
+            raise MalformedRequest("the body contains a NUL byte")
+        if _BAD_ESCAPE.search(body):
+            raise MalformedRequest("the body has a broken %-escape")
+        try:
+            text = body.decode("ascii")
+        except UnicodeDecodeError:  # raw non-ASCII bytes: not encoded as the standard says
+            return [
+                (self.decode(name, "a field name"), self.decode(value, ""))
+                for name, _, value in (p.partition(b"=") for p in body.split(b"&") if p)
+            ]
+        pairs: list[tuple[str, str]] = []
+        for part in text.split("&"):
+            if not part:
+                continue
+            name, _, value = part.partition("=")
+            # Most of Aljex's names and values have no %-escape: skip the byte round trip.
+            if "%" in name:
+                name = self.decode(name.encode(), "a field name")
+            else:
+                name = name.replace("+", " ")
+            if "%" in value:
+                value = self.decode(value.encode(), f"field {name!r}")
+            else:
+                value = value.replace("+", " ")
+            pairs.append((name, value))
+        return pairs
+
+    def decode(self, raw: bytes, what: str) -> str:
+        data = unquote_to_bytes(raw.replace(b"+", b" ")) if raw else b""
+        if b"\x00" in data:
+            raise MalformedRequest(f"{what or 'a value'} contains a NUL byte")
+        text, fixes = decode(data, self.legacy_charset)
+        if fixes:
+            self.mixed += 1
+        return text
 
 
-def parse_body(body: bytes, *, legacy_charset: str = "cp1252", max_fields: int = 2000) -> Change:
+def parse_body(body: bytes, *, legacy_charset: str = "cp1252", max_fields: int = 1000) -> Change:
     """Read one Live Sync request body as a Change, or raise the WireError that says why."""
-    pairs = decode_pairs(body, legacy_charset=legacy_charset)
+    reader = _Pairs(legacy_charset)
+    pairs = reader.read(body)
     table = action_text = None
     fields: dict[str, str] = {}
     warnings: list[str] = []
     for name, value in pairs:
         if name == TABLE_PARAM:
+            if table is not None:
+                raise MalformedRequest(f"{TABLE_PARAM} was sent more than once")
             table = value
         elif name == ACTION_PARAM:
+            if action_text is not None:
+                raise MalformedRequest(f"{ACTION_PARAM} was sent more than once")
             action_text = value
         else:
             if name in fields:
-                warnings.append(f"field {name!r} was sent more than once; the last value won")
+                warnings.append(f"field {name[:80]!r} was sent more than once; the last value won")
             fields[name] = value
     if len(fields) > max_fields:
         raise RequestTooLarge(f"{len(fields)} fields, more than the limit of {max_fields}")
@@ -126,14 +146,35 @@ def parse_body(body: bytes, *, legacy_charset: str = "cp1252", max_fields: int =
     action = ACTIONS.get(action_text.strip().lower())
     if action is None:
         raise UnknownAction(
-            f"unknown action {action_text.strip()!r}; expected create, update or delete",
+            f"unknown action {action_text.strip()[:80]!r}; expected create, update or delete",
             table=table_name,
             action=action_text,
         )
     if any(not name for name in fields):
         warnings.append("a field with an empty name was ignored")
         fields.pop("", None)
+    if len({name.lower() for name in fields}) != len(fields):
+        fields = _fold_case(fields, warnings)
+    if reader.mixed:
+        warnings.append(
+            f"{reader.mixed} name(s) or value(s) were not all UTF-8; "
+            f"their other bytes were read as {legacy_charset}"
+        )
     return Change(table_name, action, action_text, fields, tuple(warnings))
+
+
+def _fold_case(fields: dict[str, str], warnings: list[str]) -> dict[str, str]:
+    """One field per name regardless of case: the last variant sent wins, with a warning."""
+    folded: dict[str, tuple[str, str]] = {}
+    for name, value in fields.items():
+        lowered = name.lower()
+        earlier = folded.pop(lowered, None)
+        if earlier is not None:
+            warnings.append(
+                f"field {name[:80]!r} was also sent as {earlier[0][:80]!r}; the last value won"
+            )
+        folded[lowered] = (name, value)
+    return dict(folded.values())
 
 
 def check_table_name(table: str | None) -> str:
@@ -146,6 +187,6 @@ def check_table_name(table: str | None) -> str:
     if len(name) > MAX_IDENTIFIER_BYTES:
         raise MalformedRequest(f"table name longer than {MAX_IDENTIFIER_BYTES} characters")
     lowered = name.lower()
-    if lowered.startswith(("_aljex", "sqlite_")):
+    if lowered.startswith(RESERVED_TABLE_PREFIXES):
         raise MalformedRequest(f"table name {name!r} is reserved")
     return lowered

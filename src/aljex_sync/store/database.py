@@ -243,6 +243,8 @@ def translate(error: BaseException, table: str = "") -> Exception:
     """
     if isinstance(error, exc.DBAPIError) and error.connection_invalidated:
         return DatabaseUnavailable(_reason(error))
+    if isinstance(error, exc.DBAPIError) and _refused_for_the_record(error.orig):
+        return RecordNotApplicable(table, f"the database refused it: {_reason(error)}")
     if isinstance(error, exc.OperationalError | exc.TimeoutError | exc.InterfaceError):
         text = _reason(error)
         if _looks_like_record_problem(text):
@@ -261,10 +263,38 @@ def _reason(error: BaseException) -> str:
     return text[:300]
 
 
+# PostgreSQL SQLSTATE classes about the statement's own data: data exception, integrity
+# constraint violation, program limit exceeded (too many columns, row or value too big).
+_PG_RECORD_CLASSES = ("22", "23", "54")
+# MySQL/MariaDB error numbers about the statement's own data, whatever DB-API class the
+# driver gives them: too many columns, row size too large, data too long, incorrect
+# string or value, out of range, column cannot be null, duplicate key, identifier too long.
+_MYSQL_RECORD_ERRORS = frozenset(
+    {1048, 1059, 1062, 1070, 1071, 1074, 1117, 1118, 1264, 1292, 1366, 1367, 1406, 4025}
+)
+
+
+def _refused_for_the_record(orig: BaseException | None) -> bool:
+    """True when the driver's error is about this statement's data, not the database."""
+    sqlstate = getattr(orig, "sqlstate", None)
+    if isinstance(sqlstate, str) and sqlstate[:2] in _PG_RECORD_CLASSES:
+        return True
+    args: tuple[Any, ...] = tuple(getattr(orig, "args", ()))
+    code = args[0] if args else None
+    return isinstance(code, int) and code in _MYSQL_RECORD_ERRORS
+
+
 def _looks_like_record_problem(text: str) -> bool:
     """MySQL reports some per-row refusals (row too large, data too long) as operational."""
     lowered = text.lower()
     return any(
         marker in lowered
-        for marker in ("row size too large", "data too long", "too many columns", "(1118", "(1406")
+        for marker in (
+            "row size too large",
+            "data too long",
+            "too many columns",
+            "string or blob too big",
+            "(1118",
+            "(1406",
+        )
     )

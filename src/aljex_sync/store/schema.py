@@ -10,6 +10,10 @@ System tables, all named ``_aljex_*``:
 
 A synced table has one text column per field, created the first time the field is seen,
 plus ``_aljex_synced_at``, ``_aljex_source``, ``_aljex_event_id`` and ``_aljex_deleted_at``.
+Field names are case-insensitive: ``Osd``, ``osd`` and ``OSD`` are one field, kept in
+``_aljex_columns`` as first sent. A table never grows past the column limit of its
+database (``MAX_COLUMNS``): the field that would take it there is refused before any DDL.
+
 Schema changes run in their own transaction, before the data transaction that needs them:
 MySQL commits implicitly around DDL, and an empty new column is harmless if the data
 transaction then fails.
@@ -70,6 +74,10 @@ SOURCE = "_aljex_source"
 EVENT_ID = "_aljex_event_id"
 DELETED_AT = "_aljex_deleted_at"
 META_COLUMNS = (SYNCED_AT, SOURCE, EVENT_ID, DELETED_AT)
+
+# Columns per table, metadata columns included: SQLite's default SQLITE_MAX_COLUMN,
+# PostgreSQL's MaxHeapAttributeNumber, InnoDB's limit on MariaDB and MySQL.
+MAX_COLUMNS = {"sqlite": 2000, "postgresql": 1600, "mysql": 1017, "mariadb": 1017}
 
 SYSTEM = MetaData()
 
@@ -161,6 +169,49 @@ def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
+class FieldColumns(dict[str, str]):
+    """Field name to column, where field names are case-insensitive.
+
+    Keys are kept lowercased; ``sent`` remembers each field's name as first sent, which is
+    what ``_aljex_columns`` records.
+    """
+
+    def __init__(self, pairs: Iterable[tuple[str, str]] = ()) -> None:
+        super().__init__()
+        self.sent: dict[str, str] = {}
+        for name, column in pairs:
+            self[name] = column
+
+    def __getitem__(self, name: str) -> str:
+        return super().__getitem__(name.lower())
+
+    def __setitem__(self, name: str, column: str) -> None:
+        lowered = name.lower()
+        self.sent.setdefault(lowered, name)
+        super().__setitem__(lowered, column)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and super().__contains__(name.lower())
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return super().get(name.lower(), default)
+
+    def update(self, pairs: Any = (), /, **_: str) -> None:
+        items = pairs.as_sent() if isinstance(pairs, FieldColumns) else dict(pairs).items()
+        for name, column in items:
+            self[name] = column
+
+    def copy(self) -> FieldColumns:
+        copied = FieldColumns()
+        for lowered, column in self.items():
+            copied[self.sent.get(lowered, lowered)] = column
+        return copied
+
+    def as_sent(self) -> list[tuple[str, str]]:
+        """(field as first sent, column) pairs."""
+        return [(self.sent.get(lowered, lowered), column) for lowered, column in self.items()]
+
+
 @dataclass
 class SyncedTable:
     """What aljex-sync knows of one synced table: its key and its field-to-column map."""
@@ -168,10 +219,12 @@ class SyncedTable:
     name: str
     key_fields: tuple[str, ...]
     key_columns: tuple[str, ...]
-    columns: dict[str, str] = field(default_factory=dict)  # field name as sent -> column
+    columns: FieldColumns = field(default_factory=FieldColumns)  # field name -> column
     table: Table = field(init=False)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.columns, FieldColumns):
+            self.columns = FieldColumns(dict(self.columns).items())
         self.rebuild()
 
     def rebuild(self) -> None:
@@ -192,6 +245,11 @@ class SyncedTable:
     @property
     def taken(self) -> set[str]:
         return set(self.columns.values()) | set(META_COLUMNS)
+
+    @property
+    def width(self) -> int:
+        """Columns in the table, metadata columns included."""
+        return len(self.taken | set(self.key_columns))
 
     @staticmethod
     def key_field_for_names(fields: Iterable[str], key_field: str) -> str | None:
@@ -241,7 +299,12 @@ class Schema:
                 )
             for row in conn.execute(select(columns_table).order_by(columns_table.c.first_seen_at)):
                 synced = known.get(row.table_name)
-                if synced is not None:
+                # Before names were case-insensitive, ``Osd`` and ``osd`` could both be
+                # recorded: the column named as the field is the one to keep using.
+                if synced is not None and (
+                    row.field_name not in synced.columns
+                    or row.column_name == row.field_name.lower()
+                ):
                     synced.columns[row.field_name] = row.column_name
             for synced in known.values():
                 synced.rebuild()
@@ -272,14 +335,37 @@ class Schema:
             self._add(synced, new)
         return synced
 
-    def plan(self, name: str, key_fields: Sequence[str], fields: Iterable[str]) -> dict[str, str]:
+    @property
+    def max_columns(self) -> int:
+        """The most columns a table can have on this database, metadata columns included."""
+        return MAX_COLUMNS.get(self.dialect, 1017)
+
+    def too_wide(self, name: str, key_fields: Sequence[str], fields: Iterable[str]) -> str:
+        """Why ``ensure`` would take the table past the database's column limit, or "".
+
+        Checked before any DDL, so a record that cannot fit is held at once instead of
+        trying (and failing) schema changes that hold the database's locks.
+        """
+        with self._lock:
+            synced = self.tables.get(name)
+            known: Iterable[str] = synced.columns if synced is not None else ()
+            width = synced.width if synced is not None else len(META_COLUMNS)
+            new = {f.lower() for f in (*key_fields, *fields)} - set(known)
+        if width + len(new) <= self.max_columns:
+            return ""
+        return (
+            f"table {name} would have {width + len(new)} columns, over the limit of "
+            f"{self.max_columns} on {self.dialect}"
+        )
+
+    def plan(self, name: str, key_fields: Sequence[str], fields: Iterable[str]) -> FieldColumns:
         """The column each field would get, without changing the database.
 
         ``ensure`` then gives the same answer, so a file can be staged before any DDL.
         """
         with self._lock:
             synced = self.tables.get(name)
-            known = dict(synced.columns) if synced is not None else {}
+            known = synced.columns.copy() if synced is not None else FieldColumns()
             taken = synced.taken if synced is not None else set(META_COLUMNS)
             for f in [*key_fields, *fields]:
                 if f not in known:
@@ -308,13 +394,13 @@ class Schema:
                     "created_at": now,
                 },
             )
-            self._record_columns(conn, name, columns.items(), now)
+            self._record_columns(conn, name, columns.as_sent(), now)
         self.tables[name] = synced
         return synced
 
     def _add(self, synced: SyncedTable, new_fields: list[str]) -> None:
         planned = self.plan(synced.name, synced.key_fields, new_fields)
-        added = {f: planned[f] for f in new_fields}
+        added = FieldColumns((f, planned[f]) for f in new_fields)
         now = utcnow()
         with self.engine.begin() as conn:
             existing = {c["name"] for c in inspect(conn).get_columns(synced.name)}
@@ -322,7 +408,7 @@ class Schema:
                 Column(c, ValueText) for c in dict.fromkeys(added.values()) if c not in existing
             ]
             self._alter_add(conn, synced.name, to_create)
-            self._record_columns(conn, synced.name, added.items(), now)
+            self._record_columns(conn, synced.name, added.as_sent(), now)
         synced.columns.update(added)
         synced.rebuild()
 
