@@ -5,14 +5,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import multiprocessing
+import os
 import signal
 import socket
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -39,8 +42,10 @@ console = Console()
 err_console = Console(stderr=True)
 
 
-def _fail(message: str) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+def _fail(message: str) -> NoReturn:
+    """One line on stderr, exit status 1."""
+    line = " ".join(message.split())
+    err_console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
     sys.exit(1)
 
 
@@ -200,23 +205,50 @@ max_delete_fraction = 0.5
 def serve(obj: Context) -> None:
     """Run the service until Ctrl-C or SIGTERM, then stop cleanly.
 
-    In-flight requests are finished and committed before the database is closed.
+    In-flight requests are finished and committed before the database is closed. A
+    second signal, or a stop that takes longer than 30 seconds, ends it at once. If it
+    cannot start (a port taken, the database unreachable), it exits with status 1 and
+    one line saying why.
     """
     settings = obj.settings
     try:
-        asyncio.run(_serve(settings))
-    except AljexSyncError as e:
+        clean = asyncio.run(_serve(settings))
+    except (AljexSyncError, OSError) as e:
         _fail(str(e))
-    except OSError as e:
-        _fail(str(e))
+    finally:
+        _end_children()
+    if not clean:
+        sys.exit(1)
 
 
-async def _serve(settings: Settings) -> None:
+async def _serve(settings: Settings) -> bool:
+    """Serve until a signal; a second signal cuts the stop short."""
     stop = asyncio.Event()
+    service = Service(settings)
+
+    def on_signal() -> None:
+        if stop.is_set():
+            service.hurry()
+        stop.set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await Service(settings).run_until(stop)
+        loop.add_signal_handler(sig, on_signal)
+    clean = await service.run_until(stop)
+    if not clean:
+        # Threads still busy (a morning load) would hold up the interpreter's exit.
+        logging.shutdown()
+        sys.stderr.flush()
+        os._exit(1)
+    return clean
+
+
+def _end_children() -> None:
+    """Kill a journal writer a cut-short start left behind: it ignores SIGTERM, and
+    multiprocessing would wait for it at exit."""
+    for child in multiprocessing.active_children():
+        child.kill()
+        child.join(5)
 
 
 @main.command()
