@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import multiprocessing
@@ -36,7 +37,7 @@ from .journal import Journal, summarize
 from .morning import FileReport, MorningLoader, recent_files
 from .service import Service
 from .sftp import host_key_fingerprint
-from .store.database import display_url, open_engine
+from .store.database import display_url, normalize_url, open_engine
 
 console = Console()
 err_console = Console(stderr=True)
@@ -62,7 +63,7 @@ class Context:
             try:
                 self._settings = config.load(self.path)
             except ConfigError as e:
-                _fail(f"{self.path}: {e}" if e.key else str(e))
+                _fail(config.describe(e, self.path))
         assert self._settings is not None
         return self._settings
 
@@ -104,10 +105,20 @@ def main(ctx: click.Context, config_path: Path | None, log_level: str) -> None:
     show_default=True,
     help="SQLAlchemy URL, e.g. postgresql://user@host/db or mysql://user@host/db.",
 )
-@click.option("--public-host", help="Host name or address Aljex reaches this machine at.")
+@click.option(
+    "--public-host",
+    help="Host name or address Aljex reaches this machine at."
+    " Default: this machine's own network address.",
+)
 @click.option("--http-port", default=8080, show_default=True, help="Live Sync HTTP port.")
 @click.option("--sftp-port", default=2222, show_default=True, help="Morning Sync SFTP port.")
 @click.option("--force", is_flag=True, help="Overwrite an existing config file.")
+@click.option(
+    "--then-serving",
+    is_flag=True,
+    hidden=True,
+    help="Say the service starts next (`make serve` runs serve right after init).",
+)
 @click.pass_obj
 def init(
     obj: Context,
@@ -116,6 +127,7 @@ def init(
     http_port: int,
     sftp_port: int,
     force: bool,
+    then_serving: bool,
 ) -> None:
     """Write a new config with random passwords, and print what to send Aljex.
 
@@ -125,6 +137,10 @@ def init(
     path = obj.path
     if path.exists() and not force:
         _fail(f"{path} exists; use --force to replace it (its passwords will change)")
+    try:
+        normalize_url(database_url)
+    except ConfigError as e:
+        _fail(f"--database-url: {e.reason}")
     live_password, sftp_password = generate_password(), generate_password()
     text = config_text(
         database_url=database_url,
@@ -136,8 +152,9 @@ def init(
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     path.chmod(0o600)
-    settings = config.load(path)
-    host = public_host or socket.getfqdn()
+    settings = obj.settings
+    found = public_host or reachable_address()
+    host = found or "HOST"
     console.print(f"Wrote {path}.\n")
     console.print("[bold]Send Aljex the following.[/]\n")
     console.print("Live Sync (HTTP POST):")
@@ -152,10 +169,54 @@ def init(
     console.print("  Folder:   /")
     fingerprint = host_key_fingerprint(settings.morning.host_key)
     console.print(f"  Host key: {fingerprint} (ed25519)", highlight=False)
-    console.print(
-        "\nThe passwords are stored only as hashes and will not be shown again."
-        "\nThen run: aljex-sync serve"
+    console.print()
+    if public_host is None:
+        console.print(_host_advice(found), highlight=False)
+    console.print("The passwords are stored only as hashes and will not be shown again.")
+    if then_serving:
+        console.print("Starting the service now; stop it with Ctrl-C.")
+    else:
+        console.print("Start the service with: aljex-sync serve")
+
+
+def _host_advice(found: str | None) -> str:
+    """What to say about a host init worked out itself: Aljex must reach it from outside."""
+    if found is None:
+        return (
+            "HOST above: this machine has no network address but loopback. Replace HOST"
+            " with the name or address Aljex reaches this machine at"
+            " (or run init again with --force --public-host HOST)."
+        )
+    if ipaddress.ip_address(found).is_private:
+        return (
+            f"{found} is this machine's address on a private network, which Aljex cannot"
+            " reach from the internet: send Aljex your public host name or address instead"
+            " (run init again with --force --public-host HOST to print it, with new"
+            " passwords)."
+        )
+    return (
+        f"{found} is this machine's own address. If Aljex reaches it by another name"
+        " (a DNS name, a proxy), send Aljex that instead."
     )
+
+
+def reachable_address() -> str | None:
+    """The address this machine's traffic to the internet leaves from, if not loopback.
+
+    Connecting a UDP socket sends nothing: it only makes the system choose the route, and
+    so the local address, it would use for a documentation address (RFC 5737 / 3849).
+    """
+    for family, target in ((socket.AF_INET, "192.0.2.1"), (socket.AF_INET6, "2001:db8::1")):
+        try:
+            with socket.socket(family, socket.SOCK_DGRAM) as probe:
+                probe.connect((target, 9))
+                address = str(probe.getsockname()[0]).split("%")[0]
+        except OSError:
+            continue
+        ip = ipaddress.ip_address(address)
+        if not (ip.is_loopback or ip.is_unspecified or ip.is_link_local):
+            return address
+    return None
 
 
 def config_text(
