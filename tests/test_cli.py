@@ -74,8 +74,23 @@ def test_a_missing_config_says_to_run_init(tmp_path):
 def test_status_on_an_empty_database(tmp_path):
     path, _ = init(tmp_path)
     code, out = run("-c", str(path), "status")
+    assert code == 1
+    assert "no aljex-sync tables here" in out
+    _install(path)
+    code, out = run("-c", str(path), "status")
     assert code == 0
     assert "Requests: none" in out
+
+
+def _install(path: Path) -> None:
+    """Make the journal's tables, as the first `serve` does."""
+    from aljex_sync.journal import Journal
+    from aljex_sync.store.database import open_engine
+
+    settings = config.load(path, env={})
+    journal = Journal(open_engine(settings.database.url), settings)
+    journal.install()
+    journal.close()
 
 
 def test_status_answers_while_a_writer_holds_the_database(tmp_path):
@@ -83,7 +98,7 @@ def test_status_answers_while_a_writer_holds_the_database(tmp_path):
     import sqlite3
 
     path, _ = init(tmp_path)
-    assert run("-c", str(path), "status")[0] == 0  # creates the journal's tables
+    _install(path)
     writer = sqlite3.connect(tmp_path / "aljex.db", isolation_level=None)
     writer.execute("BEGIN IMMEDIATE")
     writer.execute("INSERT INTO _aljex_tables VALUES ('x', '[]', '[]', '2026-01-01')")

@@ -26,18 +26,20 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 from rich.table import Table
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
-from . import __version__, config, logs
+from . import __version__, config, logs, overview
 from .config import Settings
 from .credentials import generate_password, hash_password
 from .demo import run_demo
 from .emulate_cli import emulate
 from .errors import AljexSyncError, ConfigError
-from .journal import Journal, summarize
-from .morning import FileReport, MorningLoader, recent_files
+from .journal import Journal, Summary
+from .morning import FileReport, MorningLoader
 from .service import Service
 from .sftp import host_key_fingerprint
-from .store.database import display_url, normalize_url, open_engine
+from .store.database import display_url, normalize_url, open_engine, translate
 
 console = Console()
 err_console = Console(stderr=True)
@@ -316,75 +318,123 @@ def _end_children() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 @click.pass_obj
 def status(obj: Context, as_json: bool) -> None:
-    """Show what the journal holds: requests per status and table, and why any are held."""
+    """Show what the journal holds: requests per status and table, why any are held or
+    rejected, and the morning files that were not loaded. Changes nothing."""
     settings = obj.settings
-    engine = open_engine(settings.database.url, timeout=settings.database.timeout)
+    engine = _open_existing(settings)
     try:
-        Journal(engine, settings).install()
-        summary = summarize(engine)
-        recent = recent_files(engine)
+        found = overview.read(engine)
     except AljexSyncError as e:
         _fail(str(e))
+    except SQLAlchemyError as e:
+        _fail(str(translate(e)))
     finally:
         engine.dispose()
     if as_json:
-        click.echo(json.dumps({**_summary_dict(summary), "files": recent}, indent=2, default=str))
+        click.echo(json.dumps(_overview_dict(found), indent=2, default=str))
         return
-    console.print(f"Database: {display_url(settings.database.url)}")
-    console.print(f"Last request: {summary.last_received or 'none yet'} UTC")
+    summary = found.summary
+    console.print(
+        f"Database: {display_url(settings.database.url)}", highlight=False, overflow="fold"
+    )
+    last = summary.last_received
+    console.print(f"Last request: {f'{last:%Y-%m-%d %H:%M:%S} UTC' if last else 'none yet'}")
     totals = ", ".join(f"{n} {s}" for s, n in sorted(summary.by_status.items())) or "none"
     console.print(f"Requests: {totals}")
     if summary.by_table:
-        table = Table("table", "status", "requests", "last (UTC)")
+        table = _fitting("Live Sync by table", "table", "status", "requests", "last (UTC)")
         for name, st, n, last in summary.by_table:
             table.add_row(name, st, str(n), f"{last:%Y-%m-%d %H:%M:%S}")
         console.print(table)
     if summary.held_reasons:
-        held = Table("table", "held because", "records", title="Held records")
+        held = _fitting("Held records", "table", "held because", "records")
         for name, reason, n in summary.held_reasons:
             held.add_row(name, reason, str(n))
         console.print(held)
         console.print("Fix the cause, then run `aljex-sync replay`.")
-    if recent:
-        table = Table(
+    if found.rejected:
+        rejected = _fitting("Rejected requests", "refused because", "requests")
+        for reason, n in found.rejected:
+            rejected.add_row(reason, str(n))
+        console.print(rejected)
+    if found.problems:
+        problems = _fitting("Morning files not loaded", "file", "table", "status", "why")
+        for p in found.problems:
+            problems.add_row(p.name, p.table or "-", p.status, p.reason or "-")
+        console.print(problems)
+        console.print(
+            "See inbox/failed, inbox/held and inbox/unmatched; `aljex-sync load` retries."
+        )
+    if found.recent:
+        recent = _fitting(
+            "Recent morning files",
             "file",
             "table",
             "status",
             "rows",
-            "ins",
-            "upd",
-            "del",
-            "kept",
-            "missing",
-            "extra",
-            "differing",
+            "+new ~upd -del",
             "finished (UTC)",
-            title="Recent morning files",
         )
-        for f in recent:
-            table.add_row(
+        for f in found.recent:
+            recent.add_row(
                 str(f["name"]),
                 str(f["table_name"] or "-"),
                 str(f["status"]),
-                *(
-                    str(f[k])
-                    for k in (
-                        "rows_read",
-                        "inserted",
-                        "updated",
-                        "deleted",
-                        "skipped_newer",
-                        "missing_in_db",
-                        "extra_in_db",
-                        "differing",
-                    )
-                ),
-                f"{f['finished_at']:%Y-%m-%d %H:%M}",
+                str(f["rows_read"]),
+                f"+{f['inserted']} ~{f['updated']} -{f['deleted']}",
+                f"{f['finished_at']:%m-%d %H:%M}",
             )
-        console.print(table)
+        console.print(recent)
 
 
-def _summary_dict(summary: Any) -> dict[str, Any]:
+def _fitting(title: str, *headers: str) -> Table:
+    """A table whose long cells (file names, reasons) wrap, and no word is cut short."""
+    table = Table(title=title)
+    for header in headers:
+        table.add_column(header, overflow="fold")
+    return table
+
+
+def _open_existing(settings: Settings) -> Engine:
+    """An engine on a database aljex-sync has set up; exits with one line if it has not.
+
+    Never creates anything: not the tables, not a SQLite file.
+    """
+    url = settings.database.url
+    where = display_url(url)
+    if overview.database_file_missing(url):
+        _fail(f"{overview.NO_TABLES}: {where} does not exist")
+    engine = open_engine(url, timeout=settings.database.timeout)
+    try:
+        present = overview.find_tables(engine)
+    except SQLAlchemyError as e:
+        engine.dispose()
+        _fail(f"cannot open the database: {translate(e)}")
+    if not present:
+        engine.dispose()
+        _fail(f"{overview.NO_TABLES} ({where}); `aljex-sync serve` creates them")
+    return engine
+
+
+def _overview_dict(found: overview.Overview) -> dict[str, object]:
+    return {
+        **_summary_dict(found.summary),
+        "rejected": [{"reason": r, "count": n} for r, n in found.rejected],
+        "not_loaded": [
+            {
+                "name": p.name,
+                "table": p.table,
+                "status": p.status,
+                "reason": p.reason,
+                "finished_at": p.finished_at,
+            }
+            for p in found.problems
+        ],
+        "files": found.recent,
+    }
+
+
+def _summary_dict(summary: Summary) -> dict[str, object]:
     return {
         "by_status": summary.by_status,
         "last_received": summary.last_received,
@@ -427,12 +477,17 @@ def load(
     time, so rows live sync changed since then are kept.
     """
     settings = obj.settings
-    journal = Journal(
-        open_engine(settings.database.url, timeout=settings.database.timeout), settings
-    )
+    if dry_run:  # changes nothing, so it needs a database aljex-sync has set up
+        engine = _open_existing(settings)
+    else:
+        engine = open_engine(settings.database.url, timeout=settings.database.timeout)
+    journal = Journal(engine, settings)
     failed = False
     try:
-        journal.install()
+        if dry_run:
+            journal.schema.reload()
+        else:
+            journal.install()
         loader = MorningLoader(journal.engine, settings, journal.schema)
         for path in paths:
             report = _load_with_progress(
@@ -479,6 +534,8 @@ def _print_report(report: FileReport) -> None:
     )
     if report.error:
         console.print(f"  {report.error}", highlight=False, soft_wrap=True)
+    if report.status == "duplicate":
+        console.print("  To load it again all the same, add --force.", highlight=False)
     if report.status in ("loaded", "dry-run"):
         table = Table(
             "rows read",
@@ -522,15 +579,16 @@ def replay(
     invoicing records land. Safe while `serve` runs.
     """
     settings = obj.settings
-    journal = Journal(
-        open_engine(settings.database.url, timeout=settings.database.timeout), settings
-    )
+    journal = Journal(_open_existing(settings), settings)
     counts: dict[str, int] = {}
+    still_held: dict[str, int] = {}
     try:
         for outcome in journal.replay(
             table=table, event_ids=event_ids, include_rejected=include_rejected
         ):
             counts[outcome.status] = counts.get(outcome.status, 0) + 1
+            if outcome.status == "held":
+                still_held[outcome.reason] = still_held.get(outcome.reason, 0) + 1
             detail = f": {outcome.reason}" if outcome.reason else ""
             console.print(
                 f"event {outcome.event_id} {outcome.table or '-'} {outcome.key or '-'}"
@@ -545,6 +603,12 @@ def replay(
         console.print("Nothing to replay.")
     else:
         console.print("Replayed: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    if still_held:
+        n = sum(still_held.values())
+        console.print(f"{n} record{'s' if n != 1 else ''} stay held:")
+        for reason, count in sorted(still_held.items(), key=lambda item: (-item[1], item[0])):
+            console.print(f"  {count} {reason}", highlight=False)
+        console.print("Fix the cause (often a key under [tables.NAME]), then replay again.")
 
 
 @main.command()
