@@ -15,7 +15,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 serve: $(STAMP)
-	@test -f $(CONFIG) || $(BIN)/aljex-sync -c $(CONFIG) init --database-url sqlite:///aljex.db
+	@test -f $(CONFIG) || $(BIN)/aljex-sync -c $(CONFIG) init --database-url sqlite:///aljex.db \
+		--then-serving $(if $(PUBLIC_HOST),--public-host $(PUBLIC_HOST))
 	$(BIN)/aljex-sync -c $(CONFIG) serve
 
 test: $(STAMP)

@@ -74,8 +74,23 @@ def test_a_missing_config_says_to_run_init(tmp_path):
 def test_status_on_an_empty_database(tmp_path):
     path, _ = init(tmp_path)
     code, out = run("-c", str(path), "status")
+    assert code == 1
+    assert "no aljex-sync tables here" in out
+    _install(path)
+    code, out = run("-c", str(path), "status")
     assert code == 0
     assert "Requests: none" in out
+
+
+def _install(path: Path) -> None:
+    """Make the journal's tables, as the first `serve` does."""
+    from aljex_sync.journal import Journal
+    from aljex_sync.store.database import open_engine
+
+    settings = config.load(path, env={})
+    journal = Journal(open_engine(settings.database.url), settings)
+    journal.install()
+    journal.close()
 
 
 def test_status_answers_while_a_writer_holds_the_database(tmp_path):
@@ -83,7 +98,7 @@ def test_status_answers_while_a_writer_holds_the_database(tmp_path):
     import sqlite3
 
     path, _ = init(tmp_path)
-    assert run("-c", str(path), "status")[0] == 0  # creates the journal's tables
+    _install(path)
     writer = sqlite3.connect(tmp_path / "aljex.db", isolation_level=None)
     writer.execute("BEGIN IMMEDIATE")
     writer.execute("INSERT INTO _aljex_tables VALUES ('x', '[]', '[]', '2026-01-01')")
@@ -181,3 +196,71 @@ def test_replay_command_lands_held_records_once_the_key_is_configured(tmp_path):
     assert "Replayed: 1 applied" in out
     code, out = run("-c", str(path), "replay")
     assert "Nothing to replay." in out
+
+
+def test_init_never_tells_aljex_localhost(tmp_path):
+    from aljex_sync.cli import reachable_address
+
+    path = tmp_path / "aljex-sync.toml"
+    code, out = run("-c", str(path), "init")
+    assert code == 0, out
+    host = re.search(r"URL:      http://([^:/]+):8080/aljex/sync", out).group(1)
+    assert "localhost" not in out and host != "127.0.0.1"
+    found = reachable_address()
+    assert host == (found or "HOST")
+    advice = " ".join(out.split())
+    if found is None:
+        assert "Replace HOST with the name or address Aljex reaches this machine at" in advice
+    else:
+        assert f"{found} is this machine's" in advice
+    assert "--public-host HOST" in advice or "send Aljex that instead" in advice
+
+
+def test_init_with_a_public_host_prints_it_and_no_advice(tmp_path):
+    _, out = init(tmp_path)
+    assert "Host:     sync.example.com" in out
+    assert "this machine's" not in out
+
+
+def test_init_says_what_comes_next_by_how_it_was_run(tmp_path):
+    _, out = init(tmp_path)
+    assert out.rstrip().endswith("Start the service with: aljex-sync serve")
+    _, out = init(tmp_path, "--force", "--then-serving")
+    assert out.rstrip().endswith("Starting the service now; stop it with Ctrl-C.")
+    assert "aljex-sync serve" not in out
+
+
+def test_init_refuses_an_unsupported_database_in_one_line(tmp_path):
+    path = tmp_path / "aljex-sync.toml"
+    code, out = run("-c", str(path), "init", "--database-url", "postgre://u@db/x")
+    assert code == 1
+    assert out.strip().count("\n") == 0
+    assert "--database-url: postgre:// is not a database aljex-sync supports" in out
+    assert not path.exists()
+
+
+def test_an_unsupported_database_in_the_environment_is_one_line_naming_the_variable(tmp_path):
+    path, _ = init(tmp_path)
+    result = CliRunner().invoke(
+        main,
+        ["-c", str(path), "status"],
+        env={"ALJEX_SYNC_DATABASE_URL": "mssql+pyodbc://u@db/x"},
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 1
+    assert result.output.strip().count("\n") == 0
+    assert result.output.startswith("error: ALJEX_SYNC_DATABASE_URL: mssql+pyodbc://")
+    assert "sqlite" in result.output and "mariadb" in result.output
+
+
+def test_a_mistyped_environment_override_stops_the_command(tmp_path):
+    path, _ = init(tmp_path)
+    result = CliRunner().invoke(
+        main,
+        ["-c", str(path), "status"],
+        env={"ALJEX_SYNC_LIVE_LISTN": "127.0.0.1:9000"},
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 1
+    assert "error: ALJEX_SYNC_LIVE_LISTN: unknown setting" in result.output
+    assert "did you mean ALJEX_SYNC_LIVE_LISTEN?" in result.output

@@ -113,3 +113,38 @@ def test_tables_override_the_catalog_and_the_catalog_fills_the_rest(tmp_path):
 def test_password_hash_must_be_a_known_form(tmp_path):
     text = f'[live]\npassword_hash = "{hash_password("x")}"\n[morning]\nsftp = false\n'
     assert config.load(write(tmp_path, text), env={}).live.password_hash.startswith("$argon2id$")
+
+
+def test_a_mistyped_environment_override_is_refused_with_a_suggestion(tmp_path):
+    with pytest.raises(ConfigError) as raised:
+        config.load(write(tmp_path, MINIMAL), env={"ALJEX_SYNC_LIVE_LISTN": "127.0.0.1:9000"})
+    assert raised.value.key == "ALJEX_SYNC_LIVE_LISTN"
+    assert "did you mean ALJEX_SYNC_LIVE_LISTEN?" in str(raised.value)
+
+
+def test_other_environment_variables_are_not_overrides(tmp_path):
+    env = {"ALJEX_SYNC_CONFIG": "elsewhere.toml", "ALJEX_TEST_POSTGRES": "postgresql://x/y"}
+    assert config.load(write(tmp_path, MINIMAL), env=env).live.port == 8080
+
+
+def test_a_bad_value_from_the_environment_names_the_variable_not_the_file(tmp_path):
+    path = write(tmp_path, MINIMAL)
+    with pytest.raises(ConfigError) as raised:
+        config.load(path, env={"ALJEX_SYNC_LIVE_LISTEN": "everywhere"})
+    assert raised.value.key == "ALJEX_SYNC_LIVE_LISTEN"
+    line = config.describe(raised.value, path)
+    assert line.startswith("ALJEX_SYNC_LIVE_LISTEN: must be HOST:PORT")
+    assert str(path) not in line
+
+
+@pytest.mark.parametrize(
+    "url", ["postgre://u@db/aljex", "mssql+pyodbc://u:secret@db/aljex", "oracle://u@db"]
+)
+def test_an_unsupported_database_url_is_one_line_naming_the_supported_ones(tmp_path, url):
+    with pytest.raises(ConfigError) as raised:
+        config.load(write(tmp_path, f'[database]\nurl = "{url}"\n{MINIMAL}'), env={})
+    message = str(raised.value)
+    assert raised.value.key == "database.url"
+    assert "\n" not in message and "secret" not in message
+    for scheme in ("sqlite", "postgresql", "mysql", "mariadb"):
+        assert scheme in message

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
+import multiprocessing
+import os
 import signal
 import socket
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -22,25 +26,29 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 from rich.table import Table
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
-from . import __version__, config, logs
+from . import __version__, config, logs, overview
 from .config import Settings
 from .credentials import generate_password, hash_password
 from .demo import run_demo
 from .emulate.commands import emulate
 from .errors import AljexSyncError, ConfigError
-from .journal import Journal, summarize
-from .morning import FileReport, MorningLoader, recent_files
+from .journal import Journal, Summary
+from .morning import FileReport, MorningLoader
 from .service import Service
 from .sftp import host_key_fingerprint
-from .store.database import display_url, open_engine
+from .store.database import display_url, normalize_url, open_engine, translate
 
 console = Console()
 err_console = Console(stderr=True)
 
 
-def _fail(message: str) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+def _fail(message: str) -> NoReturn:
+    """One line on stderr, exit status 1."""
+    line = " ".join(message.split())
+    err_console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
     sys.exit(1)
 
 
@@ -57,7 +65,7 @@ class Context:
             try:
                 self._settings = config.load(self.path)
             except ConfigError as e:
-                _fail(f"{self.path}: {e}" if e.key else str(e))
+                _fail(config.describe(e, self.path))
         assert self._settings is not None
         return self._settings
 
@@ -99,10 +107,20 @@ def main(ctx: click.Context, config_path: Path | None, log_level: str) -> None:
     show_default=True,
     help="SQLAlchemy URL, e.g. postgresql://user@host/db or mysql://user@host/db.",
 )
-@click.option("--public-host", help="Host name or address Aljex reaches this machine at.")
+@click.option(
+    "--public-host",
+    help="Host name or address Aljex reaches this machine at."
+    " Default: this machine's own network address.",
+)
 @click.option("--http-port", default=8080, show_default=True, help="Live Sync HTTP port.")
 @click.option("--sftp-port", default=2222, show_default=True, help="Morning Sync SFTP port.")
 @click.option("--force", is_flag=True, help="Overwrite an existing config file.")
+@click.option(
+    "--then-serving",
+    is_flag=True,
+    hidden=True,
+    help="Say the service starts next (`make serve` runs serve right after init).",
+)
 @click.pass_obj
 def init(
     obj: Context,
@@ -111,6 +129,7 @@ def init(
     http_port: int,
     sftp_port: int,
     force: bool,
+    then_serving: bool,
 ) -> None:
     """Write a new config with random passwords, and print what to send Aljex.
 
@@ -120,6 +139,10 @@ def init(
     path = obj.path
     if path.exists() and not force:
         _fail(f"{path} exists; use --force to replace it (its passwords will change)")
+    try:
+        normalize_url(database_url)
+    except ConfigError as e:
+        _fail(f"--database-url: {e.reason}")
     live_password, sftp_password = generate_password(), generate_password()
     text = config_text(
         database_url=database_url,
@@ -131,8 +154,9 @@ def init(
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     path.chmod(0o600)
-    settings = config.load(path)
-    host = public_host or socket.getfqdn()
+    settings = obj.settings
+    found = public_host or reachable_address()
+    host = found or "HOST"
     console.print(f"Wrote {path}.\n")
     console.print("[bold]Send Aljex the following.[/]\n")
     console.print("Live Sync (HTTP POST):")
@@ -147,10 +171,54 @@ def init(
     console.print("  Folder:   /")
     fingerprint = host_key_fingerprint(settings.morning.host_key)
     console.print(f"  Host key: {fingerprint} (ed25519)", highlight=False)
-    console.print(
-        "\nThe passwords are stored only as hashes and will not be shown again."
-        "\nThen run: aljex-sync serve"
+    console.print()
+    if public_host is None:
+        console.print(_host_advice(found), highlight=False)
+    console.print("The passwords are stored only as hashes and will not be shown again.")
+    if then_serving:
+        console.print("Starting the service now; stop it with Ctrl-C.")
+    else:
+        console.print("Start the service with: aljex-sync serve")
+
+
+def _host_advice(found: str | None) -> str:
+    """What to say about a host init worked out itself: Aljex must reach it from outside."""
+    if found is None:
+        return (
+            "HOST above: this machine has no network address but loopback. Replace HOST"
+            " with the name or address Aljex reaches this machine at"
+            " (or run init again with --force --public-host HOST)."
+        )
+    if ipaddress.ip_address(found).is_private:
+        return (
+            f"{found} is this machine's address on a private network, which Aljex cannot"
+            " reach from the internet: send Aljex your public host name or address instead"
+            " (run init again with --force --public-host HOST to print it, with new"
+            " passwords)."
+        )
+    return (
+        f"{found} is this machine's own address. If Aljex reaches it by another name"
+        " (a DNS name, a proxy), send Aljex that instead."
     )
+
+
+def reachable_address() -> str | None:
+    """The address this machine's traffic to the internet leaves from, if not loopback.
+
+    Connecting a UDP socket sends nothing: it only makes the system choose the route, and
+    so the local address, it would use for a documentation address (RFC 5737 / 3849).
+    """
+    for family, target in ((socket.AF_INET, "192.0.2.1"), (socket.AF_INET6, "2001:db8::1")):
+        try:
+            with socket.socket(family, socket.SOCK_DGRAM) as probe:
+                probe.connect((target, 9))
+                address = str(probe.getsockname()[0]).split("%")[0]
+        except OSError:
+            continue
+        ip = ipaddress.ip_address(address)
+        if not (ip.is_loopback or ip.is_unspecified or ip.is_link_local):
+            return address
+    return None
 
 
 def config_text(
@@ -200,98 +268,173 @@ max_delete_fraction = 0.5
 def serve(obj: Context) -> None:
     """Run the service until Ctrl-C or SIGTERM, then stop cleanly.
 
-    In-flight requests are finished and committed before the database is closed.
+    In-flight requests are finished and committed before the database is closed. A
+    second signal, or a stop that takes longer than 30 seconds, ends it at once. If it
+    cannot start (a port taken, the database unreachable), it exits with status 1 and
+    one line saying why.
     """
     settings = obj.settings
     try:
-        asyncio.run(_serve(settings))
-    except AljexSyncError as e:
+        clean = asyncio.run(_serve(settings))
+    except (AljexSyncError, OSError) as e:
         _fail(str(e))
-    except OSError as e:
-        _fail(str(e))
+    finally:
+        _end_children()
+    if not clean:
+        sys.exit(1)
 
 
-async def _serve(settings: Settings) -> None:
+async def _serve(settings: Settings) -> bool:
+    """Serve until a signal; a second signal cuts the stop short."""
     stop = asyncio.Event()
+    service = Service(settings)
+
+    def on_signal() -> None:
+        if stop.is_set():
+            service.hurry()
+        stop.set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await Service(settings).run_until(stop)
+        loop.add_signal_handler(sig, on_signal)
+    clean = await service.run_until(stop)
+    if not clean:
+        # Threads still busy (a morning load) would hold up the interpreter's exit.
+        logging.shutdown()
+        sys.stderr.flush()
+        os._exit(1)
+    return clean
+
+
+def _end_children() -> None:
+    """Kill a journal writer a cut-short start left behind: it ignores SIGTERM, and
+    multiprocessing would wait for it at exit."""
+    for child in multiprocessing.active_children():
+        child.kill()
+        child.join(5)
 
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 @click.pass_obj
 def status(obj: Context, as_json: bool) -> None:
-    """Show what the journal holds: requests per status and table, and why any are held."""
+    """Show what the journal holds: requests per status and table, why any are held or
+    rejected, and the morning files that were not loaded. Changes nothing."""
     settings = obj.settings
-    engine = open_engine(settings.database.url, timeout=settings.database.timeout)
+    engine = _open_existing(settings)
     try:
-        Journal(engine, settings).install()
-        summary = summarize(engine)
-        recent = recent_files(engine)
+        found = overview.read(engine)
     except AljexSyncError as e:
         _fail(str(e))
+    except SQLAlchemyError as e:
+        _fail(str(translate(e)))
     finally:
         engine.dispose()
     if as_json:
-        click.echo(json.dumps({**_summary_dict(summary), "files": recent}, indent=2, default=str))
+        click.echo(json.dumps(_overview_dict(found), indent=2, default=str))
         return
-    console.print(f"Database: {display_url(settings.database.url)}")
-    console.print(f"Last request: {summary.last_received or 'none yet'} UTC")
+    summary = found.summary
+    console.print(
+        f"Database: {display_url(settings.database.url)}", highlight=False, overflow="fold"
+    )
+    last = summary.last_received
+    console.print(f"Last request: {f'{last:%Y-%m-%d %H:%M:%S} UTC' if last else 'none yet'}")
     totals = ", ".join(f"{n} {s}" for s, n in sorted(summary.by_status.items())) or "none"
     console.print(f"Requests: {totals}")
     if summary.by_table:
-        table = Table("table", "status", "requests", "last (UTC)")
+        table = _fitting("Live Sync by table", "table", "status", "requests", "last (UTC)")
         for name, st, n, last in summary.by_table:
             table.add_row(name, st, str(n), f"{last:%Y-%m-%d %H:%M:%S}")
         console.print(table)
     if summary.held_reasons:
-        held = Table("table", "held because", "records", title="Held records")
+        held = _fitting("Held records", "table", "held because", "records")
         for name, reason, n in summary.held_reasons:
             held.add_row(name, reason, str(n))
         console.print(held)
         console.print("Fix the cause, then run `aljex-sync replay`.")
-    if recent:
-        table = Table(
+    if found.rejected:
+        rejected = _fitting("Rejected requests", "refused because", "requests")
+        for reason, n in found.rejected:
+            rejected.add_row(reason, str(n))
+        console.print(rejected)
+    if found.problems:
+        problems = _fitting("Morning files not loaded", "file", "table", "status", "why")
+        for p in found.problems:
+            problems.add_row(p.name, p.table or "-", p.status, p.reason or "-")
+        console.print(problems)
+        console.print(
+            "See inbox/failed, inbox/held and inbox/unmatched; `aljex-sync load` retries."
+        )
+    if found.recent:
+        recent = _fitting(
+            "Recent morning files",
             "file",
             "table",
             "status",
             "rows",
-            "ins",
-            "upd",
-            "del",
-            "kept",
-            "missing",
-            "extra",
-            "differing",
+            "+new ~upd -del",
             "finished (UTC)",
-            title="Recent morning files",
         )
-        for f in recent:
-            table.add_row(
+        for f in found.recent:
+            recent.add_row(
                 str(f["name"]),
                 str(f["table_name"] or "-"),
                 str(f["status"]),
-                *(
-                    str(f[k])
-                    for k in (
-                        "rows_read",
-                        "inserted",
-                        "updated",
-                        "deleted",
-                        "skipped_newer",
-                        "missing_in_db",
-                        "extra_in_db",
-                        "differing",
-                    )
-                ),
-                f"{f['finished_at']:%Y-%m-%d %H:%M}",
+                str(f["rows_read"]),
+                f"+{f['inserted']} ~{f['updated']} -{f['deleted']}",
+                f"{f['finished_at']:%m-%d %H:%M}",
             )
-        console.print(table)
+        console.print(recent)
 
 
-def _summary_dict(summary: Any) -> dict[str, Any]:
+def _fitting(title: str, *headers: str) -> Table:
+    """A table whose long cells (file names, reasons) wrap, and no word is cut short."""
+    table = Table(title=title)
+    for header in headers:
+        table.add_column(header, overflow="fold")
+    return table
+
+
+def _open_existing(settings: Settings) -> Engine:
+    """An engine on a database aljex-sync has set up; exits with one line if it has not.
+
+    Never creates anything: not the tables, not a SQLite file.
+    """
+    url = settings.database.url
+    where = display_url(url)
+    if overview.database_file_missing(url):
+        _fail(f"{overview.NO_TABLES}: {where} does not exist")
+    engine = open_engine(url, timeout=settings.database.timeout)
+    try:
+        present = overview.find_tables(engine)
+    except SQLAlchemyError as e:
+        engine.dispose()
+        _fail(f"cannot open the database: {translate(e)}")
+    if not present:
+        engine.dispose()
+        _fail(f"{overview.NO_TABLES} ({where}); `aljex-sync serve` creates them")
+    return engine
+
+
+def _overview_dict(found: overview.Overview) -> dict[str, object]:
+    return {
+        **_summary_dict(found.summary),
+        "rejected": [{"reason": r, "count": n} for r, n in found.rejected],
+        "not_loaded": [
+            {
+                "name": p.name,
+                "table": p.table,
+                "status": p.status,
+                "reason": p.reason,
+                "finished_at": p.finished_at,
+            }
+            for p in found.problems
+        ],
+        "files": found.recent,
+    }
+
+
+def _summary_dict(summary: Summary) -> dict[str, object]:
     return {
         "by_status": summary.by_status,
         "last_received": summary.last_received,
@@ -334,12 +477,17 @@ def load(
     time, so rows live sync changed since then are kept.
     """
     settings = obj.settings
-    journal = Journal(
-        open_engine(settings.database.url, timeout=settings.database.timeout), settings
-    )
+    if dry_run:  # changes nothing, so it needs a database aljex-sync has set up
+        engine = _open_existing(settings)
+    else:
+        engine = open_engine(settings.database.url, timeout=settings.database.timeout)
+    journal = Journal(engine, settings)
     failed = False
     try:
-        journal.install()
+        if dry_run:
+            journal.schema.reload()
+        else:
+            journal.install()
         loader = MorningLoader(journal.engine, settings, journal.schema)
         for path in paths:
             report = _load_with_progress(
@@ -386,6 +534,8 @@ def _print_report(report: FileReport) -> None:
     )
     if report.error:
         console.print(f"  {report.error}", highlight=False, soft_wrap=True)
+    if report.status == "duplicate":
+        console.print("  To load it again all the same, add --force.", highlight=False)
     if report.status in ("loaded", "dry-run"):
         table = Table(
             "rows read",
@@ -429,15 +579,16 @@ def replay(
     invoicing records land. Safe while `serve` runs.
     """
     settings = obj.settings
-    journal = Journal(
-        open_engine(settings.database.url, timeout=settings.database.timeout), settings
-    )
+    journal = Journal(_open_existing(settings), settings)
     counts: dict[str, int] = {}
+    still_held: dict[str, int] = {}
     try:
         for outcome in journal.replay(
             table=table, event_ids=event_ids, include_rejected=include_rejected
         ):
             counts[outcome.status] = counts.get(outcome.status, 0) + 1
+            if outcome.status == "held":
+                still_held[outcome.reason] = still_held.get(outcome.reason, 0) + 1
             detail = f": {outcome.reason}" if outcome.reason else ""
             console.print(
                 f"event {outcome.event_id} {outcome.table or '-'} {outcome.key or '-'}"
@@ -452,6 +603,12 @@ def replay(
         console.print("Nothing to replay.")
     else:
         console.print("Replayed: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    if still_held:
+        n = sum(still_held.values())
+        console.print(f"{n} record{'s' if n != 1 else ''} stay held:")
+        for reason, count in sorted(still_held.items(), key=lambda item: (-item[1], item[0])):
+            console.print(f"  {count} {reason}", highlight=False)
+        console.print("Fix the cause (often a key under [tables.NAME]), then replay again.")
 
 
 @main.command()

@@ -9,6 +9,7 @@ so the service behaves the same whatever folder it is started from.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import re
@@ -22,6 +23,7 @@ from . import catalog
 from .catalog import Mode
 from .credentials import is_supported_hash
 from .errors import ConfigError
+from .store import database
 
 DEFAULT_CONFIG_NAME = "aljex-sync.toml"
 ENV_CONFIG = "ALJEX_SYNC_CONFIG"
@@ -189,7 +191,48 @@ def parse(
 ) -> Settings:
     """Check a parsed TOML document (plus environment overrides) and build Settings."""
     env = {} if env is None else env
-    base = base or Path.cwd()
+    from_env = _env_overrides(env)
+    try:
+        return _parse(raw, env, base or Path.cwd(), path)
+    except ConfigError as e:
+        if e.key in from_env:  # say where the wrong value really is
+            raise ConfigError(from_env[e.key], e.reason) from None
+        raise
+
+
+def describe(error: ConfigError, path: Path) -> str:
+    """The one line to show for a config error: the file's name, or else the variable's."""
+    if not error.key or error.key.startswith(ENV_PREFIX):
+        return str(error)
+    return f"{path}: {error}"
+
+
+def env_name(dotted: str) -> str:
+    """The environment variable that overrides a key: ``live.listen`` -> ALJEX_SYNC_LIVE_LISTEN."""
+    return f"{ENV_PREFIX}{dotted.replace('.', '_')}".upper()
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, str]:
+    """The keys the environment overrides (dotted name -> variable); refuses unknown ones.
+
+    A mistyped variable would otherwise be ignored silently, as a typo in the file is not.
+    """
+    known = {env_name(f"{s}.{k}"): f"{s}.{k}" for s, keys in SCHEMA.items() for k in keys}
+    found: dict[str, str] = {}
+    for name in sorted(env):
+        if not name.startswith(ENV_PREFIX) or name == ENV_CONFIG:
+            continue
+        if name not in known:
+            close = difflib.get_close_matches(name, [*known, ENV_CONFIG], n=1, cutoff=0.8)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise ConfigError(name, f"unknown setting in the environment{hint}")
+        found[known[name]] = name
+    return found
+
+
+def _parse(
+    raw: Mapping[str, Any], env: Mapping[str, str], base: Path, path: Path | None
+) -> Settings:
     unknown = set(raw) - set(SCHEMA) - {"tables"}
     if unknown:
         raise ConfigError(sorted(unknown)[0], "unknown section")
@@ -267,9 +310,9 @@ def _section(name: str, raw: Any, env: Mapping[str, str]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for key, spec in schema.items():
         dotted = f"{name}.{key}"
-        env_name = f"{ENV_PREFIX}{name}_{key}".upper()
-        if env_name in env:
-            values[key] = _from_env(dotted, spec, env[env_name])
+        variable = env_name(dotted)
+        if variable in env:
+            values[key] = _from_env(dotted, spec, env[variable])
         elif key in raw:
             values[key] = _typed(dotted, spec, raw[key])
         else:
@@ -351,7 +394,8 @@ def _database_url(url: str, base: Path) -> str:
         if rest and not rest.startswith(":memory:") and not rest.startswith("file:"):
             return prefix + str(base / rest)
     if "://" not in url:
-        raise ConfigError("database.url", f"is not a database URL: {url!r}")
+        raise ConfigError("database.url", f"is not a database URL; use {database.SUPPORTED}")
+    database.normalize_url(url)  # refuses a database aljex-sync cannot write to
     return url
 
 

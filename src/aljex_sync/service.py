@@ -4,7 +4,10 @@
 the same things the same way. The journal's writer runs in a process of its own
 (``journal_process``); the morning loads run here, on a connection pool of their own.
 Stopping drains in-flight HTTP requests first, then lets the journal commit what it holds,
-then closes the database.
+then closes the database. A stop never takes longer than ``STOP_TIMEOUT``: what is still
+running then is abandoned (the journal's writer is killed; nothing it had not committed
+was acknowledged), so a service manager can always restart the service. A start that
+fails stops whatever had already started, so the error reaches the caller at once.
 """
 
 from __future__ import annotations
@@ -12,8 +15,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import signal
 import socket
 import threading
+from collections.abc import Iterator
 from types import TracebackType
 
 import uvicorn
@@ -30,6 +36,9 @@ from .store.database import display_url, open_engine
 from .store.schema import Schema
 
 log = logging.getLogger("aljex_sync.service")
+
+STOP_TIMEOUT = 30.0
+"""Seconds a stop may take, from the first signal to the exit, whatever is in flight."""
 
 
 class Service:
@@ -48,17 +57,33 @@ class Service:
         self._server: uvicorn.Server | None = None
         self._sockets: list[socket.socket] = []
         self.http_port: int | None = None
+        self._hurry = asyncio.Event()
+        self._journal_ready = False
 
     async def start(self) -> None:
-        """Open the database, then start listening. Raises if either cannot be done."""
-        await self.journal.start()  # which creates the system tables
-        log.info("database %s ready", display_url(self.settings.database.url))
+        """Open the database, then start listening. Raises if either cannot be done.
+
+        The HTTP port is taken first, as it is the quickest thing to find taken. Whatever
+        fails, what had started is stopped again before the error is raised.
+        """
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
         live = self.settings.live
         if live.enabled:
-            self.live = LiveEndpoint(live, self.journal)
-            sock = _bind(live.host, live.port)
+            sock = _bind(live.host, live.port, "Live Sync HTTP")
             self._sockets.append(sock)
             self.http_port = sock.getsockname()[1]
+        await self.journal.start()  # which creates the system tables
+        self._journal_ready = True
+        log.info("database %s ready", display_url(self.settings.database.url))
+        if live.enabled:
+            sock = self._sockets[0]
+            self.live = LiveEndpoint(live, self.journal)
             extra = []
             if self.ceiling_path:  # the benchmark's parse-only ceiling, same stack
                 ceiling = LiveEndpoint(live, None, self.live.check)
@@ -74,7 +99,7 @@ class Service:
                 # X-Forwarded-For is judged by the endpoint against trusted_proxies only.
                 proxy_headers=False,
             )
-            self._server = uvicorn.Server(config)
+            self._server = _Server(config)
             self._server_task = asyncio.create_task(self._server.serve(sockets=[sock]))
             while not self._server.started:
                 if self._server_task.done():
@@ -109,13 +134,46 @@ class Service:
                 ),
                 self.loads.from_upload,
             )
-            await self.sftp.start()
+            try:
+                await self.sftp.start()
+            except OSError as e:
+                self.sftp = None
+                reason = os.strerror(e.errno) if e.errno else str(e)
+                raise OSError(
+                    f"Morning Sync SFTP: cannot listen on {morning.host}:{morning.port}: {reason}"
+                ) from None
         else:
             self.watch = FolderWatch(morning.inbox, self.loads, morning.quiet_seconds)
             self.watch.start()
 
-    async def stop(self) -> None:
-        """Stop taking files and requests, finish what is in flight, close the database."""
+    async def stop(self, *, timeout: float = STOP_TIMEOUT) -> bool:
+        """Stop taking files and requests, finish what is in flight, close the database.
+
+        Safe after a partial start. Returns False if it had to give up after ``timeout``
+        seconds (or on :meth:`hurry`): the journal's writer is then killed, and the threads
+        still busy are left to die with the process.
+        """
+        child = self.journal.pid
+        stopping = asyncio.ensure_future(self._stop())
+        hurry = asyncio.ensure_future(self._hurry.wait())
+        try:
+            await asyncio.wait({stopping, hurry}, timeout=timeout, return_when="FIRST_COMPLETED")
+        finally:
+            hurry.cancel()
+        if stopping.done():
+            stopping.result()
+            log.info("stopped")
+            return True
+        stopping.cancel()
+        log.error("not stopped after %.0f s; abandoning what is still running", timeout)
+        _kill_child(child)
+        return False
+
+    def hurry(self) -> None:
+        """Cut a stop short: a second signal while stopping."""
+        self._hurry.set()
+
+    async def _stop(self) -> None:
         if self.sftp is not None:
             await self.sftp.close()
             self.sftp = None
@@ -133,20 +191,56 @@ class Service:
         for sock in self._sockets:
             sock.close()
         self._sockets.clear()
+        if not self._journal_ready:  # a start cut short: it was sent nothing, let it go
+            _kill_child(self.journal.pid)
         await self.journal.close()
         await asyncio.to_thread(self.engine.dispose)
-        log.info("stopped")
 
-    async def run_until(self, stop: asyncio.Event) -> None:
-        """Start, wait for ``stop``, then stop cleanly."""
-        await self.start()
+    async def run_until(self, stop: asyncio.Event) -> bool:
+        """Start, wait for ``stop``, then stop cleanly; returns what :meth:`stop` returned.
+
+        ``stop`` set while starting cuts the start short. A start that fails raises.
+        """
+        starting = asyncio.ensure_future(self._start())
+        stopped = asyncio.ensure_future(stop.wait())
         try:
-            await stop.wait()
+            await asyncio.wait({starting, stopped}, return_when="FIRST_COMPLETED")
+            if starting.done():
+                starting.result()
+                await stopped
+            else:
+                log.info("stopping while starting")
+                starting.cancel()
+                await asyncio.gather(starting, return_exceptions=True)
         finally:
-            await self.stop()
+            stopped.cancel()
+            clean = await self.stop()
+        return clean
 
 
-def _bind(host: str, port: int) -> socket.socket:
+class _Server(uvicorn.Server):
+    """uvicorn's server, minus its own signal handlers: the Service decides when to stop.
+
+    uvicorn would otherwise take SIGINT and SIGTERM from the caller while it runs, and stop
+    only itself.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _kill_child(pid: int | None) -> None:
+    """Kill the journal's writer, which ignores SIGTERM (stopping is the parent's call).
+
+    Its uncommitted group was never acknowledged; the database rolls it back.
+    """
+    if pid is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _bind(host: str, port: int, what: str) -> socket.socket:
     """A listening socket; binding here lets port 0 be used and known before serving."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY on accepted sockets only when the
@@ -157,7 +251,7 @@ def _bind(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as e:
         sock.close()
-        raise OSError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+        raise OSError(f"{what}: cannot listen on {host}:{port}: {e.strerror}") from None
     sock.listen(2048)
     sock.setblocking(False)
     return sock

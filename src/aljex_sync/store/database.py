@@ -24,7 +24,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, exc
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.engine.interfaces import DBAPICursor
 
-from ..errors import DatabaseUnavailable, RecordNotApplicable
+from ..errors import ConfigError, DatabaseUnavailable, RecordNotApplicable
 
 log = logging.getLogger("aljex_sync.store")
 
@@ -36,10 +36,28 @@ _DRIVERS = {
 }
 
 
+SUPPORTED = "sqlite:///, postgresql:// or mysql:// (mariadb:// for MariaDB)"
+_BACKENDS = ("sqlite", "postgresql", "postgres", "mysql", "mariadb")
+
+
 def normalize_url(url: str) -> URL:
-    """Fill in the driver aljex-sync ships for a bare ``postgresql://`` or ``mysql://``."""
-    parsed = make_url(url)
+    """Fill in the driver aljex-sync ships for a bare ``postgresql://`` or ``mysql://``.
+
+    Raises ConfigError naming ``database.url`` for a URL of any other database: the
+    message names the scheme only, never the URL, which may hold a password.
+    """
+    try:
+        parsed = make_url(url)
+    except exc.ArgumentError:
+        raise ConfigError(
+            "database.url", f"is not a database URL; aljex-sync supports {SUPPORTED}"
+        ) from None
     backend = parsed.get_backend_name()
+    if backend not in _BACKENDS:
+        raise ConfigError(
+            "database.url",
+            f"{parsed.drivername}:// is not a database aljex-sync supports; use {SUPPORTED}",
+        )
     if parsed.drivername in _DRIVERS:
         backend = "postgresql" if backend == "postgres" else backend
         parsed = parsed.set(drivername=f"{backend}+{_DRIVERS[parsed.drivername]}")
@@ -75,7 +93,13 @@ def open_engine(url: str, *, timeout: float = 5.0) -> Engine:
         }
         kwargs["pool_pre_ping"] = True
         kwargs["pool_recycle"] = 3600
-    engine = create_engine(parsed, **kwargs)
+    try:
+        engine = create_engine(parsed, **kwargs)
+    except (ImportError, exc.NoSuchModuleError) as e:
+        raise ConfigError(
+            "database.url",
+            f"the driver for {parsed.drivername}:// is not installed ({e}); use {SUPPORTED}",
+        ) from None
     if backend == "sqlite":
         _sqlite_setup(engine, timeout)
     elif backend == "postgresql":

@@ -1,0 +1,105 @@
+"""What ``status`` shows, read from the journal and the file log without writing anything.
+
+``status``, ``replay`` and ``load --dry-run`` may be pointed at any database, including one
+aljex-sync has never used: they look for its tables first (:func:`find_tables`) and say
+so when there are none, rather than create them. On SQLite a missing file is not even
+created.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy import Engine, and_, exists, func, inspect, select
+from sqlalchemy.orm import aliased
+
+from .journal import Summary, summarize
+from .morning import recent_files
+from .store.database import normalize_url, reading
+from .store.schema import events, files
+
+NO_TABLES = "no aljex-sync tables here"
+ATTENTION = ("failed", "held", "unmatched")
+
+
+@dataclass(frozen=True)
+class FileProblem:
+    """A morning file that was not loaded, and why; kept until the same file loads."""
+
+    name: str
+    table: str | None
+    status: str
+    reason: str
+    finished_at: datetime
+
+
+@dataclass(frozen=True)
+class Overview:
+    """Everything ``status`` prints."""
+
+    summary: Summary
+    rejected: list[tuple[str, int]]  # reason, requests
+    problems: list[FileProblem]
+    recent: list[dict[str, object]]
+
+
+def database_file_missing(url: str) -> bool:
+    """Whether ``url`` is a SQLite file that does not exist (connecting would create it)."""
+    parsed = normalize_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return False
+    name = parsed.database or ""
+    if not name or name == ":memory:" or name.startswith("file:"):
+        return False
+    return not Path(name).exists()
+
+
+def find_tables(engine: Engine) -> bool:
+    """Whether the journal's and the file log's tables are there; reads only."""
+    with reading(engine) as conn:
+        present = set(inspect(conn).get_table_names())
+    return {events.name, files.name} <= present
+
+
+def read(engine: Engine, *, limit: int = 10) -> Overview:
+    """The journal's counts, rejected requests by reason, and the files that need a look."""
+    summary = summarize(engine)
+    with reading(engine) as conn:
+        rejected = [
+            (str(reason or "-"), int(n))
+            for reason, n in conn.execute(
+                select(events.c.error, func.count())
+                .where(events.c.status == "rejected")
+                .group_by(events.c.error)
+                .order_by(func.count().desc(), events.c.error)
+                .limit(limit)
+            )
+        ]
+        later = aliased(files)
+        loaded_since = exists().where(
+            and_(
+                later.c.sha256 == files.c.sha256,
+                later.c.sha256 != "",
+                later.c.status == "loaded",
+                later.c.id > files.c.id,
+            )
+        )
+        problems = [
+            FileProblem(
+                str(row.name),
+                row.table_name,
+                str(row.status),
+                str(row.error or ""),
+                row.finished_at,
+            )
+            for row in conn.execute(
+                select(files.c.name, files.c.table_name, files.c.status, files.c.error)
+                .add_columns(files.c.finished_at)
+                .where(files.c.status.in_(ATTENTION), ~loaded_since)
+                .order_by(files.c.id.desc())
+                .limit(limit)
+            )
+        ]
+    return Overview(summary, rejected, problems, recent_files(engine, limit))

@@ -1,0 +1,213 @@
+"""`aljex-sync serve` as a service manager runs it: a real process, its exit code and stderr.
+
+A start that cannot succeed must end the process with status 1 and one line saying why,
+so that systemd (or any supervisor) sees the failure and restarts it; a SIGTERM at any
+moment must end it. The time bounds below only guard against a hang.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+import pytest
+
+HANG_GUARD = 10.0  # seconds; a correct exit takes about one
+
+
+def write_config(tmp_path: Path, *, http: str = "127.0.0.1:0", sftp: str = "127.0.0.1:0") -> Path:
+    path = tmp_path / "aljex-sync.toml"
+    path.write_text(
+        f"""[database]
+url = "sqlite:///aljex.db"
+[live]
+listen = "{http}"
+password = "live-secret"
+[morning]
+listen = "{sftp}"
+password = "sftp-secret"
+"""
+    )
+    return path
+
+
+class Serve:
+    """A running `aljex-sync serve`, its stderr read line by line as it comes."""
+
+    def __init__(self, config: Path, env: dict[str, str] | None = None, *, level: str) -> None:
+        self.started = time.monotonic()
+        command = [sys.executable, "-m", "aljex_sync.cli", "--log-level", level]
+        self.process = subprocess.Popen(
+            [*command, "-c", str(config), "serve"],
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,  # its children too can be ended, whatever happens
+        )
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.seen: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)
+
+    def wait_for_line(self, text: str) -> str:
+        deadline = time.monotonic() + 30
+        while True:
+            line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            assert line is not None, f"serve ended before logging {text!r}: {self.seen}"
+            self.seen.append(line)
+            if text in line:
+                return line
+
+    def finish(self) -> tuple[int, list[str], float]:
+        """Wait for the exit (killing it after the hang guard); exit code, stderr, seconds."""
+        try:
+            code = self.process.wait(timeout=HANG_GUARD)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"serve did not exit within {HANG_GUARD} s")
+        elapsed = time.monotonic() - self.started
+        self._reader.join(5)
+        while True:
+            try:
+                line = self.lines.get_nowait()
+            except queue.Empty:
+                break
+            if line is not None:
+                self.seen.append(line)
+        return code, self.seen, elapsed
+
+
+@contextmanager
+def serving(
+    config: Path, env: dict[str, str] | None = None, *, level: str = "warning"
+) -> Iterator[Serve]:
+    serve = Serve(config, env, level=level)
+    try:
+        yield serve
+    finally:
+        with suppress(ProcessLookupError):
+            os.killpg(serve.process.pid, signal.SIGKILL)
+        serve.process.wait()
+        serve._reader.join(5)
+        assert serve.process.stderr is not None
+        serve.process.stderr.close()
+
+
+@contextmanager
+def port_taken() -> Iterator[int]:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        sock.close()
+
+
+def assert_one_error_line(lines: list[str], *expected: str) -> None:
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("error: "), lines
+    for text in expected:
+        assert text in lines[0]
+
+
+def test_serve_exits_with_one_line_when_the_http_port_is_taken(tmp_path):
+    with port_taken() as port, serving(write_config(tmp_path, http=f"127.0.0.1:{port}")) as serve:
+        code, lines, _ = serve.finish()
+    assert code == 1
+    assert_one_error_line(lines, "Live Sync HTTP", f"127.0.0.1:{port}", "in use")
+
+
+def test_serve_exits_with_one_line_when_the_sftp_port_is_taken(tmp_path):
+    with port_taken() as port, serving(write_config(tmp_path, sftp=f"127.0.0.1:{port}")) as serve:
+        code, lines, _ = serve.finish()
+    assert code == 1
+    assert_one_error_line(lines, "Morning Sync SFTP", f"127.0.0.1:{port}", "in use")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://postgres@127.0.0.1:{port}/test",
+        "mysql://root@127.0.0.1:{port}/test",
+        "sqlite:///{folder}/no/such/folder/aljex.db",
+    ],
+    ids=["postgresql", "mariadb", "sqlite"],
+)
+def test_serve_exits_with_one_line_when_the_database_is_unreachable(tmp_path, url):
+    with port_taken() as port:  # bound, and listening; then closed: nothing answers there
+        pass
+    env = {"ALJEX_SYNC_DATABASE_URL": url.format(port=port, folder=tmp_path)}
+    with serving(write_config(tmp_path), env) as serve:
+        code, lines, _ = serve.finish()
+    assert code == 1
+    assert_one_error_line(lines, "cannot open the database")
+
+
+def test_serve_start_up_failure_prints_no_traceback_at_any_log_level(tmp_path):
+    with (
+        port_taken() as port,
+        serving(write_config(tmp_path, sftp=f"127.0.0.1:{port}"), level="debug") as serve,
+    ):
+        code, lines, _ = serve.finish()
+    assert code == 1
+    assert not any("Traceback" in line for line in lines), lines
+    assert [line for line in lines if line.startswith("error: ")] == [lines[-1]]
+
+
+def test_sigterm_while_running_stops_cleanly(tmp_path):
+    with serving(write_config(tmp_path), level="info") as serve:
+        serve.wait_for_line("SFTP inbox")
+        serve.process.send_signal(signal.SIGTERM)
+        code, lines, _ = serve.finish()
+    assert code == 0
+    assert lines[-1].endswith("stopped")
+
+
+def _has_children(pid: int) -> bool:
+    """Whether ``pid`` has started a child: serve has set its signal handlers by then."""
+    return any(
+        children.read_text().strip() for children in Path(f"/proc/{pid}/task").glob("*/children")
+    )
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+def test_sigterm_while_starting_stops_at_once(tmp_path):
+    """The database stays locked, so the start cannot finish; SIGTERM must still end it."""
+    config = write_config(tmp_path)
+    db = sqlite3.connect(tmp_path / "aljex.db", isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("BEGIN IMMEDIATE")  # the journal cannot create its tables
+    env = {"ALJEX_SYNC_DATABASE_TIMEOUT": "120"}
+    try:
+        with serving(config, env, level="info") as serve:
+            deadline = time.monotonic() + 30
+            while not _has_children(serve.process.pid):
+                assert serve.process.poll() is None, "serve ended while starting"
+                assert time.monotonic() < deadline, "serve did not start its journal"
+                time.sleep(0.05)
+            time.sleep(0.5)  # the journal's writer is waiting for the lock
+            serve.process.send_signal(signal.SIGTERM)
+            code, lines, _ = serve.finish()
+    finally:
+        db.execute("ROLLBACK")
+        db.close()
+    assert code == 0, lines
+    assert any("stopping while starting" in line for line in lines), lines
+    assert not any("database" in line and "ready" in line for line in lines), lines

@@ -1,0 +1,190 @@
+"""`status`, `replay` and `load --dry-run`: they read, never write, and fit a terminal."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from click.testing import CliRunner
+from sqlalchemy import create_engine, insert, inspect
+
+from aljex_sync import config
+from aljex_sync.cli import main
+from aljex_sync.journal import Journal, Outcome, Received
+from aljex_sync.store.database import normalize_url, open_engine
+from aljex_sync.store.schema import files, utcnow
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+def make_config(tmp_path: Path, database_url: str) -> Path:
+    path = tmp_path / "aljex-sync.toml"
+    code, out = run(
+        "-c", str(path), "init", "--public-host", "sync.example.com", "--database-url", database_url
+    )
+    assert code == 0, out
+    return path
+
+
+def table_names(database_url: str) -> list[str]:
+    engine = create_engine(normalize_url(database_url))
+    try:
+        return inspect(engine).get_table_names()
+    finally:
+        engine.dispose()
+
+
+def test_status_on_a_database_without_aljex_tables_says_so_and_creates_none(tmp_path, database_url):
+    path = make_config(tmp_path, database_url)
+    code, out = run("-c", str(path), "status")
+    assert code == 1
+    assert "no aljex-sync tables here" in out
+    assert out.strip().count("\n") == 0
+    if database_url.startswith("sqlite"):
+        assert not (tmp_path / "aljex.db").exists()
+    else:
+        assert table_names(database_url) == []
+
+
+def test_replay_on_a_database_without_aljex_tables_creates_none(tmp_path, database_url):
+    path = make_config(tmp_path, database_url)
+    code, out = run("-c", str(path), "replay")
+    assert code == 1
+    assert "no aljex-sync tables here" in out
+    if not database_url.startswith("sqlite"):
+        assert table_names(database_url) == []
+    else:
+        assert not (tmp_path / "aljex.db").exists()
+
+
+def test_load_dry_run_on_a_database_without_aljex_tables_writes_nothing(tmp_path, database_url):
+    path = make_config(tmp_path, database_url)
+    csv = tmp_path / "Customers.csv"
+    csv.write_text("id,name\nC1,Acme\n")
+    before = csv.read_bytes()
+    code, out = run("-c", str(path), "load", "--dry-run", str(csv))
+    assert code == 1
+    assert "no aljex-sync tables here" in out
+    assert csv.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == [
+        "Customers.csv",
+        "aljex-sync.toml",
+        "ssh_host_key",
+    ]
+    if not database_url.startswith("sqlite"):
+        assert table_names(database_url) == []
+
+
+def _fill(path: Path) -> None:
+    """A journal with held and rejected requests, and morning files not loaded."""
+    settings = config.load(path, env={})
+    journal = Journal(open_engine(settings.database.url), settings)
+    journal.start()
+    bodies = [
+        b"web_sync_table_name=bills&web_sync_action=create&bill_no=B1",
+        b"web_sync_table_name=bills&web_sync_action=create&bill_no=B2",
+        b"web_sync_action=create&id=1",
+        b"web_sync_action=create&id=2",
+        b"web_sync_table_name=loads&web_sync_action=" + b"x" * 40 + b"&id=3",
+        b"web_sync_table_name=loads&web_sync_action=create&id=L1&city=Reno",
+    ]
+    outcomes = journal.write_group([Received(b, "127.0.0.1", utcnow()) for b in bodies])
+    assert [o.status for o in outcomes if isinstance(o, Outcome)] == [
+        "held",
+        "held",
+        "rejected",
+        "rejected",
+        "rejected",
+        "applied",
+    ]
+    now = utcnow()
+    reasons = {
+        "failed": "line 7: the record has 41 fields but the header has 40 fields; the whole"
+        " file is refused and nothing of it was applied",
+        "held": "the full file would delete 900 of 1000 rows, more than 50%; load it with"
+        " --force if that is right",
+        "unmatched": "the file name matches no Aljex file",
+    }
+    with journal.engine.begin() as conn:
+        for status, reason in reasons.items():
+            conn.execute(
+                insert(files).values(
+                    name=f"A-rather-long-export-name-{status}-2026-12-01.csv",
+                    sha256="",
+                    size=10,
+                    table_name=None if status == "unmatched" else "customers",
+                    status=status,
+                    error=reason,
+                    started_at=now,
+                    finished_at=now,
+                )
+            )
+    journal.close()
+
+
+def test_status_fits_80_columns_and_lists_what_needs_a_look(tmp_path, sqlite_url):
+    path = make_config(tmp_path, sqlite_url)
+    _fill(path)
+    result = subprocess.run(
+        [sys.executable, "-m", "aljex_sync.cli", "-c", str(path), "status"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "80"},
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert all(len(line) <= 80 for line in lines), [line for line in lines if len(line) > 80]
+    text = " ".join(result.stdout.split())
+    assert "Requests: 1 applied, 2 held, 3 rejected" in text
+    for title in ("Held records", "Rejected requests", "Morning files not loaded"):
+        assert title in text
+    assert "key field 'id' is missing" in text
+    attention = text.split("Morning files not loaded")[1].split("Recent morning files")[0]
+    for status in ("failed", "held", "unmatched"):
+        assert f"│ {status} │" in attention
+    for reason in ("matches no", "900 of 1000", "has 41"):
+        assert reason in attention
+    rejected = text.split("Rejected requests")[1].split("Morning files")[0]
+    assert "web_sync_table_name is missing or empty │ 2 │" in rejected
+    assert "unknown action" in rejected
+
+
+def test_status_json_keeps_its_keys_and_adds_rejections_and_files(tmp_path, sqlite_url):
+    import json
+
+    path = make_config(tmp_path, sqlite_url)
+    _fill(path)
+    code, out = run("-c", str(path), "status", "--json")
+    assert code == 0
+    found = json.loads(out)
+    assert found["by_status"] == {"applied": 1, "held": 2, "rejected": 3}
+    assert {"by_table", "held", "last_received", "files"} <= set(found)
+    assert sum(r["count"] for r in found["rejected"]) == 3
+    assert {f["status"] for f in found["not_loaded"]} == {"failed", "held", "unmatched"}
+
+
+def test_replay_says_how_many_stay_held_and_why(tmp_path, sqlite_url):
+    path = make_config(tmp_path, sqlite_url)
+    _fill(path)
+    code, out = run("-c", str(path), "replay")
+    assert code == 0
+    assert "Replayed: 2 held" in out
+    assert "2 records stay held:" in out
+    assert "  2 bills: key field 'id' is missing" in out or "  2 key field 'id' is missing" in out
+
+
+def test_load_of_a_duplicate_hints_at_force(tmp_path, sqlite_url):
+    path = make_config(tmp_path, sqlite_url)
+    csv = tmp_path / "Customers.csv"
+    csv.write_text("id,name\nC1,Acme\n")
+    assert run("-c", str(path), "load", str(csv))[0] == 0
+    code, out = run("-c", str(path), "load", str(csv))
+    assert code == 0
+    assert "duplicate" in out
+    assert "--force" in out
