@@ -57,6 +57,13 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "max_body_bytes": Key(int, 1048576, "largest request body accepted"),
         "max_fields": Key(int, 2000, "most fields accepted in one request"),
         "legacy_charset": Key(str, "cp1252", "charset of values that are not valid UTF-8"),
+        "max_failed_logins": Key(int, 10, "failed logins from one address before it gets 429"),
+        "failed_login_window": Key(
+            float, 300.0, "seconds a failed login counts against its address"
+        ),
+        "header_timeout": Key(float, 10.0, "seconds a client has to send a request's headers"),
+        "body_timeout": Key(float, 30.0, "seconds a client has to send a request's body"),
+        "max_connections": Key(int, 256, "open HTTP connections at most; more are closed at once"),
     },
     "morning": {
         "enabled": Key(bool, True, "receive Morning Sync files"),
@@ -103,6 +110,11 @@ class LiveSettings:
     max_body_bytes: int
     max_fields: int
     legacy_charset: str
+    max_failed_logins: int
+    failed_login_window: float
+    header_timeout: float
+    body_timeout: float
+    max_connections: int
 
 
 @dataclass(frozen=True)
@@ -201,7 +213,15 @@ def parse(
         raise ConfigError("live.path", "must start with /")
     _check_credentials("live", live)
     _check_charset("live.legacy_charset", live["legacy_charset"])
-    for key in ("max_body_bytes", "max_fields"):
+    for key in (
+        "max_body_bytes",
+        "max_fields",
+        "max_failed_logins",
+        "failed_login_window",
+        "header_timeout",
+        "body_timeout",
+        "max_connections",
+    ):
         if live[key] <= 0:
             raise ConfigError(f"live.{key}", "must be more than 0")
     live_settings = LiveSettings(
@@ -213,10 +233,15 @@ def parse(
         password=live["password"],
         password_hash=live["password_hash"],
         allow_ips=_networks("live.allow_ips", live["allow_ips"]),
-        trusted_proxies=_networks("live.trusted_proxies", live["trusted_proxies"]),
+        trusted_proxies=_proxies("live.trusted_proxies", live["trusted_proxies"]),
         max_body_bytes=live["max_body_bytes"],
         max_fields=live["max_fields"],
         legacy_charset=live["legacy_charset"],
+        max_failed_logins=live["max_failed_logins"],
+        failed_login_window=live["failed_login_window"],
+        header_timeout=live["header_timeout"],
+        body_timeout=live["body_timeout"],
+        max_connections=live["max_connections"],
     )
 
     morning_host, morning_port = _listen("morning.listen", morning["listen"])
@@ -335,6 +360,17 @@ def _networks(dotted: str, values: list[str]) -> tuple[Network, ...]:
         return tuple(ipaddress.ip_network(v.strip(), strict=False) for v in values)
     except ValueError as e:
         raise ConfigError(dotted, str(e)) from None
+
+
+def _proxies(dotted: str, values: list[str]) -> tuple[Network, ...]:
+    """Proxies whose X-Forwarded-For is believed; a /0 would let anyone say who they are."""
+    networks = _networks(dotted, values)
+    for net in networks:
+        if net.prefixlen == 0:
+            raise ConfigError(
+                dotted, f"{net} trusts every address; list your proxy's own address instead"
+            )
+    return networks
 
 
 def _database_url(url: str, base: Path) -> str:
