@@ -6,7 +6,12 @@ Real sockets on loopback against the running service; every wait is bounded.
 from __future__ import annotations
 
 import base64
+import re
+import shlex
+import signal
 import socket
+import subprocess
+import sys
 import time
 from urllib.parse import urlencode
 
@@ -139,3 +144,61 @@ def test_connections_over_the_limit_are_dropped_and_a_normal_request_is_served(i
         pytest.fail("a normal request was never served")
     for sock in held[:20]:
         sock.close()
+
+
+def test_a_connection_flood_under_a_low_descriptor_limit_costs_a_few_log_lines(tmp_path):
+    """With `ulimit -n 128`, 300 connections at once: the excess is dropped, the service
+    goes on serving, and the log says so in a few lines, without a traceback."""
+    config = tmp_path / "aljex-sync.toml"
+    config.write_text(
+        f'[database]\nurl = "sqlite:///{tmp_path / "aljex.db"}"\n'
+        f'[live]\nlisten = "127.0.0.1:0"\npassword = "{TEST_PASSWORD}"\n'
+        "max_connections = 10000\nheader_timeout = 1.0\n"
+        "[morning]\nenabled = false\n"
+    )
+    log_file = tmp_path / "serve.log"
+    command = (
+        f"ulimit -n 128 && exec {shlex.quote(sys.executable)} -m aljex_sync.cli -c {config} serve"
+    )
+    with log_file.open("w") as log:
+        process = subprocess.Popen(["sh", "-c", command], stderr=log)
+    flood: list[socket.socket] = []
+    try:
+        for _ in range(200):
+            port = re.search(r"listening on http://127\.0\.0\.1:(\d+)", log_file.read_text())
+            if port:
+                break
+            time.sleep(0.1)
+        assert port, log_file.read_text()
+        url = f"http://127.0.0.1:{port.group(1)}/aljex/sync"
+        for _ in range(300):
+            sock = socket.socket()
+            sock.setblocking(False)
+            sock.connect_ex(("127.0.0.1", int(port.group(1))))
+            flood.append(sock)
+        time.sleep(1)
+        for _ in range(300):
+            try:
+                response = httpx.post(
+                    url,
+                    content=BODY,
+                    auth=("aljex", TEST_PASSWORD),
+                    headers={"Content-Type": "application/x-www-form-urlencoded"},
+                    timeout=5,
+                )
+                if response.status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        else:
+            pytest.fail("a normal request was never served")
+    finally:
+        for sock in flood:
+            sock.close()
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+    lines = log_file.read_text().splitlines()
+    assert "notes create 1 200 applied" in "\n".join(lines)
+    assert not [line for line in lines if "Traceback" in line]
+    assert len(lines) < 20, lines[:40]

@@ -15,6 +15,14 @@ is what Aljex waits on); ``EdgeProtocol`` is its protocol with, per connection:
 - a connection cap: a connection beyond ``max_connections`` is answered 503 and closed as
   soon as it is accepted, so the descriptors it would hold go back at once.
 
+The cap must stay below the process's file descriptor limit, with room to spare: asyncio
+accepts up to ``backlog`` connections in one go before any of them can be dropped, and
+once ``accept`` fails for lack of descriptors, asyncio (3.11) schedules a retry for every
+slot of the backlog, on every attempt, and the retries multiply until the log holds
+nothing else. ``config`` raises the soft limit as far as the hard limit allows, then
+sizes the backlog and, with a warning if it must, lowers the cap, so that the reserve,
+the connections and two backlogs of accepted ones fit.
+
 Connections closed for these reasons are counted and logged as one line per reason and
 ``REPORT_INTERVAL``, however many there are.
 """
@@ -23,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -41,6 +50,10 @@ log = logging.getLogger("aljex_sync.http")
 MAX_HEADER_BYTES = 64 * 1024
 REPORT_INTERVAL = 60.0
 KEEP_ALIVE_TIMEOUT = 5.0
+# Descriptors kept for everything but client connections: the database, the journal
+# writer's link, the SFTP server, log files (a quarter of the limit if that is less).
+RESERVED_DESCRIPTORS = 128
+MAX_BACKLOG = 1024
 
 
 @dataclass(frozen=True)
@@ -50,11 +63,13 @@ class Limits:
     header_timeout: float
     body_timeout: float
     max_connections: int
+    backlog: int = MAX_BACKLOG
 
 
 def config(app: ASGIApp, live: LiveSettings) -> uvicorn.Config:
     """The uvicorn configuration of the Live Sync server, with ``live``'s limits."""
-    limits = Limits(live.header_timeout, live.body_timeout, live.max_connections)
+    connections, backlog = _room_for(live.max_connections)
+    limits = Limits(live.header_timeout, live.body_timeout, connections, backlog)
     return uvicorn.Config(
         app,
         log_config=None,
@@ -63,10 +78,43 @@ def config(app: ASGIApp, live: LiveSettings) -> uvicorn.Config:
         timeout_graceful_shutdown=30,
         timeout_keep_alive=int(KEEP_ALIVE_TIMEOUT),
         server_header=False,
+        backlog=limits.backlog,
         http=edge_protocol(limits),
         # X-Forwarded-For is judged by the endpoint against trusted_proxies only.
         proxy_headers=False,
     )
+
+
+def _room_for(connections: int) -> tuple[int, int]:
+    """The connection cap and listen backlog the descriptor limit leaves room for, after
+    raising the soft limit as far as needed and allowed."""
+    if sys.platform == "win32":
+        return connections, MAX_BACKLOG
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = connections + 2 * MAX_BACKLOG + RESERVED_DESCRIPTORS
+    if soft != resource.RLIM_INFINITY and soft < want:
+        raised = want if hard == resource.RLIM_INFINITY else min(hard, want)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+            soft = raised
+        except (ValueError, OSError):
+            pass
+    if soft == resource.RLIM_INFINITY:
+        return connections, MAX_BACKLOG
+    spare = soft - min(RESERVED_DESCRIPTORS, soft // 4)
+    backlog = max(8, min(MAX_BACKLOG, spare // 4))
+    room = max(1, spare - 2 * backlog)
+    if room < connections:
+        log.warning(
+            "only %d file descriptors (ulimit -n): taking at most %d connections, not %d",
+            soft,
+            room,
+            connections,
+        )
+        return room, backlog
+    return connections, backlog
 
 
 def edge_protocol(limits: Limits) -> type[EdgeProtocol]:

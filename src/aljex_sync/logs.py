@@ -54,7 +54,9 @@ class OneLineFormatter(logging.Formatter):
 class RepeatFilter(logging.Filter):
     """Lets a warning or error through once per interval; counts the repeats left out.
 
-    A repeat is the same logger, level and rendered message. Info lines (one per request)
+    A repeat is the same logger and level with the same exception (type and text) or, for
+    a record without one, the same rendered message: asyncio's own error lines differ in
+    a timer's address while their exception is the same. Info lines (one per request)
     are never held back.
     """
 
@@ -66,7 +68,9 @@ class RepeatFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING:
             return True
-        key = (record.name, record.levelno, record.getMessage())
+        exc = record.exc_info[1] if record.exc_info else None
+        what = f"{type(exc).__name__}: {exc}" if exc is not None else record.getMessage()
+        key = (record.name, record.levelno, what)
         now = time.monotonic()
         last, left_out = self._seen.get(key, (-self.interval, 0))
         if now - last < self.interval:
