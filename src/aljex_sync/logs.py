@@ -17,9 +17,7 @@ import time
 REPEAT_INTERVAL = 10.0
 
 # Every C0 and C1 control character, DEL, and the Unicode line and paragraph separators.
-_ESCAPES = {
-    c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))
-} | {
+_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))} | {
     ord("\n"): "\\n",
     ord("\r"): "\\r",
     ord("\t"): "\\t",
