@@ -10,7 +10,9 @@ is what Aljex waits on); ``EdgeProtocol`` is its protocol with, per connection:
   seconds of the connection opening (or, on a kept-alive connection, of the request's
   first byte), else the client gets 408 and the connection is closed;
 - a body deadline: the body must arrive within ``body_timeout`` seconds of the headers,
-  else the connection is closed (the endpoint sees a disconnected client);
+  else the connection is closed (the endpoint sees a disconnected client). uvicorn stops
+  reading a body past 64 KiB until the endpoint takes it, so for such a body the
+  deadline also covers the endpoint's checks before it reads (normally milliseconds);
 - a header size cap (``MAX_HEADER_BYTES``), answered with 431;
 - a connection cap: a connection beyond ``max_connections`` is answered 503 and closed as
   soon as it is accepted, so the descriptors it would hold go back at once.
