@@ -61,6 +61,13 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "legacy_charset": Key(str, "cp1252", "charset of values that are not valid UTF-8"),
         "accept_tables": Key(list, [], "tables Live Sync may write; empty means any"),
         "max_tables": Key(int, 200, "most synced tables; Live Sync creates no more"),
+        "max_failed_logins": Key(int, 10, "failed logins from one address before it gets 429"),
+        "failed_login_window": Key(
+            float, 300.0, "seconds a failed login counts against its address"
+        ),
+        "header_timeout": Key(float, 10.0, "seconds a client has to send a request's headers"),
+        "body_timeout": Key(float, 30.0, "seconds a client has to send a request's body"),
+        "max_connections": Key(int, 256, "open HTTP connections at most; more are closed at once"),
     },
     "morning": {
         "enabled": Key(bool, True, "receive Morning Sync files"),
@@ -107,6 +114,11 @@ class LiveSettings:
     max_body_bytes: int
     max_fields: int
     legacy_charset: str
+    max_failed_logins: int
+    failed_login_window: float
+    header_timeout: float
+    body_timeout: float
+    max_connections: int
     accept_tables: frozenset[str] = frozenset()
     max_tables: int = 200
 
@@ -248,7 +260,16 @@ def _parse(
         raise ConfigError("live.path", "must start with /")
     _check_credentials("live", live)
     _check_charset("live.legacy_charset", live["legacy_charset"])
-    for key in ("max_body_bytes", "max_fields", "max_tables"):
+    for key in (
+        "max_body_bytes",
+        "max_fields",
+        "max_tables",
+        "max_failed_logins",
+        "failed_login_window",
+        "header_timeout",
+        "body_timeout",
+        "max_connections",
+    ):
         if live[key] <= 0:
             raise ConfigError(f"live.{key}", "must be more than 0")
     live_settings = LiveSettings(
@@ -260,12 +281,17 @@ def _parse(
         password=live["password"],
         password_hash=live["password_hash"],
         allow_ips=_networks("live.allow_ips", live["allow_ips"]),
-        trusted_proxies=_networks("live.trusted_proxies", live["trusted_proxies"]),
+        trusted_proxies=_proxies("live.trusted_proxies", live["trusted_proxies"]),
         max_body_bytes=live["max_body_bytes"],
         max_fields=live["max_fields"],
         legacy_charset=live["legacy_charset"],
         accept_tables=frozenset(str(t).lower() for t in live["accept_tables"]),
         max_tables=live["max_tables"],
+        max_failed_logins=live["max_failed_logins"],
+        failed_login_window=live["failed_login_window"],
+        header_timeout=live["header_timeout"],
+        body_timeout=live["body_timeout"],
+        max_connections=live["max_connections"],
     )
 
     morning_host, morning_port = _listen("morning.listen", morning["listen"])
@@ -384,6 +410,17 @@ def _networks(dotted: str, values: list[str]) -> tuple[Network, ...]:
         return tuple(ipaddress.ip_network(v.strip(), strict=False) for v in values)
     except ValueError as e:
         raise ConfigError(dotted, str(e)) from None
+
+
+def _proxies(dotted: str, values: list[str]) -> tuple[Network, ...]:
+    """Proxies whose X-Forwarded-For is believed; a /0 would let anyone say who they are."""
+    networks = _networks(dotted, values)
+    for net in networks:
+        if net.prefixlen == 0:
+            raise ConfigError(
+                dotted, f"{net} trusts every address; list your proxy's own address instead"
+            )
+    return networks
 
 
 def _database_url(url: str, base: Path) -> str:

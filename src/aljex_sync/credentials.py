@@ -82,42 +82,55 @@ class PasswordCheck:
     """Checks one user name and password, fast after the first success.
 
     Built from either a plain ``password`` (kept only as a digest) or a ``password_hash``.
+    Only a right user with a right password is ever decided fast; every failure takes the
+    same path, whatever was wrong. A wrong user with the right password pays the full hash
+    like any wrong password, so the time of a failure says nothing about which part was
+    right. ``slow_checks`` counts the full hash checks run, for logs and tests.
     """
 
     def __init__(self, username: str, *, password: str = "", password_hash: str = "") -> None:
-        self._username = username.encode()
-        self._password_hash = password_hash
         self._key = secrets.token_bytes(32)
+        self._username = self._digest(username)
+        self._password_hash = password_hash
         self._lock = threading.Lock()
         self._known_good: bytes | None = None
+        self.slow_checks = 0
         if password:
             self._known_good = self._digest(password)
 
-    def _digest(self, password: str) -> bytes:
-        return hmac.new(self._key, password.encode(), hashlib.sha256).digest()
+    def _digest(self, text: str) -> bytes:
+        return hmac.new(self._key, text.encode(), hashlib.sha256).digest()
 
     def username_matches(self, username: str) -> bool:
-        """Constant-time comparison of the user name."""
-        return hmac.compare_digest(username.encode(), self._username)
+        """Constant-time comparison of the user name (of equal-length digests)."""
+        return hmac.compare_digest(self._digest(username), self._username)
 
     def check_fast(self, username: str, password: str) -> bool | None:
-        """True or False when it can be decided without the slow hash, else None."""
-        digest = self._digest(password)
+        """True for the right user with a password known good; None when only the slow
+        hash can decide; False (with no hash configured) for any failure."""
         user_ok = self.username_matches(username)
         known = self._known_good
-        if known is not None and hmac.compare_digest(digest, known):
-            return user_ok
+        password_ok = known is not None and hmac.compare_digest(self._digest(password), known)
+        if user_ok and password_ok:
+            return True
         if not self._password_hash:
             return False
         return None
 
     def check(self, username: str, password: str) -> bool:
-        """Full check; remembers a success so the next one is fast. May take ~50 ms."""
-        fast = self.check_fast(username, password)
-        if fast is not None:
-            return fast
-        if not verify_password(self._password_hash, password):
+        """Full check; remembers a success so the next one is fast. May take ~50 ms.
+
+        Every failure runs the hash: a wrong user as much as a wrong password.
+        """
+        if self.check_fast(username, password):
+            return True
+        if not self._password_hash:
             return False
         with self._lock:
-            self._known_good = self._digest(password)
-        return self.username_matches(username)
+            self.slow_checks += 1
+        password_ok = verify_password(self._password_hash, password)
+        user_ok = self.username_matches(username)
+        if password_ok:
+            with self._lock:
+                self._known_good = self._digest(password)
+        return password_ok and user_ok

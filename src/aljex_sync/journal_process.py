@@ -284,6 +284,13 @@ class JournalProcess:
                 process.terminate()
                 await asyncio.to_thread(process.join, 5)
 
+    async def healthy(self) -> str | None:
+        """None while the writer process runs and its link is open, else one line why not."""
+        process, link = self._process, self._link
+        if process is None or not process.is_alive() or link is None or not link.open:
+            return "the journal writer is not running (the next request starts a new one)"
+        return None
+
 
 # -- the child side --------------------------------------------------------------------
 

@@ -1,9 +1,11 @@
 """The Live Sync HTTP edge: source address, authentication, limits, and status codes.
 
 The checks run cheapest first and before any database work: method, source address,
-credentials, content type and size; then the body goes to the journal's writer, which
-parses it in its own process (a malformed body comes back as a rejection, journaled like
-the rest). Only the journal's commit produces a 200. Every request is logged as one line.
+failed-login limit, credentials, content type and size; then the body goes to the
+journal's writer, which parses it in its own process (a malformed body comes back as a
+rejection, journaled like the rest). Only the journal's commit produces a 200. Every
+request is logged as one line. ``/healthz`` answers 200 only while the database and the
+writer both answer.
 """
 
 from __future__ import annotations
@@ -14,10 +16,13 @@ import binascii
 import ipaddress
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
+from sqlalchemy import Engine, false, select
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response
@@ -35,12 +40,15 @@ from .errors import (
     WireError,
 )
 from .journal import Outcome, Received
-from .store.schema import utcnow
+from .logins import Logins
+from .store.schema import events, utcnow
 from .wire import parse_body
 
 log = logging.getLogger("aljex_sync.live")
 
 FORM = "application/x-www-form-urlencoded"
+# Longest value taken from the network into a log line; the key was always cut at 60.
+MAX_LOGGED = 60
 ALL_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 STATUS_OF: dict[type[WireError], int] = {
     MalformedRequest: 400,
@@ -49,6 +57,36 @@ STATUS_OF: dict[type[WireError], int] = {
     UnknownAction: 422,
     TableNotAccepted: 403,
 }
+
+
+# A health probe: None when its part is up, else one line saying what is wrong.
+Probe = Callable[[], Awaitable[str | None]]
+
+
+def database_probe(engine: Engine, timeout: float) -> Probe:
+    """A probe that opens a write transaction on ``engine`` and reads the journal's table.
+
+    A write transaction, because that is what a request needs: on SQLite it waits for
+    the write lock as the writer would. Reading the journal's table, because a server can
+    answer ``SELECT 1`` for a database that has been dropped.
+    """
+
+    def check() -> None:
+        with engine.begin() as conn:
+            conn.execute(select(events.c.id).where(false())).all()
+
+    async def probe() -> str | None:
+        try:
+            await asyncio.wait_for(asyncio.to_thread(check), timeout * 2 + 1)
+        except TimeoutError:
+            return f"database unavailable: no answer within {timeout * 2 + 1:g} s"
+        except SQLAlchemyError as e:
+            cause = getattr(e, "orig", None) or e
+            first = str(cause).splitlines()
+            return f"database unavailable: {first[0] if first else type(e).__name__}"
+        return None
+
+    return probe
 
 
 class Writer(Protocol):
@@ -73,33 +111,51 @@ class _Line:
         ms = (time.perf_counter() - self.started) * 1000
         log.info(
             "%s %s %s %s %d %s %.1fms",
-            self.source,
-            self.table,
-            self.action,
-            self.key[:60] or "-",
+            self.source[:MAX_LOGGED],
+            self.table[:MAX_LOGGED],
+            self.action[:MAX_LOGGED],
+            self.key[:MAX_LOGGED] or "-",
             status,
             result,
             ms,
         )
 
 
-def client_address(
-    peer: str | None, forwarded_for: str | None, trusted: tuple[Network, ...]
-) -> str:
+def client_address(peer: str | None, forwarded_for: list[str], trusted: tuple[Network, ...]) -> str:
     """The address a request came from, believing X-Forwarded-For only from trusted proxies.
 
-    Walks the X-Forwarded-For chain from the right, skipping trusted proxies, and takes
-    the first address that is not one: a client cannot forge its way past a proxy that
-    appends what it saw.
+    ``forwarded_for`` is every X-Forwarded-For line of the request, in order: a proxy may
+    add a line of its own rather than extend the client's, and reading only the first
+    line would believe the client. Walks the chain from the right, skipping trusted
+    proxies, and takes the first address that is not one: a client cannot forge its way
+    past a proxy that appends what it saw. A hop that is not an IP address is never taken
+    as the source: the walk stops at it, at the last proxy that was trusted.
     """
     address = peer or "unknown"
     if not forwarded_for or not trusted or not _in(address, trusted):
         return address
-    for hop in reversed([h.strip() for h in forwarded_for.split(",") if h.strip()]):
-        address = hop
-        if not _in(hop, trusted):
+    hops = [h.strip() for line in forwarded_for for h in line.split(",") if h.strip()]
+    for hop in reversed(hops):
+        ip = _ip(hop)
+        if ip is None:
+            break
+        address = ip
+        if not _in(ip, trusted):
             break
     return address
+
+
+def _ip(hop: str) -> str | None:
+    """The IP address of one X-Forwarded-For hop (``1.2.3.4``, ``[2001:db8::1]:443``...)."""
+    text = hop[:64]
+    if text.startswith("[") and "]" in text:
+        text = text[1 : text.index("]")]
+    elif text.count(":") == 1:  # IPv4 with a port
+        text = text.partition(":")[0]
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return None
 
 
 def _in(address: str, networks: tuple[Network, ...]) -> bool:
@@ -133,15 +189,19 @@ class LiveEndpoint:
         settings: LiveSettings,
         journal: Writer | None,
         check: PasswordCheck | None = None,
+        *,
+        probes: tuple[Probe, ...] = (),
     ) -> None:
         self.settings = settings
         self.journal = journal
         self.check = check or PasswordCheck(
             settings.username, password=settings.password, password_hash=settings.password_hash
         )
-        # Slow password hashes run in threads; bound them so failed logins cannot
-        # take every core.
-        self._slow_checks = asyncio.Semaphore(2)
+        # Slow password hashes run in threads, a few at a time, fairly (see logins.py).
+        self.logins = Logins(
+            max_failures=settings.max_failed_logins, window=settings.failed_login_window
+        )
+        self.probes = probes
 
     def app(self, *, extra_routes: list[Route] | None = None) -> Starlette:
         routes = [
@@ -153,12 +213,19 @@ class LiveEndpoint:
         return Starlette(routes=routes)
 
     async def health(self, request: Request) -> Response:
+        """200 "ok" while every probe (the database, the writer) answers, else 503 and why."""
+        for probe in self.probes:
+            problem = await probe()
+            if problem is not None:
+                line = " ".join(problem.split())[:300]
+                log.warning("health check: %s", line)
+                return _text(503, line)
         return _text(200, "ok")
 
     async def handle(self, request: Request) -> Response:
         peer = request.client.host if request.client else None
         source = client_address(
-            peer, request.headers.get("x-forwarded-for"), self.settings.trusted_proxies
+            peer, request.headers.getlist("x-forwarded-for"), self.settings.trusted_proxies
         )
         line = _Line(source, time.perf_counter())
         response = await self._handle(request, source, line)
@@ -172,13 +239,9 @@ class LiveEndpoint:
         if settings.allow_ips and not _in(source, settings.allow_ips):
             line.emit(403, "address not allowed")
             return _text(403, f"address {source} is not allowed")
-        if not await self._authenticated(request):
-            line.emit(401, "unauthorized")
-            return _text(
-                401,
-                "username and password required",
-                {"WWW-Authenticate": 'Basic realm="aljex-sync", charset="UTF-8"'},
-            )
+        refused = await self._authenticate(request, source, line)
+        if refused is not None:
+            return refused
         received_at = utcnow()
         try:
             body = await self._read_body(request)
@@ -224,15 +287,51 @@ class LiveEndpoint:
         line.emit(200, outcome.status)
         return _text(200, f"{outcome.status} as event {outcome.event_id}")
 
-    async def _authenticated(self, request: Request) -> bool:
+    async def _authenticate(self, request: Request, source: str, line: _Line) -> Response | None:
+        """None for the right credentials, else the 401 or 429 to answer.
+
+        An address over its failure limit is refused before its password is looked at.
+        A password only the slow hash can decide waits for its address's turn (see
+        logins.py); the limit is checked again once the turn comes, since the requests
+        ahead of it may have failed.
+        """
+        logins = self.logins
         credentials = _basic_credentials(request.headers.get("authorization"))
         if credentials is None:
-            return False
-        fast = self.check.check_fast(*credentials)
-        if fast is not None:
-            return fast
-        async with self._slow_checks:
-            return await asyncio.to_thread(self.check.check, *credentials)
+            return self._unauthorized(line)
+        wait = logins.retry_after(source)
+        if wait is not None:
+            return self._too_many(wait, line)
+        ok = self.check.check_fast(*credentials)
+        if ok is None:
+            async with logins.slow_turn(source):
+                wait = logins.retry_after(source)
+                if wait is not None:
+                    return self._too_many(wait, line)
+                ok = await asyncio.to_thread(self.check.check, *credentials)
+        if ok:
+            logins.succeeded(source)
+            return None
+        logins.failed(source)
+        return self._unauthorized(line)
+
+    @staticmethod
+    def _unauthorized(line: _Line) -> Response:
+        line.emit(401, "unauthorized")
+        return _text(
+            401,
+            "username and password required",
+            {"WWW-Authenticate": 'Basic realm="aljex-sync", charset="UTF-8"'},
+        )
+
+    @staticmethod
+    def _too_many(wait: int, line: _Line) -> Response:
+        line.emit(429, "too many failed logins")
+        return _text(
+            429,
+            f"too many failed logins from this address; retry in {wait} s",
+            {"Retry-After": str(wait)},
+        )
 
     async def _read_body(self, request: Request) -> bytes:
         """The whole body, refusing one over the limit without reading the rest."""

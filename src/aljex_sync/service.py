@@ -25,11 +25,12 @@ from types import TracebackType
 import uvicorn
 from starlette.routing import Route
 
+from . import http_server
 from .config import Settings
 from .credentials import PasswordCheck
 from .inbox import FolderWatch, LoadQueue, left_over
 from .journal_process import JournalProcess
-from .live import LiveEndpoint
+from .live import LiveEndpoint, database_probe
 from .morning import MorningLoader
 from .sftp import SftpInbox, SftpSettings
 from .store.database import display_url, open_engine
@@ -83,22 +84,16 @@ class Service:
         log.info("database %s ready", display_url(self.settings.database.url))
         if live.enabled:
             sock = self._sockets[0]
-            self.live = LiveEndpoint(live, self.journal)
+            probes = (
+                database_probe(self.engine, self.settings.database.timeout),
+                self.journal.healthy,
+            )
+            self.live = LiveEndpoint(live, self.journal, probes=probes)
             extra = []
             if self.ceiling_path:  # the benchmark's parse-only ceiling, same stack
                 ceiling = LiveEndpoint(live, None, self.live.check)
                 extra.append(Route(self.ceiling_path, ceiling.handle, methods=["POST"]))
-            config = uvicorn.Config(
-                self.live.app(extra_routes=extra),
-                log_config=None,
-                access_log=False,
-                lifespan="off",
-                timeout_graceful_shutdown=30,
-                server_header=False,
-                http="httptools",
-                # X-Forwarded-For is judged by the endpoint against trusted_proxies only.
-                proxy_headers=False,
-            )
+            config = http_server.config(self.live.app(extra_routes=extra), live)
             self._server = _Server(config)
             self._server_task = asyncio.create_task(self._server.serve(sockets=[sock]))
             while not self._server.started:

@@ -1,0 +1,248 @@
+"""The HTTP server under Live Sync: uvicorn with httptools, plus the limits it lacks.
+
+uvicorn closes idle keep-alive connections, but nothing else: a client may take forever
+to send its headers or its body, open connections that never send anything, or send
+headers without end. Each such connection holds a file descriptor, and a few thousand of
+them (slowloris) starve the process. httptools is kept for its speed (Live Sync latency
+is what Aljex waits on); ``EdgeProtocol`` is its protocol with, per connection:
+
+- a header deadline: the request line and headers must arrive within ``header_timeout``
+  seconds of the connection opening (or, on a kept-alive connection, of the request's
+  first byte), else the client gets 408 and the connection is closed;
+- a body deadline: the body must arrive within ``body_timeout`` seconds of the headers,
+  else the connection is closed (the endpoint sees a disconnected client). uvicorn stops
+  reading a body past 64 KiB until the endpoint takes it, so for such a body the
+  deadline also covers the endpoint's checks before it reads (normally milliseconds);
+- a header size cap (``MAX_HEADER_BYTES``), answered with 431;
+- a connection cap: a connection beyond ``max_connections`` is answered 503 and closed as
+  soon as it is accepted, so the descriptors it would hold go back at once.
+
+The cap must stay below the process's file descriptor limit, with room to spare: asyncio
+accepts up to ``backlog`` connections in one go before any of them can be dropped, and
+once ``accept`` fails for lack of descriptors, asyncio (3.11) schedules a retry for every
+slot of the backlog, on every attempt, and the retries multiply until the log holds
+nothing else. ``config`` raises the soft limit as far as the hard limit allows, then
+sizes the backlog and, with a warning if it must, lowers the cap, so that the reserve,
+the connections and two backlogs of accepted ones fit.
+
+Connections closed for these reasons are counted and logged as one line per reason and
+``REPORT_INTERVAL``, however many there are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import uvicorn
+from starlette.types import ASGIApp
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.server import ServerState
+
+from .config import LiveSettings
+
+log = logging.getLogger("aljex_sync.http")
+
+MAX_HEADER_BYTES = 64 * 1024
+REPORT_INTERVAL = 60.0
+KEEP_ALIVE_TIMEOUT = 5.0
+# Descriptors kept for everything but client connections: the database, the journal
+# writer's link, the SFTP server, log files (a quarter of the limit if that is less).
+RESERVED_DESCRIPTORS = 128
+MAX_BACKLOG = 1024
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a client may take: time for headers and body, and connections at once."""
+
+    header_timeout: float
+    body_timeout: float
+    max_connections: int
+    backlog: int = MAX_BACKLOG
+
+
+def config(app: ASGIApp, live: LiveSettings) -> uvicorn.Config:
+    """The uvicorn configuration of the Live Sync server, with ``live``'s limits."""
+    connections, backlog = _room_for(live.max_connections)
+    limits = Limits(live.header_timeout, live.body_timeout, connections, backlog)
+    return uvicorn.Config(
+        app,
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+        timeout_graceful_shutdown=30,
+        timeout_keep_alive=int(KEEP_ALIVE_TIMEOUT),
+        server_header=False,
+        backlog=limits.backlog,
+        http=edge_protocol(limits),
+        # X-Forwarded-For is judged by the endpoint against trusted_proxies only.
+        proxy_headers=False,
+    )
+
+
+def _room_for(connections: int) -> tuple[int, int]:
+    """The connection cap and listen backlog the descriptor limit leaves room for, after
+    raising the soft limit as far as needed and allowed."""
+    if sys.platform == "win32":
+        return connections, MAX_BACKLOG
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = connections + 2 * MAX_BACKLOG + RESERVED_DESCRIPTORS
+    if soft != resource.RLIM_INFINITY and soft < want:
+        raised = want if hard == resource.RLIM_INFINITY else min(hard, want)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+            soft = raised
+        except (ValueError, OSError):
+            pass
+    if soft == resource.RLIM_INFINITY:
+        return connections, MAX_BACKLOG
+    spare = soft - min(RESERVED_DESCRIPTORS, soft // 4)
+    backlog = max(8, min(MAX_BACKLOG, spare // 4))
+    room = max(1, spare - 2 * backlog)
+    if room < connections:
+        log.warning(
+            "only %d file descriptors (ulimit -n): taking at most %d connections, not %d",
+            soft,
+            room,
+            connections,
+        )
+        return room, backlog
+    return connections, backlog
+
+
+def edge_protocol(limits: Limits) -> type[EdgeProtocol]:
+    """An ``EdgeProtocol`` class bound to ``limits`` (uvicorn builds protocols itself)."""
+    return type("EdgeProtocol", (EdgeProtocol,), {"limits": limits, "report": _Report()})
+
+
+class EdgeProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with header and body deadlines and a connection cap."""
+
+    limits: ClassVar[Limits]
+    report: ClassVar[_Report]
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self._deadline: asyncio.TimerHandle | None = None
+        self._reading: str | None = None  # "headers", "body", or None between requests
+        self._header_bytes = 0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self.limits.max_connections:
+            self.report.count("over the connection limit")
+            self._answer_and_close(503, "too many connections, try again")
+            return
+        self._expect("headers", self.limits.header_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._reading == "headers":
+            self._header_bytes += len(data)
+        super().data_received(data)
+        if self._reading == "headers" and self._header_bytes > MAX_HEADER_BYTES:
+            self.report.count(f"headers over {MAX_HEADER_BYTES} bytes")
+            self._answer_and_close(431, "request headers too large")
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._reading is None:  # a kept-alive connection's next request
+            self._header_bytes = 0
+            self._expect("headers", self.limits.header_timeout)
+
+    def on_headers_complete(self) -> None:
+        self._expect("body", self.limits.body_timeout)
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._cancel()
+        self._reading = None
+        super().on_message_complete()
+
+    def _expect(self, part: str, seconds: float) -> None:
+        self._cancel()
+        self._reading = part
+        self._deadline = self.loop.call_later(seconds, self._too_slow, part, seconds)
+
+    def _cancel(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _too_slow(self, part: str, seconds: float) -> None:
+        self._deadline = None
+        if self.transport.is_closing():
+            return
+        self.report.count(f"{part} not sent within {seconds:g} s")
+        if part == "headers":
+            self._answer_and_close(408, f"request headers not sent within {seconds:g} s")
+        else:  # the endpoint is reading the body: it sees a disconnect and answers nothing
+            self.transport.close()
+
+    def _answer_and_close(self, status: int, reason: str) -> None:
+        """Answer before any request was handed to the endpoint, and close."""
+        self._cancel()
+        self._reading = None
+        if self.cycle is None or self.cycle.response_complete:
+            body = reason.encode() + b"\n"
+            phrase = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}.get(
+                status, b"Service Unavailable"
+            )
+            self.transport.write(
+                b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                b"content-length: %d\r\nconnection: close\r\n\r\n%s"
+                % (status, phrase, len(body), body)
+            )
+        self.transport.close()
+
+
+class _Report:
+    """Counts connections closed for one reason and logs them once per interval.
+
+    The first of each reason is logged at once; the rest are added up and logged when
+    the interval is over, so an attack costs a few log lines, not one per connection.
+    """
+
+    def __init__(self, interval: float = REPORT_INTERVAL) -> None:
+        self.interval = interval
+        self._counts: Counter[str] = Counter()
+        self._last: dict[str, float] = {}
+        self._flush: asyncio.TimerHandle | None = None
+
+    def count(self, reason: str) -> None:
+        now = time.monotonic()
+        if now - self._last.get(reason, -self.interval) >= self.interval:
+            self._last[reason] = now
+            log.warning("closed a connection: %s", reason)
+            return
+        self._counts[reason] += 1
+        if self._flush is None:
+            self._flush = asyncio.get_running_loop().call_later(self.interval, self._log)
+
+    def _log(self) -> None:
+        self._flush = None
+        counts, self._counts = self._counts, Counter()
+        now = time.monotonic()
+        for reason, n in counts.items():
+            self._last[reason] = now
+            log.warning(
+                "closed %d more connection(s) in the last %g s: %s", n, self.interval, reason
+            )

@@ -1,0 +1,136 @@
+"""Logins at the HTTP edge: failure limits per address, and fair turns at the slow check.
+
+A wrong password costs the server a slow hash (argon2 or scrypt), so password guessing is
+also a way to take the CPU from Aljex. Three rules keep Aljex's own login prompt:
+
+- an address with ``max_failures`` failed logins within ``window`` seconds is refused
+  with 429 and a Retry-After, before any check. Failures are counted when they happen
+  and every check of one address waits for the one before it, so a burst of parallel
+  guesses is checked at most ``max_failures`` times, not once per request;
+- one address has at most one slow check in flight; its other requests wait for it, and
+  once one of them succeeds the rest pass on the fast path;
+- the slow checks share a few slots, and an address with recent failures waits behind
+  every address without any. Aljex, whose logins succeed, is never queued behind an
+  attacker's guesses, only behind the one check that may be running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+
+# Slow hashes running at once; the rest of the CPU stays with the HTTP loop and the writer.
+SLOW_SLOTS = 2
+# Addresses remembered at most; the oldest are forgotten first when an attack uses many.
+MAX_ADDRESSES = 10_000
+
+
+class Logins:
+    """Failed logins per address, and whose turn it is at the slow password check."""
+
+    def __init__(self, *, max_failures: int, window: float, slots: int = SLOW_SLOTS) -> None:
+        self.max_failures = max_failures
+        self.window = window
+        self._failures: dict[str, deque[float]] = {}
+        self._turns: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._slots = _Slots(slots)
+
+    def retry_after(self, address: str) -> int | None:
+        """Seconds until ``address`` may try again, or None if it may try now."""
+        recent = self._recent(address)
+        if len(recent) < self.max_failures:
+            return None
+        # The oldest failure that keeps the address at the limit must leave the window.
+        oldest = recent[len(recent) - self.max_failures]
+        return max(1, math.ceil(oldest + self.window - time.monotonic()))
+
+    def suspect(self, address: str) -> bool:
+        """True while ``address`` has failed logins within the window."""
+        return bool(self._recent(address))
+
+    def failed(self, address: str) -> None:
+        """Count a failed login from ``address``."""
+        recent = self._failures.pop(address, None) or deque()
+        recent.append(time.monotonic())
+        while len(recent) > self.max_failures:
+            recent.popleft()
+        self._failures[address] = recent  # re-inserted: the dict stays oldest first
+        while len(self._failures) > MAX_ADDRESSES:
+            del self._failures[next(iter(self._failures))]
+
+    def succeeded(self, address: str) -> None:
+        """Forget the failures of an address that has just logged in."""
+        self._failures.pop(address, None)
+
+    @contextlib.asynccontextmanager
+    async def slow_turn(self, address: str) -> AsyncIterator[None]:
+        """Wait for this address's turn, then for a slot; an address with failures waits
+        behind those without."""
+        lock, users = self._turns.get(address, (asyncio.Lock(), 0))
+        self._turns[address] = (lock, users + 1)
+        try:
+            async with lock:
+                await self._slots.acquire(last=self.suspect(address))
+                try:
+                    yield
+                finally:
+                    self._slots.release()
+        finally:
+            lock, users = self._turns[address]
+            if users > 1:
+                self._turns[address] = (lock, users - 1)
+            else:
+                del self._turns[address]
+
+    def _recent(self, address: str) -> deque[float]:
+        recent = self._failures.get(address)
+        if recent is None:
+            return deque()
+        horizon = time.monotonic() - self.window
+        while recent and recent[0] <= horizon:
+            recent.popleft()
+        if not recent:
+            del self._failures[address]
+        return recent
+
+
+class _Slots:
+    """A semaphore with two queues: waiters in the first are always woken before the second."""
+
+    def __init__(self, slots: int) -> None:
+        self._free = slots
+        self._waiting: tuple[deque[asyncio.Future[None]], deque[asyncio.Future[None]]] = (
+            deque(),
+            deque(),
+        )
+
+    async def acquire(self, *, last: bool) -> None:
+        if self._free and not any(self._waiting):
+            self._free -= 1
+            return
+        queue = self._waiting[1 if last else 0]
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        queue.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # the slot was handed over just as this waiter was cancelled
+            else:
+                with contextlib.suppress(ValueError):
+                    queue.remove(waiter)
+            raise
+
+    def release(self) -> None:
+        """Hand the slot to the first live waiter, first queue first, or free it."""
+        for queue in self._waiting:
+            while queue:
+                waiter = queue.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)
+                    return
+        self._free += 1

@@ -1,0 +1,117 @@
+"""/healthz: 200 "ok" only while the database and the journal writer both answer."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterator
+from urllib.parse import urlencode
+
+import httpx
+import pytest
+from sqlalchemy import create_engine, text
+
+from aljex_sync.store.database import normalize_url
+
+from .conftest import MY_SERVER, PG_SERVER
+from .support import TEST_PASSWORD, RunningService, make_settings
+
+
+def health(running: RunningService) -> httpx.Response:
+    return httpx.get(f"http://127.0.0.1:{running.service.http_port}/healthz", timeout=30)
+
+
+def health_until(running: RunningService, status: int) -> httpx.Response:
+    """Ask until the answer has ``status`` (a part going down is noticed asynchronously)."""
+    for _ in range(100):
+        response = health(running)
+        if response.status_code == status:
+            return response
+        time.sleep(0.1)
+    return response
+
+
+def post(running: RunningService, key: str) -> int:
+    body = urlencode({"web_sync_table_name": "notes", "web_sync_action": "create", "id": key})
+    return httpx.post(
+        running.url,
+        content=body,
+        auth=("aljex", TEST_PASSWORD),
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+        timeout=30,
+    ).status_code
+
+
+def test_health_is_ok_while_the_database_and_the_writer_answer(service):
+    response = health(service)
+    assert response.status_code == 200
+    assert response.text == "ok\n"
+
+
+def test_health_is_503_once_the_writer_is_killed_and_ok_when_a_request_restarts_it(
+    tmp_path, sqlite_url
+):
+    with RunningService(make_settings(sqlite_url, tmp_path)) as running:
+        assert health(running).status_code == 200
+        pid = running.service.journal.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        response = health_until(running, 503)
+        assert response.status_code == 503
+        assert response.text.startswith("the journal writer is not running")
+        assert len(response.text.splitlines()) == 1
+        assert post(running, "1") == 200  # which starts a new writer
+        assert health(running).status_code == 200
+
+
+def test_health_is_503_while_the_sqlite_database_is_locked(tmp_path, sqlite_url):
+    settings = make_settings(sqlite_url, tmp_path, database={"timeout": 0.3})
+    with RunningService(settings) as running:
+        blocker = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), isolation_level=None)
+        blocker.execute("BEGIN EXCLUSIVE")
+        try:
+            response = health(running)
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        assert response.status_code == 503
+        assert response.text.startswith("database unavailable: database is locked")
+        assert health(running).status_code == 200
+
+
+@pytest.fixture(params=["postgresql", "mariadb"])
+def doomed_database(request: pytest.FixtureRequest) -> Iterator[tuple[str, str, str]]:
+    """A database of its own on the server (the test drops it), the server, and the SQL."""
+    server = PG_SERVER if request.param == "postgresql" else MY_SERVER
+    name = f"aljex_doomed_{uuid.uuid4().hex[:8]}"
+    if request.param == "postgresql":
+        create, drop = f'CREATE DATABASE "{name}"', f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
+    else:
+        create, drop = f"CREATE DATABASE `{name}`", f"DROP DATABASE IF EXISTS `{name}`"
+    admin = create_engine(normalize_url(server), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(create))
+    try:
+        url = normalize_url(server).set(database=name)
+        yield url.render_as_string(hide_password=False), server, drop
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(drop))
+        admin.dispose()
+
+
+def test_health_is_503_once_the_database_is_dropped(tmp_path, doomed_database):
+    url, server, drop = doomed_database
+    with RunningService(make_settings(url, tmp_path, database={"timeout": 2})) as running:
+        assert health(running).status_code == 200
+        admin = create_engine(normalize_url(server), isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(drop))
+        admin.dispose()
+        response = health_until(running, 503)
+        assert response.status_code == 503
+        assert response.text.startswith("database unavailable: ")
+        assert len(response.text.splitlines()) == 1

@@ -1,0 +1,159 @@
+"""Logins at the Live Sync edge: failure limits per address, fair turns, equal failures.
+
+The attacker's requests come from 127.0.0.2 (any 127.x address is loopback on Linux), so
+the service sees two addresses without a proxy in between.
+"""
+
+from __future__ import annotations
+
+import base64
+import select
+import socket
+import threading
+from urllib.parse import urlencode
+
+import httpx
+from argon2 import PasswordHasher
+
+from aljex_sync.credentials import PasswordCheck
+
+from .support import TEST_PASSWORD, RunningService, make_settings
+
+ATTACKER = "127.0.0.2"
+BODY = urlencode({"web_sync_table_name": "notes", "web_sync_action": "create", "id": "1"})
+# A cheap argon2 hash: the number and order of the checks matter here, not their cost.
+CHEAP_HASH = PasswordHasher(time_cost=1, memory_cost=4096, parallelism=1).hash(TEST_PASSWORD)
+# One that takes long enough to see who waits for whom (tens of ms, not the default's 100s).
+SLOW_HASH = PasswordHasher(time_cost=2, memory_cost=32768, parallelism=1).hash(TEST_PASSWORD)
+
+
+def post(
+    running: RunningService, password: str, *, source: str = "127.0.0.1", user: str = "aljex"
+) -> httpx.Response:
+    transport = httpx.HTTPTransport(local_address=source)
+    with httpx.Client(transport=transport, timeout=60) as client:
+        return client.post(
+            running.url,
+            content=BODY,
+            auth=(user, password),
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+
+
+def raw_request(running: RunningService, password: str) -> bytes:
+    token = base64.b64encode(f"aljex:{password}".encode()).decode()
+    return (
+        f"POST {running.settings.live.path} HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: Basic {token}\r\n"
+        "Content-Type: application/x-www-form-urlencoded\r\n"
+        f"Content-Length: {len(BODY)}\r\nConnection: close\r\n\r\n{BODY}"
+    ).encode()
+
+
+def open_from(source: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind((source, 0))
+    sock.connect(("127.0.0.1", port))
+    return sock
+
+
+def read_all(sock: socket.socket) -> bytes:
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    sock.close()
+    return b"".join(chunks)
+
+
+def test_an_address_over_its_failure_limit_gets_429_and_others_still_log_in(tmp_path, sqlite_url):
+    settings = make_settings(sqlite_url, tmp_path, live={"max_failed_logins": 3})
+    with RunningService(settings) as running:
+        for _ in range(3):
+            assert post(running, "wrong", source=ATTACKER).status_code == 401
+        refused = post(running, "wrong", source=ATTACKER)
+        assert refused.status_code == 429
+        assert 1 <= int(refused.headers["retry-after"]) <= 300
+        assert "too many failed logins" in refused.text
+        # Locked is locked: the right password does not open the address either ...
+        assert post(running, TEST_PASSWORD, source=ATTACKER).status_code == 429
+        # ... but Aljex, from its own address, is not affected.
+        assert post(running, TEST_PASSWORD).status_code == 200
+
+
+def test_failures_age_out_of_the_window(tmp_path, sqlite_url):
+    settings = make_settings(
+        sqlite_url, tmp_path, live={"max_failed_logins": 1, "failed_login_window": 0.5}
+    )
+    with RunningService(settings) as running:
+        assert post(running, "wrong", source=ATTACKER).status_code == 401
+        assert post(running, "wrong", source=ATTACKER).status_code == 429
+        threading.Event().wait(0.6)
+        assert post(running, TEST_PASSWORD, source=ATTACKER).status_code == 200
+
+
+def test_parallel_guesses_are_counted_before_they_are_checked(tmp_path, sqlite_url):
+    """40 wrong passwords at once, against a limit of 5: only 5 are checked."""
+    settings = make_settings(
+        sqlite_url,
+        tmp_path,
+        live={"password": "", "password_hash": CHEAP_HASH, "max_failed_logins": 5},
+    )
+    with RunningService(settings) as running:
+        port = running.service.http_port
+        assert port is not None
+        flood = [open_from(ATTACKER, port) for _ in range(40)]
+        for sock in flood:
+            sock.sendall(raw_request(running, "wrong"))
+        statuses = sorted(int(read_all(sock).split()[1]) for sock in flood)
+        assert statuses == [401] * 5 + [429] * 35
+        assert running.service.live is not None
+        assert running.service.live.check.slow_checks == 5
+
+
+def test_aljex_login_is_not_queued_behind_a_flood_of_wrong_passwords(tmp_path, sqlite_url):
+    """Right after a start (nothing known good yet), 40 wrong passwords arrive from one
+    address, then Aljex's first request from another: Aljex is answered while most of the
+    flood is still waiting for its checks."""
+    settings = make_settings(
+        sqlite_url,
+        tmp_path,
+        live={"password": "", "password_hash": SLOW_HASH, "max_failed_logins": 1000},
+    )
+    with RunningService(settings) as running:
+        port = running.service.http_port
+        assert port is not None
+        flood = [open_from(ATTACKER, port) for _ in range(40)]
+        aljex = open_from("127.0.0.1", port)
+        for sock in flood:
+            sock.sendall(raw_request(running, "wrong"))
+        # Once the first guess is answered, the server has read every one of them.
+        select.select(flood, [], [], 60)
+        aljex.sendall(raw_request(running, TEST_PASSWORD))
+        assert read_all(aljex).split()[1] == b"200"
+        answered, _, _ = select.select(flood, [], [], 0)
+        assert len(answered) < len(flood) // 2
+        assert {read_all(sock).split()[1] for sock in flood} == {b"401"}
+
+
+def test_a_wrong_user_with_the_right_password_pays_the_full_check():
+    """Every failure runs the slow hash; only the right user and password is fast."""
+    check = PasswordCheck("aljex", password_hash=CHEAP_HASH)
+    assert check.check("aljex", TEST_PASSWORD)
+    assert check.slow_checks == 1
+    assert check.check("aljex", TEST_PASSWORD)  # remembered: fast
+    assert check.slow_checks == 1
+    assert check.check_fast("intruder", TEST_PASSWORD) is None
+    assert not check.check("intruder", TEST_PASSWORD)
+    assert check.slow_checks == 2
+    assert not check.check("aljex", "wrong")
+    assert check.slow_checks == 3
+    assert not check.check("intruder", "wrong")
+    assert check.slow_checks == 4
+
+
+def test_a_wrong_user_with_the_right_password_is_a_counted_failure(tmp_path, sqlite_url):
+    settings = make_settings(sqlite_url, tmp_path, live={"max_failed_logins": 2})
+    with RunningService(settings) as running:
+        for _ in range(2):
+            assert post(running, TEST_PASSWORD, source=ATTACKER, user="root").status_code == 401
+        assert post(running, TEST_PASSWORD, source=ATTACKER).status_code == 429

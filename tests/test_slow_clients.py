@@ -1,0 +1,204 @@
+"""Slow and excess clients: header and body deadlines, a header size cap, a connection cap.
+
+Real sockets on loopback against the running service; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from urllib.parse import urlencode
+
+import httpx
+import pytest
+
+from .support import TEST_PASSWORD, RunningService, make_settings
+
+BODY = urlencode({"web_sync_table_name": "notes", "web_sync_action": "create", "id": "1"})
+AUTH = base64.b64encode(f"aljex:{TEST_PASSWORD}".encode()).decode()
+
+
+@pytest.fixture
+def impatient(tmp_path, sqlite_url):
+    """The service with half-second deadlines and room for 20 connections."""
+    settings = make_settings(
+        sqlite_url,
+        tmp_path,
+        live={"header_timeout": 0.5, "body_timeout": 0.5, "max_connections": 20},
+    )
+    with RunningService(settings) as running:
+        yield running
+
+
+def connect(running: RunningService) -> socket.socket:
+    assert running.service.http_port is not None
+    sock = socket.create_connection(("127.0.0.1", running.service.http_port), timeout=10)
+    return sock
+
+
+def normal_post(running: RunningService, key: str = "1") -> int:
+    body = urlencode({"web_sync_table_name": "notes", "web_sync_action": "create", "id": key})
+    return httpx.post(
+        running.url,
+        content=body,
+        auth=("aljex", TEST_PASSWORD),
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+        timeout=10,
+    ).status_code
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes; raises TimeoutError if it never does."""
+    chunks = []
+    try:
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    except ConnectionResetError:
+        pass
+    sock.close()
+    return b"".join(chunks)
+
+
+def test_headers_sent_byte_by_byte_are_cut_at_the_header_timeout(impatient):
+    sock = connect(impatient)
+    request = f"POST {impatient.settings.live.path} HTTP/1.1\r\nHost: x\r\n" + "X-A: b\r\n" * 100
+    closed = False
+    for byte in request.encode():  # one byte every 20 ms: 20 s for the whole, if let be
+        try:
+            sock.sendall(bytes([byte]))
+        except (BrokenPipeError, ConnectionResetError):
+            closed = True
+            break
+        if byte == ord("\n"):
+            assert normal_post(impatient) == 200  # others are served meanwhile
+        time.sleep(0.02)
+        sock.settimeout(0)
+        try:
+            if sock.recv(65536, socket.MSG_PEEK) is not None:
+                closed = True
+                break
+        except BlockingIOError:
+            pass
+        finally:
+            sock.settimeout(10)
+    assert closed
+    assert read_until_closed(sock).startswith(b"HTTP/1.1 408 ")
+
+
+def test_a_connection_that_sends_nothing_is_closed(impatient):
+    sock = connect(impatient)
+    assert read_until_closed(sock).startswith(b"HTTP/1.1 408 ")
+
+
+def test_a_body_that_stalls_is_cut_and_nothing_is_stored(impatient):
+    sock = connect(impatient)
+    sock.sendall(
+        (
+            f"POST {impatient.settings.live.path} HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization: Basic {AUTH}\r\n"
+            "Content-Type: application/x-www-form-urlencoded\r\n"
+            f"Content-Length: {len(BODY)}\r\n\r\n{BODY[:10]}"
+        ).encode()
+    )
+    assert read_until_closed(sock) == b""  # closed without a reply: the body never came
+    assert normal_post(impatient, key="2") == 200
+    engine = impatient.engine()
+    with engine.connect() as conn:
+        keys = [r[0] for r in conn.exec_driver_sql("SELECT record_key FROM _aljex_events")]
+    engine.dispose()
+    assert keys == ["2"]
+
+
+def test_headers_over_the_size_cap_get_431(impatient):
+    sock = connect(impatient)
+    sock.sendall(f"POST {impatient.settings.live.path} HTTP/1.1\r\nHost: x\r\n".encode())
+    reply = b""
+    try:
+        for _ in range(100):  # 100 x 8 KiB: far over the cap
+            sock.sendall(b"X-Filler: " + b"a" * 8192 + b"\r\n")
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    reply = read_until_closed(sock)
+    assert reply.startswith(b"HTTP/1.1 431 ")
+
+
+def test_connections_over_the_limit_are_dropped_and_a_normal_request_is_served(impatient):
+    held = [connect(impatient) for _ in range(60)]
+    replies = [read_until_closed(sock) for sock in held[20:]]
+    assert all(r.startswith(b"HTTP/1.1 503 ") for r in replies)
+    # The 20 within the limit are idle; the header deadline frees their places.
+    for _ in range(100):
+        try:
+            if normal_post(impatient) == 200:
+                break
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    else:
+        pytest.fail("a normal request was never served")
+    for sock in held[:20]:
+        sock.close()
+
+
+def test_a_connection_flood_under_a_low_descriptor_limit_costs_a_few_log_lines(tmp_path):
+    """With `ulimit -n 128`, 300 connections at once: the excess is dropped, the service
+    goes on serving, and the log says so in a few lines, without a traceback."""
+    config = tmp_path / "aljex-sync.toml"
+    config.write_text(
+        f'[database]\nurl = "sqlite:///{tmp_path / "aljex.db"}"\n'
+        f'[live]\nlisten = "127.0.0.1:0"\npassword = "{TEST_PASSWORD}"\n'
+        "max_connections = 10000\nheader_timeout = 1.0\n"
+        "[morning]\nenabled = false\n"
+    )
+    log_file = tmp_path / "serve.log"
+    command = (
+        f"ulimit -n 128 && exec {shlex.quote(sys.executable)} -m aljex_sync.cli -c {config} serve"
+    )
+    with log_file.open("w") as log:
+        process = subprocess.Popen(["sh", "-c", command], stderr=log)
+    flood: list[socket.socket] = []
+    try:
+        for _ in range(200):
+            port = re.search(r"listening on http://127\.0\.0\.1:(\d+)", log_file.read_text())
+            if port:
+                break
+            time.sleep(0.1)
+        assert port, log_file.read_text()
+        url = f"http://127.0.0.1:{port.group(1)}/aljex/sync"
+        for _ in range(300):
+            sock = socket.socket()
+            sock.setblocking(False)
+            sock.connect_ex(("127.0.0.1", int(port.group(1))))
+            flood.append(sock)
+        time.sleep(1)
+        for _ in range(300):
+            try:
+                response = httpx.post(
+                    url,
+                    content=BODY,
+                    auth=("aljex", TEST_PASSWORD),
+                    headers={"Content-Type": "application/x-www-form-urlencoded"},
+                    timeout=5,
+                )
+                if response.status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        else:
+            pytest.fail("a normal request was never served")
+    finally:
+        for sock in flood:
+            sock.close()
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+    lines = log_file.read_text().splitlines()
+    assert "notes create 1 200 applied" in "\n".join(lines)
+    assert not [line for line in lines if "Traceback" in line]
+    assert len(lines) < 20, lines[:40]
