@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import os
 import signal
@@ -11,6 +12,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlencode
 
+import asyncssh
 import httpx
 import pytest
 from click.testing import CliRunner
@@ -934,3 +936,35 @@ def test_a_file_that_raises_inside_the_loader_goes_to_failed_and_the_next_one_lo
         ("Employees.csv", "loaded"),
     ]
     assert any(r.levelname == "ERROR" and "Carriers.csv" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("how", ["rename", "posix_rename"])
+def test_a_partial_upload_loads_on_its_rename_not_before(service, tmp_path, how):
+    local = write_csv(tmp_path / "out" / "Loads.csv", ["id", "status"], [["1", "OPEN"]])
+    loads = service.service.loads
+
+    async def upload() -> tuple[list[str], list[str]]:
+        async with (
+            asyncssh.connect(
+                "127.0.0.1",
+                service.service.sftp.port,
+                username="aljex",
+                password=TEST_PASSWORD,
+                known_hosts=None,
+                client_keys=None,
+                config=None,
+            ) as conn,
+            conn.start_sftp_client() as sftp,
+        ):
+            await sftp.put(str(local), "Loads.csv.tmp")
+            await asyncio.to_thread(loads.wait_idle, 30)
+            before = [r.name for r in loads.reports]
+            await getattr(sftp, how)("Loads.csv.tmp", "Loads.csv")
+        await asyncio.to_thread(wait_for, lambda: len(loads.reports) == 1)
+        return before, [r.status for r in loads.reports]
+
+    before, after = asyncio.run(upload())
+    assert (before, after) == ([], ["loaded"])
+    engine = service.engine()
+    assert table_rows(engine, "SELECT id, status FROM loads") == [{"id": "1", "status": "OPEN"}]
+    engine.dispose()
