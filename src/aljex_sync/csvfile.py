@@ -21,9 +21,9 @@ What a file may be (RFC 4180 with the leniencies real exports need):
   blank line is common; the cost is that a one-column file cannot carry an empty value except
   as ``""``.
 - the first record is the header: at most :data:`MAX_COLUMNS` names, none empty or only
-  spaces. Field names are case-insensitive, and are read in lower case (``Osd``, ``osd`` and
-  ``OSD`` are one field ``osd``); a name given twice, in any case, follows Live Sync's
-  duplicate-field rule: the last column wins, with a warning (:attr:`CsvReader.warnings`).
+  spaces. Field names are case-insensitive (``Osd``, ``osd`` and ``OSD`` are one field, and
+  one column ``osd``); a name given twice, in any case, follows Live Sync's duplicate-field
+  rule: the last column wins, name and values, with a warning (:attr:`CsvReader.warnings`).
   A header with no rows is valid: the loader decides what it means.
 - every row has as many fields as the header, and no field is longer than
   :data:`MAX_FIELD_CHARS`, which also stops an unclosed quote from swallowing the file. A row
@@ -381,7 +381,7 @@ class CsvReader:
                 raise MalformedFile(self.path, line, f"column {column} of the header has no name")
             seen.setdefault(name.lower(), []).append(column)
         self._width = len(header)
-        folded = [name.lower() for name in header]
+        names = header
         repeated = {name: columns for name, columns in seen.items() if len(columns) > 1}
         if repeated:
             for name, columns in repeated.items():
@@ -391,9 +391,9 @@ class CsvReader:
                     f" names compared in any case); the last column's values were used"
                 )
             self._keep = sorted(columns[-1] - 1 for columns in seen.values())
-            folded = [folded[i] for i in self._keep]
+            names = [header[i] for i in self._keep]
             self.plain = False  # the file's own bytes have the columns that were dropped
-        self.header = folded
+        self.header = names
         self.line = reader.line_num
 
     def _parse(self, reader: Reader, size: int, start: int) -> list[list[str]]:

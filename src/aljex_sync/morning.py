@@ -78,6 +78,7 @@ class FileReport:
     file_id: int | None = None
     warnings: list[str] = field(default_factory=list)  # accepted, but worth a look
     legacy_bytes: int = 0  # bytes outside UTF-8, read by the legacy charset
+    legacy_charset: str = ""
 
     def summary(self) -> str:
         """One line for the log."""
@@ -89,17 +90,26 @@ class FileReport:
                 f" {c.skipped_newer} skipped as newer-live; feed health: {c.missing_in_db}"
                 f" missing, {c.extra_in_db} extra, {c.differing} differing"
             )
-            if self.warnings:
-                line += f"; warnings: {self.warning_text()}"
+            if self.warning_text():
+                line += f"; {self.warning_text()}"
             return line
         return f"{self.name} -> {self.table or '?'} {self.status}: {self.error}"
 
     def warning_text(self) -> str:
-        return "; ".join(self.warnings)
+        """The warnings, and how many bytes were not UTF-8 (news only for the count)."""
+        notes = list(self.warnings)
+        if self.legacy_bytes:
+            some = "1 byte was" if self.legacy_bytes == 1 else f"{self.legacy_bytes} bytes were"
+            notes.append(f"{some} not UTF-8, read as {self.legacy_charset}")
+        return "; ".join(notes)
 
     @property
     def level(self) -> int:
-        """How loud the log line is: a file not applied, or applied with doubts, is news."""
+        """How loud the log line is: a file not applied, or applied with doubts, is news.
+
+        Bytes read by the legacy charset are counted, not warned about: Aljex's older
+        exports are wholly cp1252.
+        """
         if self.status == "failed":
             return logging.ERROR
         if self.status in ("held", "unmatched") or self.warnings:
@@ -173,10 +183,7 @@ class MorningLoader:
                 delimiter=table_settings.delimiter,
             )
             report.sha256, report.size = facts.sha256, facts.size
-            report.legacy_bytes = facts.fixes
-            if facts.fixes:
-                some = "1 byte was" if facts.fixes == 1 else f"{facts.fixes} bytes were"
-                report.warnings.append(f"{some} not UTF-8, read as {facts.encoding}")
+            report.legacy_bytes, report.legacy_charset = facts.fixes, facts.encoding
             if not force and self._already_loaded(facts.sha256):
                 report.status = "duplicate"
                 report.error = "a file with the same content was loaded before"
@@ -267,7 +274,7 @@ class MorningLoader:
                     stage.drop()
 
     def _field_names(self, table: str, header: list[str]) -> list[str]:
-        """The header's (lower-case) names, each as the table already knows its field.
+        """The header's names, each spelled as the table already knows its field.
 
         Field names are case-insensitive: a field first sent as ``Osd`` keeps its column when
         a file names it ``osd``. Of several known spellings, the one whose column is the
@@ -281,7 +288,7 @@ class MorningLoader:
             lowered = name.lower()
             if lowered not in known or column == lowered:
                 known[lowered] = name
-        return [known.get(name, name) for name in header]
+        return [known.get(name.lower(), name) for name in header]
 
     def _dropped(self, report: FileReport) -> str:
         """Why a full file looks cut short against the last full file of its table, or ''."""
