@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import logging
 import os
 import signal
 import subprocess
@@ -807,6 +808,7 @@ def test_failed_files_are_logged_as_errors(receiver, tmp_path, caplog):
 
 
 def test_a_bom_and_a_cp1252_byte_load_with_the_count_in_the_report(receiver, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="aljex_sync.morning")
     path = tmp_path / "Carriers.csv"
     path.write_bytes(b"\xef\xbb\xbfid,name\nK1,Caf\xc3\xa9\xff\nK2,Montr\xe9al\n")
     report = receiver.load(path)
