@@ -18,6 +18,7 @@ from aljex_sync.csvfile import (
     CsvReader,
     FileFacts,
     MalformedFile,
+    PossiblyTruncated,
     inspect_file,
 )
 
@@ -98,7 +99,7 @@ def test_utf8_bom_is_removed_from_the_first_header_name(tmp_path):
 
 
 def test_bom_only_file_has_no_header(tmp_path):
-    error = malformed(write(tmp_path, BOM))
+    error = malformed(write(tmp_path, BOM + b"\n"))
     assert error.line is None
     assert error.reason == "there is no header row"
 
@@ -123,22 +124,25 @@ def test_legacy_charset_is_chosen_per_call_and_named_canonically(tmp_path):
     assert inspect_file(path, legacy_charset="windows-1252").encoding == "cp1252"
 
 
-def test_bytes_invalid_in_both_charsets_are_malformed_at_their_line(tmp_path):
-    # 0xE9 is not UTF-8 here; 0x81 is undefined in cp1252.
+def test_a_byte_undefined_in_cp1252_reads_as_latin1_not_refused(tmp_path):
+    # 0xE9 is not UTF-8 here; 0x81 is undefined in cp1252: Latin-1 reads it, never U+FFFD.
     path = write(tmp_path, b"id,city\n1,Montr\xe9al\n2,ok\n3,\x81\n")
-    with pytest.raises(MalformedFile) as caught:
-        inspect_file(path)
-    assert caught.value.line == 4
-    assert caught.value.reason == ("the file is not UTF-8, and byte 0x81 here is not cp1252 either")
+    assert inspect_file(path).fixes == 2
+    assert read_all(path)[1] == [["1", "Montréal"], ["2", "ok"], ["3", "\x81"]]
 
 
-def test_legacy_check_covers_bytes_read_while_the_file_looked_utf8(tmp_path):
-    # "\u0081" is valid UTF-8 (C2 81), but 0x81 is not cp1252: the fallback must see it,
-    # although the first non-UTF-8 byte comes more than one read chunk later.
-    data = b"id,v\n1,\xc2\x81\n" + b"2,filler\n" * 200_000 + b"3,\xe9\n"
-    with pytest.raises(MalformedFile) as caught:
-        inspect_file(write(tmp_path, data))
-    assert caught.value.line == 2
+def test_valid_utf8_and_stray_legacy_bytes_mix_in_one_value(tmp_path):
+    path = write(tmp_path, b"id,v\n1,caf\xc3\xa9\xff\n2,\xc2\x81\n")
+    facts = inspect_file(path)
+    assert (facts.encoding, facts.fixes) == ("cp1252", 1)
+    assert read_all(path)[1] == [["1", "café\u00ff"], ["2", "\u0081"]]
+
+
+def test_a_bom_and_one_cp1252_byte_are_read_not_refused(tmp_path):
+    path = write(tmp_path, BOM + b"id,v\n1,ok\n2,caf\xe9 \xe2\x82\xac\n")
+    facts = inspect_file(path)
+    assert facts.has_bom and facts.fixes == 1
+    assert read_all(path) == (["id", "v"], [["1", "ok"], ["2", "café €"]])
 
 
 def test_non_utf8_byte_after_the_first_chunk_still_falls_back(tmp_path):
@@ -149,18 +153,10 @@ def test_non_utf8_byte_after_the_first_chunk_still_falls_back(tmp_path):
     assert read_all(path)[1][-1] == ["2", "café"]
 
 
-def test_utf8_sequence_cut_short_at_the_end_falls_back(tmp_path):
-    path = write(tmp_path, b"id,v\n1,\xc3")
+def test_utf8_sequence_cut_short_falls_back(tmp_path):
+    path = write(tmp_path, b"id,v\n1,\xc3\n")
     assert inspect_file(path).encoding == "cp1252"
     assert read_all(path)[1] == [["1", "Ã"]]
-
-
-def test_bom_with_invalid_utf8_is_malformed(tmp_path):
-    path = write(tmp_path, BOM + b"id,v\n1,ok\n2,caf\xe9\n")
-    with pytest.raises(MalformedFile) as caught:
-        inspect_file(path)
-    assert caught.value.line == 3
-    assert "byte order mark" in caught.value.reason
 
 
 def test_utf8_is_never_replaced_with_u_fffd(tmp_path):
@@ -176,13 +172,54 @@ def test_unknown_legacy_charset_is_a_lookup_error(tmp_path):
 # Line endings and blank lines
 
 
-@pytest.mark.parametrize("eol", [b"\r\n", b"\n"], ids=["crlf", "lf"])
-@pytest.mark.parametrize("final", [True, False], ids=["final-newline", "no-final-newline"])
-def test_crlf_and_lf_line_endings_with_or_without_final_newline(tmp_path, eol, final):
-    data = eol.join([b"id,name", b"1,a", b"2,b"]) + (eol if final else b"")
+@pytest.mark.parametrize("eol", [b"\r\n", b"\n", b"\r"], ids=["crlf", "lf", "cr"])
+def test_crlf_and_lf_line_endings(tmp_path, eol):
+    data = eol.join([b"id,name", b"1,a", b"2,b"]) + eol
     header, rows = read_all(write(tmp_path, data))
     assert header == ["id", "name"]
     assert rows == [["1", "a"], ["2", "b"]]
+
+
+# Files cut short: held as possibly truncated, as an interrupted upload leaves them
+
+
+def truncated(path: Path, *, size: int = 1000) -> PossiblyTruncated:
+    with pytest.raises(PossiblyTruncated) as caught:
+        read_all(path, size=size)
+    return caught.value
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"id,name\n1,a\n2,b", b"id,name\r\n1,a\r\n2,", b"id,name", b'id,name\n1,"a b'],
+    ids=["mid-value", "after-a-delimiter", "header-only", "inside-quotes"],
+)
+def test_a_file_without_a_final_line_break_is_possibly_truncated(tmp_path, data):
+    error = truncated(write(tmp_path, data))
+    assert error.line is None
+    assert str(error) == (
+        "possibly truncated: Loads_20261127.csv: the file does not end with a line break"
+    )
+
+
+@pytest.mark.parametrize("size", [1, 2, 1000])
+def test_a_quote_still_open_at_the_end_is_possibly_truncated(tmp_path, size):
+    error = truncated(write(tmp_path, b'id,note\n1,a\n2,"first line\nsecond\n'), size=size)
+    assert error.line == 3
+    assert "still open at the end of the file" in error.reason
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 1000])
+def test_a_short_last_record_is_possibly_truncated(tmp_path, size):
+    error = truncated(write(tmp_path, b"id,name,city\n1,a,x\n2,b,y\n3,c\n\n"), size=size)
+    assert error.line == 4
+    assert error.reason == "the last row has 2 fields, the header has 3"
+
+
+def test_a_short_record_before_the_last_is_malformed_not_truncated(tmp_path):
+    error = malformed(write(tmp_path, b"id,name,city\n1,a\n2,b,y\n"))
+    assert not isinstance(error, PossiblyTruncated)
+    assert (error.line, error.reason) == (2, "row has 2 fields, the header has 3")
 
 
 def test_blank_lines_are_ignored_anywhere(tmp_path):
@@ -269,9 +306,8 @@ def test_file_of_blank_lines_has_no_header(tmp_path):
     assert error.reason == "there is no header row"
 
 
-@pytest.mark.parametrize("final", [b"\r\n", b""], ids=["final-newline", "no-final-newline"])
-def test_header_only_file_has_zero_rows(tmp_path, final):
-    assert read_all(write(tmp_path, b"id,name" + final)) == (["id", "name"], [])
+def test_header_only_file_has_zero_rows(tmp_path):
+    assert read_all(write(tmp_path, b"id,name\r\n")) == (["id", "name"], [])
 
 
 @pytest.mark.parametrize("data", [b"id,,name\n", b"id, ,name\n"], ids=["empty", "blank"])
@@ -280,14 +316,29 @@ def test_header_with_an_empty_name_is_malformed(tmp_path, data):
     assert str(error) == "Loads_20261127.csv line 1: column 2 of the header has no name"
 
 
-def test_header_with_a_duplicate_name_is_malformed(tmp_path):
-    error = malformed(write(tmp_path, b"\nid,name,id\n"))
-    assert error.line == 2
-    assert error.reason == "the header names 'id' twice (columns 1 and 3)"
+@pytest.mark.parametrize("size", [1, 1000])
+def test_a_field_named_twice_keeps_its_last_column_with_a_warning(tmp_path, size):
+    path = write(tmp_path, b"\nid,name,id\n1,a,2\n3,b,4\n")
+    facts = inspect_file(path)
+    with CsvReader(path, facts) as reader:
+        rows = [row for batch in reader.batches(size) for row in batch]
+        assert reader.header == ["name", "id"]
+        assert reader.warnings == [
+            "the header names field 'id' 2 times (columns 1, 3, names compared in any case);"
+            " the last column's values were used"
+        ]
+    assert rows == [["a", "2"], ["b", "4"]]
 
 
-def test_header_names_differing_only_in_case_are_allowed(tmp_path):
-    assert read_all(write(tmp_path, b"Osd,osd\n1,2\n")) == (["Osd", "osd"], [["1", "2"]])
+def test_header_names_differing_only_in_case_are_one_field(tmp_path):
+    path = write(tmp_path, b"Osd,id,osd,OSD\n1,k,2,3\n")
+    facts = inspect_file(path)
+    with CsvReader(path, facts, watch_plain=True) as reader:
+        rows = [row for batch in reader.batches() for row in batch]
+        assert reader.header == ["id", "OSD"]
+        assert len(reader.warnings) == 1 and "'osd' 3 times" in reader.warnings[0]
+        assert not reader.plain  # the file's own bytes no longer match the columns
+    assert rows == [["k", "3"]]
 
 
 def test_header_names_are_kept_exactly_as_written(tmp_path):

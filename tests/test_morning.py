@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
+import logging
 import os
 import signal
 import subprocess
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlencode
 
+import asyncssh
 import httpx
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import Engine, select, text
+from sqlalchemy import Engine, inspect, select, text
 
 from aljex_sync.cli import main
 from aljex_sync.csvfile import CsvReader, inspect_file
+from aljex_sync.inbox import Arrival, LoadQueue
 from aljex_sync.journal import Journal
 from aljex_sync.morning import MorningLoader, dispose, export_time, table_for
 from aljex_sync.store.database import open_engine
@@ -153,7 +157,8 @@ def test_soft_delete_tables_mark_rows_instead(database_url, tmp_path):
     r.engine.dispose()
 
 
-def test_guard_holds_a_full_file_that_would_delete_too_much_until_forced(receiver, tmp_path):
+def test_guard_holds_a_full_file_that_would_delete_too_much_until_forced(database_url, tmp_path):
+    receiver = Receiver(database_url, tmp_path, morning={"max_drop_fraction": 1.0})
     header = ["id", "name", "city"]
     receiver.load(write_csv(tmp_path / "Customers.csv", header, customers(150)))
     small = write_csv(tmp_path / "Customers.csv", header, customers(10))
@@ -163,6 +168,7 @@ def test_guard_holds_a_full_file_that_would_delete_too_much_until_forced(receive
     assert table_rows(receiver.engine, "SELECT COUNT(*) AS n FROM customers") == [{"n": 150}]
     forced = receiver.load(small, force=True)
     assert forced.status == "loaded" and forced.counts.deleted == 140
+    receiver.engine.dispose()
 
 
 def test_guard_holds_an_empty_full_file(receiver, tmp_path):
@@ -321,7 +327,7 @@ def test_every_file_is_recorded_with_its_counts_and_times(receiver, tmp_path):
     ("content", "line", "reason"),
     [
         (b"id,name\r\nK1,A\r\nK2,B,extra\r\n", 3, "fields"),
-        (b'id,name\nK1,"two\nlines"\nK2\n', 4, "fields"),
+        (b'id,name\nK1,"two\nlines"\nK2\nK3,C\n', 4, "fields"),
         (b'id,name\nK1,"bad"quote\n', 2, ""),
         (b"", None, "empty"),
         (b"id,name\nK1,A\n,B\n", 3, "empty key"),
@@ -704,3 +710,263 @@ def test_load_command_prints_a_summary_and_force_applies_a_held_file(tmp_path):
     assert dry.exit_code == 0 and "dry-run" in dry.output
     forced = runner.invoke(main, ["-c", str(config), "load", "--force", str(small)])
     assert forced.exit_code == 0 and "148" in forced.output
+
+
+# -- trust: truncated files, the loader that never dies, encodings, field names ----------
+
+
+def test_truncated_upload_is_held_not_loaded(receiver, tmp_path, caplog):
+    header = ["id", "name", "city"]
+    receiver.load(write_csv(tmp_path / "a" / "Customers.csv", header, customers(3)))
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    cut = inbox / "Customers.csv"
+    cut.write_bytes(b"id,name,city\nC0,New 0,Trenton\nC1,New 1,Tre")
+    report = receiver.load(cut)
+    assert report.status == "held"
+    assert report.error.startswith("possibly truncated: Customers.csv:")
+    assert "does not end with a line break" in report.error
+    assert table_rows(receiver.engine, "SELECT DISTINCT city FROM customers") == [
+        {"city": "Newark"}
+    ]
+    assert [(f["status"], f["error"]) for f in file_log(receiver.engine)][-1] == (
+        "held",
+        report.error,
+    )
+    assert any(
+        r.levelname == "WARNING" and "held: possibly truncated" in r.getMessage()
+        for r in caplog.records
+    )
+    assert dispose(report, cut, inbox) == inbox / "held" / "Customers.csv"
+    assert "possibly truncated" in (inbox / "held" / "Customers.csv.error.txt").read_text()
+
+
+def test_a_last_record_cut_inside_quotes_is_held_not_loaded(receiver, tmp_path):
+    path = tmp_path / "Loads.csv"
+    path.write_bytes(b'id,notes\n1,"whole"\n2,"cut after a line break\n')
+    report = receiver.load(path)
+    assert report.status == "held" and "still open at the end" in report.error
+    with receiver.engine.connect() as conn:
+        assert not conn.dialect.has_table(conn, "loads")
+
+
+def test_a_full_file_with_sharply_fewer_rows_is_held_until_forced(receiver, tmp_path):
+    header = ["id", "name", "city"]
+    receiver.load(write_csv(tmp_path / "a" / "Customers.csv", header, customers(150)))
+    fewer = write_csv(tmp_path / "b" / "Customers.csv", header, customers(110, "Camden"))
+    report = receiver.load(fewer)
+    assert report.status == "held"
+    assert report.error.startswith(
+        "possibly truncated: 110 rows, 27% fewer than the 150 of the last full file"
+    )
+    assert table_rows(receiver.engine, "SELECT COUNT(*) AS n FROM customers") == [{"n": 150}]
+    within = write_csv(tmp_path / "c" / "Customers.csv", header, customers(120, "Camden"))
+    assert receiver.load(within).status == "loaded"  # 20% fewer: allowed by default
+    forced = receiver.load(fewer, force=True)
+    assert forced.status == "loaded" and forced.counts.deleted == 10
+
+
+def test_the_allowed_drop_in_rows_is_configurable_per_table(database_url, tmp_path):
+    r = Receiver(
+        database_url,
+        tmp_path,
+        morning={"max_drop_fraction": 0.0},
+        tables={"customers": {"max_drop_fraction": 0.5}},
+    )
+    header = ["id", "name", "city"]
+    r.load(write_csv(tmp_path / "a" / "Customers.csv", header, customers(150)))
+    assert r.load(write_csv(tmp_path / "b" / "Customers.csv", header, customers(110))).status == (
+        "loaded"
+    )
+    r.load(write_csv(tmp_path / "a" / "Employees.csv", header, customers(150, "Camden")))
+    held = r.load(write_csv(tmp_path / "b" / "Employees.csv", header, customers(149, "Camden")))
+    assert held.status == "held" and "1% fewer" in held.error
+    r.engine.dispose()
+
+
+def test_an_unmatched_file_is_recorded_and_logged_as_a_warning(receiver, tmp_path, caplog):
+    path = write_csv(tmp_path / "Weather.csv", ["id"], [["1"]])
+    report = receiver.load(path)
+    assert report.status == "unmatched"
+    [logged] = file_log(receiver.engine)
+    assert (logged["name"], logged["status"], logged["table_name"]) == (
+        "Weather.csv",
+        "unmatched",
+        None,
+    )
+    assert logged["error"] == "the file name matches no Aljex file"
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("WARNING", "Weather.csv -> ? unmatched: the file name matches no Aljex file")
+    ]
+
+
+def test_failed_files_are_logged_as_errors(receiver, tmp_path, caplog):
+    path = tmp_path / "Carriers.csv"
+    path.write_bytes(b"id,name\nK1,A,B\nK2,C\n")
+    assert receiver.load(path).status == "failed"
+    assert [r.levelname for r in caplog.records] == ["ERROR"]
+
+
+def test_a_bom_and_a_cp1252_byte_load_with_the_count_in_the_report(receiver, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="aljex_sync.morning")
+    path = tmp_path / "Carriers.csv"
+    path.write_bytes(b"\xef\xbb\xbfid,name\nK1,Caf\xc3\xa9\xff\nK2,Montr\xe9al\n")
+    report = receiver.load(path)
+    assert report.status == "loaded"
+    assert report.legacy_bytes == 2
+    assert report.warning_text() == "2 bytes were not UTF-8, read as cp1252"
+    assert report.summary().endswith("; 2 bytes were not UTF-8, read as cp1252")
+    assert table_rows(receiver.engine, "SELECT id, name FROM carriers ORDER BY id") == [
+        {"id": "K1", "name": "Café\u00ff"},
+        {"id": "K2", "name": "Montréal"},
+    ]
+    [logged] = file_log(receiver.engine)
+    assert (logged["status"], logged["error"]) == (
+        "loaded",
+        "2 bytes were not UTF-8, read as cp1252",
+    )
+    assert [r.levelname for r in caplog.records] == ["INFO"]
+
+
+def test_field_names_in_a_header_are_case_insensitive(receiver, tmp_path):
+    path = tmp_path / "Loads.csv"
+    path.write_bytes(b"ID,Osd,status,OSD\n1,first,open,last\n")
+    report = receiver.load(path)
+    assert report.status == "loaded"
+    assert report.warnings == [
+        "the header names field 'osd' 2 times (columns 2, 4, names compared in any case);"
+        " the last column's values were used"
+    ]
+    path.write_bytes(b"id,osd,Status\n2,again,closed\n")
+    assert receiver.load(path).status == "loaded"
+    assert table_rows(receiver.engine, "SELECT id, osd, status FROM loads ORDER BY id") == [
+        {"id": "1", "osd": "last", "status": "open"},
+        {"id": "2", "osd": "again", "status": "closed"},
+    ]
+    with receiver.engine.connect() as conn:
+        columns = {c["name"] for c in inspect(conn).get_columns("loads")}
+    assert {c for c in columns if not c.startswith("_aljex_")} == {"id", "osd", "status"}
+
+
+def test_after_force_the_files_own_rows_are_not_kept_as_newer_live(receiver, tmp_path):
+    header = ["id", "name", "city"]
+    path = tmp_path / "Customers.csv"
+    write_csv(path, header, customers(5, "Cut"))
+    receiver.load(path, started_at=utcnow())  # an earlier load of it took a later T
+    write_csv(path, header, customers(5, "Whole"))
+    report = receiver.load(path, force=True, started_at=utcnow() - timedelta(hours=3))
+    assert report.status == "loaded"
+    assert (report.counts.skipped_newer, report.counts.updated) == (0, 5)
+    assert table_rows(receiver.engine, "SELECT DISTINCT city FROM customers") == [{"city": "Whole"}]
+
+
+def folder_watch(tmp_path: Path, url: str) -> RunningService:
+    settings = make_settings(url, tmp_path, morning={"sftp": False, "quiet_seconds": 0.2})
+    return RunningService(settings)
+
+
+@pytest.mark.parametrize("name", ["unmatched", "failed", "Held", "archive"])
+def test_the_loader_goes_on_after_a_file_named_like_an_inbox_folder(tmp_path, sqlite_url, name):
+    """Such a file goes to failed/ with its reason, and every later file still loads."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / name).write_bytes(b"id,name\nE1,Ann\n")
+    with folder_watch(tmp_path, sqlite_url) as running:
+        loads = running.service.loads
+        wait_for(lambda: len(loads.reports) == 1)
+        write_csv(inbox / "Employees.csv", ["id", "name"], [["E2", "Bob"]])
+        wait_for(lambda: len(loads.reports) == 2)
+        assert [(r.name, r.status) for r in loads.reports] == [
+            (name, "failed"),
+            ("Employees.csv", "loaded"),
+        ]
+        assert "name of one of the inbox's own folders" in loads.reports[0].error
+        engine = running.engine()
+        assert table_rows(engine, "SELECT id FROM employees") == [{"id": "E2"}]
+        assert [f["status"] for f in file_log(engine)] == ["failed", "loaded"]
+        engine.dispose()
+    assert (inbox / "failed" / name).read_bytes() == b"id,name\nE1,Ann\n"
+    assert "inbox's own folders" in (inbox / "failed" / f"{name}.error.txt").read_text()
+    assert all((inbox / folder).is_dir() for folder in ("failed", "archive"))
+
+
+def test_a_file_in_the_place_of_an_inbox_folder_is_failed_before_any_load(
+    tmp_path, sqlite_url, caplog
+):
+    """Left by an older version: without the held/ folder, the cut file could not be held."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "held").write_bytes(b"in the way\n")
+    (inbox / "Customers.csv").write_bytes(b"id,name\nC1,cut")
+    with folder_watch(tmp_path, sqlite_url) as running:
+        loads = running.service.loads
+        wait_for(lambda: len(loads.reports) == 2)
+        write_csv(inbox / "Employees.csv", ["id", "name"], [["E1", "Ann"]])
+        wait_for(lambda: len(loads.reports) == 3)
+        assert [(r.name, r.status) for r in loads.reports] == [
+            ("held", "failed"),
+            ("Customers.csv", "held"),
+            ("Employees.csv", "loaded"),
+        ]
+    assert (inbox / "held" / "Customers.csv").exists()
+    assert (inbox / "failed" / "held").read_bytes() == b"in the way\n"
+    assert any(r.levelname == "ERROR" for r in caplog.records)
+
+
+def test_a_file_that_raises_inside_the_loader_goes_to_failed_and_the_next_one_loads(
+    receiver, tmp_path, caplog
+):
+    inbox = tmp_path / "inbox"
+    bad = write_csv(inbox / "Carriers.csv", ["id", "name"], [["K1", "A"]])
+    good = write_csv(inbox / "Employees.csv", ["id", "name"], [["E1", "Ann"]])
+    loads = LoadQueue(receiver.loader, inbox)
+    loads.start()
+    # An upload start so early that its export time cannot be computed: load() raises.
+    loads.put(Arrival(bad, datetime.min, None))
+    loads.put(Arrival(good, utcnow(), None))
+    assert loads.wait_idle(30)
+    loads.close()
+    assert [(r.name, r.status) for r in loads.reports] == [
+        ("Carriers.csv", "failed"),
+        ("Employees.csv", "loaded"),
+    ]
+    assert loads.reports[0].error.startswith("the loader failed on it: OverflowError")
+    assert (inbox / "failed" / "Carriers.csv").exists()
+    assert "OverflowError" in (inbox / "failed" / "Carriers.csv.error.txt").read_text()
+    assert [(f["name"], f["status"]) for f in file_log(receiver.engine)] == [
+        ("Carriers.csv", "failed"),
+        ("Employees.csv", "loaded"),
+    ]
+    assert any(r.levelname == "ERROR" and "Carriers.csv" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("how", ["rename", "posix_rename"])
+def test_a_partial_upload_loads_on_its_rename_not_before(service, tmp_path, how):
+    local = write_csv(tmp_path / "out" / "Loads.csv", ["id", "status"], [["1", "OPEN"]])
+    loads = service.service.loads
+
+    async def upload() -> tuple[list[str], list[str]]:
+        async with (
+            asyncssh.connect(
+                "127.0.0.1",
+                service.service.sftp.port,
+                username="aljex",
+                password=TEST_PASSWORD,
+                known_hosts=None,
+                client_keys=None,
+                config=None,
+            ) as conn,
+            conn.start_sftp_client() as sftp,
+        ):
+            await sftp.put(str(local), "Loads.csv.tmp")
+            await asyncio.to_thread(loads.wait_idle, 30)
+            before = [r.name for r in loads.reports]
+            await getattr(sftp, how)("Loads.csv.tmp", "Loads.csv")
+        await asyncio.to_thread(wait_for, lambda: len(loads.reports) == 1)
+        return before, [r.status for r in loads.reports]
+
+    before, after = asyncio.run(upload())
+    assert (before, after) == ([], ["loaded"])
+    engine = service.engine()
+    assert table_rows(engine, "SELECT id, status FROM loads") == [{"id": "1", "status": "OPEN"}]
+    engine.dispose()

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import shlex
 import signal
+import socket
 import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -27,6 +31,8 @@ USER = SFTP_USER
 TARGET = f"{USER}@127.0.0.1"
 PASSWORD = SFTP_PASSWORD
 CLIENT_TIMEOUT = 20
+HOST = "127.0.0.1"
+GCM = "aes128-gcm@openssh.com"
 
 SSH_OPTIONS = [
     "-F", "/dev/null",
@@ -482,6 +488,9 @@ def test_port_forwarding_is_refused(server: RunningInbox, client: Client) -> Non
         (["-o", "Ciphers=aes128-cbc"], "no matching cipher"),
         (["-o", "Ciphers=aes128-ctr", "-o", "MACs=hmac-sha1"], "no matching MAC"),
         (["-o", "HostKeyAlgorithms=rsa-sha2-256"], "no matching host key type"),
+        (["-o", "KexAlgorithms=ecdh-sha2-nistp256"], "no matching key exchange"),
+        (["-o", "KexAlgorithms=ecdh-sha2-nistp521"], "no matching key exchange"),
+        (["-o", "Ciphers=aes128-ctr", "-o", "MACs=hmac-sha2-256"], "no matching MAC"),
     ],
     ids=[
         "kex group14-sha1",
@@ -490,6 +499,9 @@ def test_port_forwarding_is_refused(server: RunningInbox, client: Client) -> Non
         "cbc cipher",
         "sha1 mac",
         "rsa host key",
+        "kex nistp256",
+        "kex nistp521",
+        "encrypt-and-mac sha256",
     ],
 )
 def test_only_modern_algorithms_are_offered(
@@ -504,11 +516,11 @@ def test_only_modern_algorithms_are_offered(
     "options",
     [
         ["-o", "KexAlgorithms=curve25519-sha256", "-o", "Ciphers=chacha20-poly1305@openssh.com"],
-        ["-o", "KexAlgorithms=ecdh-sha2-nistp521", "-o", "Ciphers=aes128-gcm@openssh.com"],
+        ["-o", "KexAlgorithms=curve25519-sha256@libssh.org", "-o", "Ciphers=" + GCM],
         ["-o", "Ciphers=aes256-ctr", "-o", "MACs=hmac-sha2-512-etm@openssh.com"],
-        ["-o", "Ciphers=aes128-ctr", "-o", "MACs=hmac-sha2-256"],
+        ["-o", "Ciphers=aes128-ctr", "-o", "MACs=hmac-sha2-256-etm@openssh.com"],
     ],
-    ids=["curve25519 chacha20", "nistp521 gcm", "ctr sha512-etm", "ctr sha256"],
+    ids=["curve25519 chacha20", "curve25519-libssh gcm", "ctr sha512-etm", "ctr sha256-etm"],
 )
 def test_modern_algorithms_are_accepted(
     server: RunningInbox, client: Client, options: list[str]
@@ -544,3 +556,88 @@ def test_temp_files_left_by_a_crash_are_removed_at_start(
     (inbox_dir / "loads.csv").write_text("complete")
     serve()
     assert sorted(p.name for p in inbox_dir.iterdir() if p.is_file()) == ["loads.csv"]
+
+
+def test_ssh_audit_finds_no_failures(server: RunningInbox) -> None:
+    """ssh-audit (from PyPI) judges every algorithm the server offers: none may fail."""
+    result = subprocess.run(
+        [sys.executable, "-m", "ssh_audit", "-j", "--skip-rate-test", "-p", str(server.port), HOST],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    audit = json.loads(result.stdout)
+    failures = [
+        f"{section} {entry['algorithm']}: {entry['notes']['fail']}"
+        for section in ("kex", "key", "enc", "mac")
+        for entry in audit[section]
+        if entry.get("notes", {}).get("fail")
+    ]
+    assert failures == []
+    assert audit["cves"] == []
+    assert not any(entry["algorithm"].startswith("ecdh-sha2-nistp") for entry in audit["kex"])
+    assert all(entry["algorithm"].endswith("-etm@openssh.com") for entry in audit["mac"])
+
+
+def test_ssh_banner_names_no_library_version(server: RunningInbox) -> None:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        banner = sock.makefile("rb").readline()
+    assert banner == b"SSH-2.0-aljex-sync\r\n"
+
+
+def test_parallel_password_guesses_are_checked_at_most_the_limit(
+    serve: Callable[..., RunningInbox],
+) -> None:
+    """Each attempt takes its slot before the (slow) check: 40 at once get 5 checks, not 40."""
+    checks: list[str] = []
+    lock = threading.Lock()
+
+    def slow_check(password: str) -> bool:
+        with lock:
+            checks.append(password)
+        time.sleep(0.3)
+        return password == PASSWORD
+
+    server = serve(check_password=slow_check, max_failed_logins=5, failed_login_delay=0.0)
+
+    async def guess(n: int) -> str:
+        try:
+            async with asyncssh.connect(
+                "127.0.0.1",
+                server.port,
+                username=USER,
+                password=f"guess {n}",
+                known_hosts=None,
+                client_keys=None,
+                config=None,
+                preferred_auth="password",
+            ):
+                return "in"
+        except asyncssh.PermissionDenied:
+            return "refused"
+
+    async def burst() -> list[str]:
+        return await asyncio.gather(*(guess(n) for n in range(40)))
+
+    outcomes = asyncio.run(burst())
+    assert outcomes == ["refused"] * 40
+    assert len(checks) == 5
+
+
+@pytest.mark.parametrize("name", ["unmatched", "Archive", "FAILED", "held", "held.part"])
+def test_names_of_the_inbox_folders_are_refused_at_upload(
+    server: RunningInbox, client: Client, local_csv: Path, name: str
+) -> None:
+    result = client.sftp(server.port, f'put "{local_csv}" {name}')
+    assert_refused(result)
+    assert visible_files(server.settings.inbox) == set()
+    assert server.stop() == []
+
+
+def test_a_partial_upload_cannot_be_renamed_to_an_inbox_folder_name(
+    server: RunningInbox, client: Client, local_csv: Path
+) -> None:
+    result = client.sftp(server.port, f'put "{local_csv}" x.part', "rename x.part Unmatched")
+    assert_refused(result)
+    assert server.stop() == []

@@ -54,6 +54,15 @@ def _legacy_byte(byte: int, legacy_charset: str) -> str:
         return chr(byte)  # Latin-1: undefined in the legacy charset, still never U+FFFD
 
 
+def error_handler(legacy_charset: str) -> str:
+    """The name of the codec error handler that applies the rule, for ``open(errors=...)``.
+
+    Decoding UTF-8 with it (``open(path, encoding="utf-8", errors=error_handler("cp1252"))``)
+    reads a whole stream by the rule at the codec's own speed.
+    """
+    return _handler_name(legacy_charset)
+
+
 def check_charset(name: str) -> None:
     """Raise LookupError unless ``name`` is a charset Python can decode one byte at a time."""
     info = codecs.lookup(name)

@@ -81,7 +81,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "quiet_seconds": Key(float, 10.0, "folder-watch mode: load a file unchanged this long"),
         "snapshot_margin": Key(float, 30.0, "minutes taken off a file's export time estimate"),
         "max_delete_fraction": Key(float, 0.5, "a full file may delete at most this share"),
-        "legacy_charset": Key(str, "cp1252", "charset of files that are not valid UTF-8"),
+        "max_drop_fraction": Key(
+            float, 0.2, "a full file may have at most this share fewer rows than the last"
+        ),
+        "legacy_charset": Key(str, "cp1252", "charset of the bytes of a file that are not UTF-8"),
     },
 }
 
@@ -91,6 +94,7 @@ TABLE_SCHEMA: dict[str, Key] = {
     "mode": Key(str, None, "morning file mode: full or window"),
     "files": Key(list, [], "globs of morning file names that belong to this table"),
     "delimiter": Key(str, None, "CSV delimiter of this table's morning files"),
+    "max_drop_fraction": Key(float, None, "this table's [morning] max_drop_fraction"),
 }
 
 
@@ -138,6 +142,7 @@ class MorningSettings:
     snapshot_margin: float
     max_delete_fraction: float
     legacy_charset: str
+    max_drop_fraction: float = 0.2
 
 
 @dataclass(frozen=True)
@@ -150,6 +155,7 @@ class TableSettings:
     mode: Mode
     files: tuple[str, ...] = ()
     delimiter: str | None = None
+    max_drop_fraction: float | None = None  # None: [morning] max_drop_fraction
 
 
 @dataclass(frozen=True)
@@ -298,8 +304,9 @@ def _parse(
     if morning["sftp"]:
         _check_credentials("morning", morning)
     _check_charset("morning.legacy_charset", morning["legacy_charset"])
-    if not 0 <= morning["max_delete_fraction"] <= 1:
-        raise ConfigError("morning.max_delete_fraction", "must be between 0 and 1")
+    for key in ("max_delete_fraction", "max_drop_fraction"):
+        if not 0 <= morning[key] <= 1:
+            raise ConfigError(f"morning.{key}", "must be between 0 and 1")
     for key in ("quiet_seconds", "snapshot_margin"):
         if morning[key] < 0:
             raise ConfigError(f"morning.{key}", "must not be negative")
@@ -317,6 +324,7 @@ def _parse(
         snapshot_margin=morning["snapshot_margin"],
         max_delete_fraction=morning["max_delete_fraction"],
         legacy_charset=morning["legacy_charset"],
+        max_drop_fraction=morning["max_drop_fraction"],
     )
 
     tables_raw = raw.get("tables", {})
@@ -460,4 +468,8 @@ def _table(name: str, spec: Any) -> TableSettings:
     delimiter = values["delimiter"]
     if delimiter is not None and delimiter not in (",", "\t", "|"):
         raise ConfigError(f"tables.{name}.delimiter", 'must be ",", "\\t" or "|"')
-    return TableSettings(table, key, values["delete"], mode, tuple(values["files"]), delimiter)
+    drop = values["max_drop_fraction"]
+    if drop is not None and not 0 <= drop <= 1:
+        raise ConfigError(f"tables.{name}.max_drop_fraction", "must be between 0 and 1")
+    files = tuple(values["files"])
+    return TableSettings(table, key, values["delete"], mode, files, delimiter, drop)

@@ -8,16 +8,23 @@ rows and the reader's buffers.
 
 What a file may be (RFC 4180 with the leniencies real exports need):
 
-- UTF-8, with or without a byte order mark, or else wholly in one legacy charset (cp1252 by
-  default); which one is decided per file, and text is never replaced with U+FFFD.
+- UTF-8, with or without a byte order mark, where any byte outside a valid UTF-8 sequence is
+  read by the legacy charset (cp1252 by default), by :mod:`aljex_sync.charset`'s rule: one
+  stray byte never refuses a file, and text is never replaced with U+FFFD. How many bytes
+  were read that way is counted (:attr:`FileFacts.fixes`).
+- a file ends with a line break, and its last record is whole: a file that stops mid-line or
+  inside a quoted field, or whose last record has fewer fields than the header, is most likely
+  a cut upload, and is refused as :class:`PossiblyTruncated`.
 - comma, tab or pipe delimited; CRLF or LF line endings; quoted fields may hold delimiters,
   doubled quotes and line breaks, which are kept exactly as written (CR LF stays CR LF).
 - blank lines are ignored wherever they are. ``csv`` yields ``[]`` for them, and a trailing
   blank line is common; the cost is that a one-column file cannot carry an empty value except
   as ``""``.
 - the first record is the header: at most :data:`MAX_COLUMNS` names, none empty or only
-  spaces, no exact duplicate. Names differing only in case are allowed; downstream maps such
-  clashes to columns safely. A header with no rows is valid: the loader decides what it means.
+  spaces. Field names are case-insensitive (``Osd``, ``osd`` and ``OSD`` are one field, and
+  one column ``osd``); a name given twice, in any case, follows Live Sync's duplicate-field
+  rule: the last column wins, name and values, with a warning (:attr:`CsvReader.warnings`).
+  A header with no rows is valid: the loader decides what it means.
 - every row has as many fields as the header, and no field is longer than
   :data:`MAX_FIELD_CHARS`, which also stops an unclosed quote from swallowing the file. A row
   is parsed before its width is checked, so one absurd record (millions of empty fields on a
@@ -43,6 +50,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, TextIO
 
+from .charset import Decoding, decode, error_handler
 from .errors import MorningFileError
 
 if TYPE_CHECKING:
@@ -57,6 +65,7 @@ __all__ = [
     "CsvReader",
     "FileFacts",
     "MalformedFile",
+    "PossiblyTruncated",
     "inspect_file",
     "records_end",
 ]
@@ -106,40 +115,51 @@ class MalformedFile(MorningFileError):
         return f"{where}: {self.reason}"
 
 
+class PossiblyTruncated(MalformedFile):
+    """The file ends where a whole file would not: most likely an upload cut short.
+
+    The loader holds such a file rather than failing it: the whole file may still come.
+    """
+
+    def __str__(self) -> str:
+        return f"possibly truncated: {super().__str__()}"
+
+
 @dataclass(frozen=True)
 class FileFacts:
     """What one pass over the raw bytes learned, and what :class:`CsvReader` needs to parse."""
 
     sha256: str
     size: int
-    encoding: str
+    encoding: str  # "utf-8" when all of it is; else the legacy charset, for stray bytes
     delimiter: str
     has_bom: bool
+    legacy_charset: str = "cp1252"
+    fixes: int = 0  # bytes outside valid UTF-8, read by the legacy charset
 
 
 def inspect_file(
     path: Path, *, legacy_charset: str = "cp1252", delimiter: str | None = None
 ) -> FileFacts:
-    """Hash and size the file, choose its charset and delimiter, in one streaming pass.
+    """Hash and size the file, count its bytes outside UTF-8, choose its delimiter, in one pass.
 
-    The file is UTF-8 if all of it is; otherwise all of it must decode in ``legacy_charset``
-    (Aljex's older exports are Windows-1252), named in the result by its canonical codec name.
-    A file that starts with a UTF-8 byte order mark is UTF-8 and must be valid as such. NUL bytes
-    are refused here because ``csv`` would pass them through into the database.
+    Each byte outside a valid UTF-8 sequence is read by ``legacy_charset`` (Aljex's older
+    exports are Windows-1252, and one value can mix both); the count of such bytes is
+    ``fixes``, and ``encoding`` names the legacy charset (canonically) when there are any.
+    NUL bytes are refused here because ``csv`` would pass them through into the database.
 
-    Raises MalformedFile for an empty file, a NUL byte, or bytes neither charset accepts, and
-    ValueError for a delimiter that is not one of :data:`DELIMITERS`. An unknown
-    ``legacy_charset`` raises LookupError.
+    Raises MalformedFile for an empty file or a NUL byte, PossiblyTruncated for a file that
+    does not end with a line break, and ValueError for a delimiter that is not one of
+    :data:`DELIMITERS`. An unknown ``legacy_charset`` raises LookupError.
     """
     if delimiter is not None and delimiter not in DELIMITERS:
         raise ValueError(f"delimiter must be one of {DELIMITERS!r}, not {delimiter!r}")
     legacy = codecs.lookup(legacy_charset).name
     sha = hashlib.sha256()
     size = 0
-    head = b""
-    utf8: _Charset | None = _Charset(_UTF8)
-    fallback: _Charset | None = None
-    # The hot loop hashes and decodes only; line numbers are counted again on error.
+    head = tail = b""
+    # Decoding valid UTF-8 runs in C; only the bytes outside it go through the fallback.
+    decoding = Decoding(legacy)
     with path.open("rb") as f:
         while chunk := f.read(_CHUNK):
             if not head:
@@ -149,74 +169,20 @@ def inspect_file(
             if nul >= 0:
                 reason = "a NUL byte (is it a binary or UTF-16 file?)"
                 raise MalformedFile(path, _line_at(path, size + nul), reason)
-            if utf8 is not None and not utf8.decodes(path, head, chunk, size):
-                utf8 = None
-                fallback = _Charset(legacy)
-                fallback.catch_up(path, size)
-            if fallback is not None:
-                fallback.decodes(path, head, chunk, size)
+            decoding.decode(chunk)
             size += len(chunk)
+            tail = chunk[-1:]
+    decoding.decode(b"", final=True)  # a multi-byte sequence may be cut by the end of the file
     if size == 0:
         raise MalformedFile(path, None, "the file is empty")
-    # A multi-byte sequence may be cut short by the end of the file.
-    if utf8 is not None and not utf8.decodes(path, head, b"", size, final=True):
-        utf8 = None
-        fallback = _Charset(legacy)
-        fallback.catch_up(path, size)
-    if fallback is not None:
-        fallback.decodes(path, head, b"", size, final=True)
+    if tail not in (b"\n", b"\r"):
+        raise PossiblyTruncated(path, None, "the file does not end with a line break")
     has_bom = head.startswith(codecs.BOM_UTF8)
-    encoding = _UTF8 if utf8 is not None else legacy
     if delimiter is None:
-        text = codecs.getincrementaldecoder("utf-8-sig" if has_bom else encoding)().decode(
-            head, final=size == len(head)
-        )
+        text, _ = decode(head[len(codecs.BOM_UTF8) :] if has_bom else head, legacy)
         delimiter = _sniff_delimiter(text)
-    return FileFacts(sha.hexdigest(), size, encoding, delimiter, has_bom)
-
-
-class _Charset:
-    """Checks that a stream of byte chunks decodes in one charset, without keeping the text."""
-
-    def __init__(self, encoding: str) -> None:
-        self.encoding = encoding
-        self._decoder = codecs.getincrementaldecoder(encoding)()
-
-    def decodes(
-        self, path: Path, head: bytes, chunk: bytes, offset: int, *, final: bool = False
-    ) -> bool:
-        """Decode the chunk found at ``offset``; False if UTF-8 fails, MalformedFile otherwise.
-
-        A UTF-8 failure means "try the legacy charset", unless the file starts with a UTF-8
-        byte order mark: a file that announces UTF-8 and breaks it is damaged, not legacy.
-        """
-        pending = len(self._decoder.getstate()[0])
-        try:
-            self._decoder.decode(chunk, final)
-        except UnicodeDecodeError as e:
-            # The error's offsets count the bytes held back from the previous chunk.
-            line = _line_at(path, offset + e.start - pending)
-            bad = _show(e.object[e.start : e.end])
-            if self.encoding != _UTF8:
-                reason = f"the file is not UTF-8, and {bad} here is not {self.encoding} either"
-                raise MalformedFile(path, line, reason) from None
-            if head.startswith(codecs.BOM_UTF8):
-                reason = f"the file starts with a UTF-8 byte order mark, but {bad} is not UTF-8"
-                raise MalformedFile(path, line, reason) from None
-            return False
-        return True
-
-    def catch_up(self, path: Path, size: int) -> None:
-        """Check the first ``size`` bytes, which were read while the file still looked UTF-8.
-
-        This re-reads what was already hashed, but only for legacy files and only up to the
-        first non-UTF-8 byte: cheaper than decoding every file twice.
-        """
-        with path.open("rb") as f:
-            offset = 0
-            while offset < size and (chunk := f.read(min(_CHUNK, size - offset))):
-                self.decodes(path, b"", chunk, offset)
-                offset += len(chunk)
+    encoding = _UTF8 if decoding.fixes == 0 else legacy
+    return FileFacts(sha.hexdigest(), size, encoding, delimiter, has_bom, legacy, decoding.fixes)
 
 
 def _line_at(path: Path, offset: int) -> int:
@@ -227,10 +193,6 @@ def _line_at(path: Path, offset: int) -> int:
             newlines += chunk.count(b"\n")
             offset -= len(chunk)
     return newlines + 1
-
-
-def _show(data: bytes) -> str:
-    return ("byte " if len(data) == 1 else "bytes ") + " ".join(f"0x{b:02X}" for b in data)
 
 
 def _sniff_delimiter(text: str) -> str:
@@ -292,6 +254,7 @@ class CsvReader:
         self.max_field_chars = max_field_chars
         self.max_columns = max_columns
         self.header = []
+        self.warnings: list[str] = []
         self.line = 0
         self.bytes_read = 0
         # Plain: the header on line 1, no blank line before a record, and no quote in any
@@ -303,6 +266,8 @@ class CsvReader:
         self._reader: Reader | None = None
         self._batch_start = 0
         self._batch_raw: list[list[str]] = []
+        self._width = 0  # fields per record, as written
+        self._keep: list[int] | None = None  # positions kept when a name repeats
 
     def __enter__(self) -> CsvReader:
         self.open()
@@ -320,8 +285,9 @@ class CsvReader:
         """Open the file and read its header; raise MalformedFile if the header is unusable."""
         if self._file is not None:
             raise RuntimeError(f"{self.path.name} is already open")
-        encoding = "utf-8-sig" if self.facts.has_bom else self.facts.encoding
-        self._file = self.path.open(encoding=encoding, errors="strict", newline="")
+        encoding = "utf-8-sig" if self.facts.has_bom else _UTF8
+        errors = error_handler(self.facts.legacy_charset)
+        self._file = self.path.open(encoding=encoding, errors=errors, newline="")
         try:
             size = os.fstat(self._file.fileno()).st_size
             if size != self.facts.size:
@@ -348,7 +314,7 @@ class CsvReader:
         if size < 1:
             raise ValueError(f"batch size must be at least 1, not {size}")
         reader = self._require_reader()
-        width = len(self.header)
+        width = self._width
         while True:
             start = reader.line_num
             rows = self._parse(reader, size, start)
@@ -360,10 +326,13 @@ class CsvReader:
             if lengths == {width}:
                 batch = rows
             else:
-                self._refuse_wrong_width(rows, lengths, start)
+                self._refuse_wrong_width(rows, lengths, start, full=len(rows) == size)
                 batch = [row for row in rows if row]  # only blank lines remain to drop
                 if not batch:
                     continue
+            if self._keep is not None:  # a field named twice: its last column wins
+                keep = self._keep
+                batch = [[row[i] for i in keep] for row in batch]
             self._batch_start = start
             self._batch_raw = rows.copy()
             self.line = reader.line_num
@@ -406,15 +375,25 @@ class CsvReader:
         if len(header) > self.max_columns:
             reason = f"the header has {len(header)} columns, more than the limit of "
             raise MalformedFile(self.path, line, reason + str(self.max_columns))
-        seen: dict[str, int] = {}
+        seen: dict[str, list[int]] = {}
         for column, name in enumerate(header, 1):
             if not name.strip():
                 raise MalformedFile(self.path, line, f"column {column} of the header has no name")
-            if name in seen:
-                reason = f"the header names {name!r} twice (columns {seen[name]} and {column})"
-                raise MalformedFile(self.path, line, reason)
-            seen[name] = column
-        self.header = header
+            seen.setdefault(name.lower(), []).append(column)
+        self._width = len(header)
+        names = header
+        repeated = {name: columns for name, columns in seen.items() if len(columns) > 1}
+        if repeated:
+            for name, columns in repeated.items():
+                listed = ", ".join(map(str, columns))
+                self.warnings.append(
+                    f"the header names field {name!r} {len(columns)} times (columns {listed},"
+                    f" names compared in any case); the last column's values were used"
+                )
+            self._keep = sorted(columns[-1] - 1 for columns in seen.values())
+            names = [header[i] for i in self._keep]
+            self.plain = False  # the file's own bytes have the columns that were dropped
+        self.header = names
         self.line = reader.line_num
 
     def _parse(self, reader: Reader, size: int, start: int) -> list[list[str]]:
@@ -448,6 +427,9 @@ class CsvReader:
             )
         elif message == "unexpected end of data":
             reason = "a quoted field is still open at the end of the file"
+            if error_line > line:
+                reason += f" (found on line {error_line})"
+            return PossiblyTruncated(self.path, line, reason)
         else:
             reason = f"bad quoting: {message}"
         if error_line > line:
@@ -467,16 +449,36 @@ class CsvReader:
         if any(map(contains, map("".join, rows), repeat('"'))):
             self.plain = False
 
-    def _refuse_wrong_width(self, rows: list[list[str]], lengths: set[int], start: int) -> None:
-        width = len(self.header)
+    def _refuse_wrong_width(
+        self, rows: list[list[str]], lengths: set[int], start: int, *, full: bool
+    ) -> None:
+        """Refuse the first row of the wrong width; ``full``: more rows may follow these.
+
+        A short last record is what a cut upload leaves: PossiblyTruncated, not malformed.
+        """
+        width = self._width
         if not lengths - {0, width}:
             return
+        final = max(i for i, row in enumerate(rows) if row)
         line = start
-        for row in rows:
+        for i, row in enumerate(rows):
             if row and len(row) != width:
                 reason = f"row has {len(row)} fields, the header has {width}"
+                if i == final and len(row) < width and (not full or self._no_more_records()):
+                    raise PossiblyTruncated(self.path, line + 1, "the last " + reason)
                 raise MalformedFile(self.path, line + 1, reason)
             line += _lines_spanned(row)
+
+    def _no_more_records(self) -> bool:
+        """Whether only blank lines are left to read. Only on the way to an error: it reads on."""
+        reader = self._require_reader()
+        try:
+            while rows := self._parse(reader, 1, reader.line_num):
+                if rows[0]:
+                    return False
+        except MalformedFile:
+            return False
+        return True
 
     def _require_reader(self) -> Reader:
         if self._reader is None:

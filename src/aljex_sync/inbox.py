@@ -3,8 +3,12 @@
 Files come either from the embedded SFTP server (an upload counts when the client closes
 it) or, for customers who run their own SSH server, from watching the inbox folder (a file
 counts once it has not changed for ``quiet_seconds``; names ending ``.part``, ``.tmp`` or
-``.filepart`` are still being written). Loading runs in one worker thread, file after file,
-so a big file never blocks the event loop that answers live sync.
+``.filepart`` are still being written, and load once renamed). Loading runs in one worker
+thread, file after file, so a big file never blocks the event loop that answers live sync.
+
+The worker never dies: whatever goes wrong with one file (short of the database being down,
+which leaves the file for the next start) sends that file to ``failed/`` with its reason and
+an ERROR in the log, and the worker goes on with the next.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from .errors import DatabaseUnavailable
-from .morning import FileReport, MorningLoader, dispose
+from .folders import FOLDERS
+from .morning import FileReport, MorningLoader, dispose, make_folder
 from .sftp import PARTIAL_SUFFIXES, Upload
 
 log = logging.getLogger("aljex_sync.inbox")
@@ -31,6 +36,10 @@ class Arrival:
     path: Path
     started_at: datetime  # naive UTC: when its upload began (or it was first seen)
     mtime: datetime | None  # naive UTC: the modification time the client gave it
+
+
+def _naive_now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def _naive(moment: datetime | None) -> datetime | None:
@@ -47,8 +56,8 @@ class LoadQueue:
         self._queue: queue.SimpleQueue[Arrival | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="aljex-morning", daemon=True)
         self._idle = threading.Event()
-        self._idle.set()
-        self._pending = 0
+        self._pending = 1  # the worker first makes the inbox's folders
+
         self._lock = threading.Lock()
 
     def start(self) -> None:
@@ -75,32 +84,73 @@ class LoadQueue:
         self._thread.join()
 
     def _run(self) -> None:
+        try:
+            self._make_folders()
+        except Exception:
+            log.exception("the inbox's folders could not all be made")
+        finally:
+            self._done()
         while True:
             arrival = self._queue.get()
             if arrival is None:
                 return
             try:
                 self._load(arrival)
+            except Exception:  # last resort: the next file must still load
+                log.exception("%s: could not be dealt with", arrival.path.name)
             finally:
-                with self._lock:
-                    self._pending -= 1
-                    if self._pending == 0:
-                        self._idle.set()
+                self._done()
+
+    def _done(self) -> None:
+        with self._lock:
+            self._pending -= 1
+            if self._pending == 0:
+                self._idle.set()
+
+    def _make_folders(self) -> None:
+        """Make the inbox's own folders; a file standing where one must be is failed first.
+
+        Such a file can only predate the rule that refuses those names at upload. Once the
+        folders exist, no file can take their names again.
+        """
+        self.inbox.mkdir(parents=True, exist_ok=True)
+        for name in FOLDERS:
+            path = self.inbox / name
+            if path.is_file() and not path.is_symlink():
+                self._load(Arrival(path, _naive_now(), None))
+            make_folder(self.inbox, path)
 
     def _load(self, arrival: Arrival) -> None:
+        path = arrival.path
+        if not path.is_file() or path.is_symlink():
+            log.warning("%s: no longer in the inbox, nothing to load", path.name)
+            return
         try:
-            report = self.loader.load(
-                arrival.path, started_at=arrival.started_at, mtime=arrival.mtime
-            )
+            report = self.loader.load(path, started_at=arrival.started_at, mtime=arrival.mtime)
         except DatabaseUnavailable as e:
             # The file stays in the inbox; the next start (or watch pass) tries it again.
-            log.error("%s not loaded, database unavailable: %s", arrival.path.name, e)
+            log.error("%s not loaded, database unavailable: %s", path.name, e)
             return
-        except Exception:
-            log.exception("%s: loading failed", arrival.path.name)
-            return
-        dispose(report, arrival.path, self.inbox)
+        except Exception as e:
+            log.exception("%s: loading failed", path.name)
+            report = self._failed(path, f"the loader failed on it: {type(e).__name__}: {e}")
+        try:
+            dispose(report, path, self.inbox)
+        except Exception as e:
+            log.exception("%s: could not be moved to %s/", path.name, report.status)
+            if report.status == "failed":
+                raise
+            report = self._failed(path, f"it could not be moved to {report.status}/: {e}")
+            dispose(report, path, self.inbox)
         self.reports.append(report)
+
+    def _failed(self, path: Path, error: str) -> FileReport:
+        """Record the loader's own failure on a file, if the database lets it."""
+        try:
+            return self.loader.failed(path, error)
+        except Exception:
+            log.exception("%s: its failure could not be recorded", path.name)
+            return FileReport(path.name, "failed", error=error)
 
 
 def waiting_files(inbox: Path) -> list[Path]:
@@ -115,6 +165,7 @@ def waiting_files(inbox: Path) -> list[Path]:
         and not path.name.startswith(".")
         and not path.name.lower().endswith(PARTIAL_SUFFIXES)
         and not path.name.endswith(".error.txt")
+        and path.name not in FOLDERS  # in a folder's place: the load queue fails it first
     ]
 
 

@@ -3,7 +3,12 @@
 A file is matched to its table by name, checked whole (``csvfile``), staged, and merged in
 one transaction (``store.merge``) with full or window semantics. Every file gets a row in
 ``_aljex_files``, loaded or not, and leaves the inbox for ``archive/YYYY-MM-DD/``,
-``failed/`` (with ``<name>.error.txt``), ``unmatched/`` or ``held/``.
+``failed/``, ``unmatched/`` or ``held/`` (the last three with ``<name>.error.txt``).
+
+A file is applied only on good evidence that it is whole, as an interrupted upload can
+still be closed cleanly (OpenSSH ``sftp`` does so on Ctrl-C): one that does not end with a
+line break, or ends inside a record, is held as possibly truncated, and so is a full file
+with sharply fewer rows than the last full file of its table (``max_drop_fraction``).
 
 The export time T of a file is estimated conservatively, as the earlier of the file's own
 modification time (when the client set it) and the moment its upload started, less
@@ -14,9 +19,11 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import os
+import secrets
 import shutil
 from collections.abc import Callable
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from operator import itemgetter
@@ -28,8 +35,16 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from . import catalog
 from .config import Settings
-from .csvfile import CsvReader, FileFacts, MalformedFile, inspect_file, records_end
+from .csvfile import (
+    CsvReader,
+    FileFacts,
+    MalformedFile,
+    PossiblyTruncated,
+    inspect_file,
+    records_end,
+)
 from .errors import DatabaseUnavailable, MorningFileError
+from .folders import ARCHIVE, FAILED, HELD, UNMATCHED, clashes
 from .store.database import reading, translate
 from .store.merge import CsvRefused, MergeCounts, Stage, apply, copies_csv, survey
 from .store.schema import Schema, SyncedTable, files, utcnow
@@ -61,18 +76,45 @@ class FileReport:
     error: str = ""
     moved_to: Path | None = None
     file_id: int | None = None
+    warnings: list[str] = field(default_factory=list)  # accepted, but worth a look
+    legacy_bytes: int = 0  # bytes outside UTF-8, read by the legacy charset
+    legacy_charset: str = ""
 
     def summary(self) -> str:
         """One line for the log."""
         c = self.counts
         if self.status in ("loaded", "dry-run"):
-            return (
+            line = (
                 f"{self.name} -> {self.table} ({self.mode}) {self.status}: {self.rows_read} rows"
                 f" read, {c.inserted} inserted, {c.updated} updated, {c.deleted} deleted,"
                 f" {c.skipped_newer} skipped as newer-live; feed health: {c.missing_in_db}"
                 f" missing, {c.extra_in_db} extra, {c.differing} differing"
             )
+            if self.warning_text():
+                line += f"; {self.warning_text()}"
+            return line
         return f"{self.name} -> {self.table or '?'} {self.status}: {self.error}"
+
+    def warning_text(self) -> str:
+        """The warnings, and how many bytes were not UTF-8 (news only for the count)."""
+        notes = list(self.warnings)
+        if self.legacy_bytes:
+            some = "1 byte was" if self.legacy_bytes == 1 else f"{self.legacy_bytes} bytes were"
+            notes.append(f"{some} not UTF-8, read as {self.legacy_charset}")
+        return "; ".join(notes)
+
+    @property
+    def level(self) -> int:
+        """How loud the log line is: a file not applied, or applied with doubts, is news.
+
+        Bytes read by the legacy charset are counted, not warned about: Aljex's older
+        exports are wholly cp1252.
+        """
+        if self.status == "failed":
+            return logging.ERROR
+        if self.status in ("held", "unmatched") or self.warnings:
+            return logging.WARNING
+        return logging.INFO
 
 
 def table_for(name: str, settings: Settings) -> str | None:
@@ -122,9 +164,13 @@ class MorningLoader:
         report = FileReport(
             path.name, "failed", table=(table or table_for(path.name, self.settings))
         )
+        if clashes(path.name):
+            report.table = None
+            report.error = "the file's name is the name of one of the inbox's own folders"
+            return self._finish(report, begun, dry_run=dry_run)
         if report.table is None:
             report.status, report.error = "unmatched", "the file name matches no Aljex file"
-            return report
+            return self._finish(report, begun, dry_run=dry_run)
         table_settings = self.settings.table(report.table)
         report.mode = mode or table_settings.mode
         if started_at is None:
@@ -137,11 +183,14 @@ class MorningLoader:
                 delimiter=table_settings.delimiter,
             )
             report.sha256, report.size = facts.sha256, facts.size
+            report.legacy_bytes, report.legacy_charset = facts.fixes, facts.encoding
             if not force and self._already_loaded(facts.sha256):
                 report.status = "duplicate"
                 report.error = "a file with the same content was loaded before"
             else:
                 self._apply(path, facts, report, force=force, dry_run=dry_run, progress=progress)
+        except PossiblyTruncated as e:
+            report.status, report.error = "held", f"{e}; an upload cut short is never applied"
         except MalformedFile as e:
             report.status, report.error = "failed", str(e)
         except MorningFileError as e:
@@ -151,9 +200,19 @@ class MorningLoader:
             if isinstance(error, DatabaseUnavailable):
                 raise error from e
             report.status, report.error = "failed", str(error)
-        if report.status != "dry-run":
+        return self._finish(report, begun, dry_run=dry_run)
+
+    def failed(self, path: Path, error: str) -> FileReport:
+        """Record a file the loader itself failed on (``load`` raised), as failed."""
+        report = FileReport(path.name, "failed", error=error)
+        with suppress(OSError):
+            report.size = path.stat().st_size
+        return self._finish(report, utcnow(), dry_run=False)
+
+    def _finish(self, report: FileReport, begun: datetime, *, dry_run: bool) -> FileReport:
+        if not dry_run and report.status != "dry-run":
             self._record(report, begun)
-        log.info("%s", report.summary())
+        log.log(report.level, "%s", report.summary())
         return report
 
     def _already_loaded(self, sha256: str) -> bool:
@@ -184,7 +243,9 @@ class MorningLoader:
             csv = copies_csv(conn) and facts.encoding == "utf-8"
             try:
                 with CsvReader(path, facts, watch_plain=csv) as reader:
-                    header = _with_key_names(reader.header, table_settings.key, path)
+                    report.warnings += reader.warnings
+                    header = self._field_names(report.table, reader.header)
+                    header = _with_key_names(header, table_settings.key, path)
                     # Columns are planned now and created only once the whole file has been
                     # read: a malformed file leaves no trace in the database.
                     planned = self.schema.plan(report.table, table_settings.key, header)
@@ -199,6 +260,11 @@ class MorningLoader:
                         report.rows_read = 0
                         with CsvReader(path, facts) as again:
                             _stage_file(stage, again, positions, report, progress, csv=False)
+                if report.mode == "full" and not force:
+                    reason = self._dropped(report)
+                    if reason:
+                        report.status, report.error = "held", reason
+                        return
                 synced = self.schema.ensure(report.table, table_settings.key, header)
                 if [synced.columns[f] for f in header] != columns:
                     raise MorningFileError("the table changed while the file was read; retry")
@@ -206,6 +272,52 @@ class MorningLoader:
             finally:
                 if stage is not None:
                     stage.drop()
+
+    def _field_names(self, table: str, header: list[str]) -> list[str]:
+        """The header's names, each spelled as the table already knows its field.
+
+        Field names are case-insensitive: a field first sent as ``Osd`` keeps its column when
+        a file names it ``osd``. Of several known spellings, the one whose column is the
+        plain lower-case name wins.
+        """
+        synced = self.schema.tables.get(table)
+        if synced is None:
+            return header
+        known: dict[str, str] = {}
+        for name, column in synced.columns.items():
+            lowered = name.lower()
+            if lowered not in known or column == lowered:
+                known[lowered] = name
+        return [known.get(name.lower(), name) for name in header]
+
+    def _dropped(self, report: FileReport) -> str:
+        """Why a full file looks cut short against the last full file of its table, or ''."""
+        assert report.table is not None
+        fraction = self.settings.table(report.table).max_drop_fraction
+        if fraction is None:
+            fraction = self.settings.morning.max_drop_fraction
+        with reading(self.engine) as conn:
+            last = conn.execute(
+                select(files.c.name, files.c.rows_read, files.c.finished_at)
+                .where(
+                    files.c.table_name == report.table,
+                    files.c.mode == "full",
+                    files.c.status == "loaded",
+                )
+                .order_by(files.c.id.desc())
+                .limit(1)
+            ).first()
+        if last is None or last.rows_read <= GUARD_MIN_ROWS:
+            return ""
+        if report.rows_read >= last.rows_read * (1 - fraction):
+            return ""
+        drop = 1 - report.rows_read / last.rows_read
+        return (
+            f"possibly truncated: {report.rows_read} rows, {drop:.0%} fewer than the"
+            f" {last.rows_read} of the last full file ({last.name}, loaded"
+            f" {last.finished_at:%Y-%m-%d %H:%M} UTC), more than the {fraction:.0%} allowed;"
+            " load it with --force if that is right"
+        )
 
     def _merge(
         self,
@@ -222,7 +334,9 @@ class MorningLoader:
         full = report.mode == "full"
         transaction = conn.begin()
         try:
-            counts = survey(conn, stage, synced, full=full, snapshot_at=report.snapshot_at)
+            # Forced, the file's own rows from an earlier load of it give way to it.
+            own = report.name if force else None
+            counts = survey(conn, stage, synced, full=full, snapshot_at=report.snapshot_at, own=own)
             if full and not force:
                 reason = self._guard(counts, report)
                 if reason:
@@ -238,6 +352,7 @@ class MorningLoader:
                 soft_delete=table_settings.delete == "soft",
                 snapshot_at=report.snapshot_at,
                 source=report.name,
+                own=own,
             )
             report.counts = counts
             if dry_run:
@@ -283,7 +398,8 @@ class MorningLoader:
                     extra_in_db=c.extra_in_db,
                     differing=c.differing,
                     status=report.status,
-                    error=report.error or None,
+                    # A loaded file's warnings go where a failed file's reason does.
+                    error=report.error or report.warning_text() or None,
                     started_at=begun,
                     finished_at=utcnow(),
                 )
@@ -368,23 +484,51 @@ def dispose(report: FileReport, path: Path, inbox: Path) -> Path | None:
     if not path.exists():
         return None
     if report.status in ("loaded", "duplicate"):
-        folder = inbox / "archive" / utcnow().strftime("%Y-%m-%d")
+        folder = inbox / ARCHIVE / utcnow().strftime("%Y-%m-%d")
     elif report.status == "held":
-        folder = inbox / "held"
+        folder = inbox / HELD
     elif report.status == "unmatched":
-        folder = inbox / "unmatched"
+        folder = inbox / UNMATCHED
     elif report.status == "failed":
-        folder = inbox / "failed"
+        folder = inbox / FAILED
     else:
         return None
-    folder.mkdir(parents=True, exist_ok=True)
-    target = _free_name(folder / path.name)
+    if path.parent == inbox and clashes(path.name):
+        # The file stands where a folder must be: step it aside (hidden, so nothing loads it).
+        aside = path.with_name(f".aside-{secrets.token_hex(4)}-{path.name}")
+        os.replace(path, aside)
+        path = aside
+    make_folder(inbox, folder)
+    target = _free_name(folder / report.name)
     shutil.move(str(path), target)
     if report.status in ("failed", "held", "unmatched"):
         note = target.with_name(target.name + ".error.txt")
         note.write_text(f"{report.status}: {report.error}\n")
     report.moved_to = target
     return target
+
+
+def make_folder(inbox: Path, folder: Path) -> None:
+    """Make one of the inbox's folders (or a folder in one); a file in the way is failed first.
+
+    The load queue makes the folders before any load, failing such a file through the
+    loader; this is the last resort for one that turns up later, with a note and an ERROR.
+    """
+    top = inbox / folder.relative_to(inbox).parts[0]
+    if top.is_symlink() or (top.exists() and not top.is_dir()):
+        aside = inbox / f".aside-{secrets.token_hex(4)}-{top.name}"
+        os.replace(top, aside)
+        failed = inbox / FAILED
+        if top != failed:
+            make_folder(inbox, failed)
+        else:
+            failed.mkdir()
+        target = _free_name(failed / top.name)
+        os.replace(aside, target)
+        reason = "the file's name is the name of one of the inbox's own folders"
+        target.with_name(target.name + ".error.txt").write_text(f"failed: {reason}\n")
+        log.error("%s: moved to %s: %s", top.name, target, reason)
+    folder.mkdir(parents=True, exist_ok=True)
 
 
 def _free_name(target: Path) -> Path:

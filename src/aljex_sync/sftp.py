@@ -19,7 +19,9 @@ What the client may do, and why:
   else can be removed, so a client cannot delete what Aljex or the service put there.
 
 Everything else is refused with SFTP permission denied: reads, links, directories, paths with a
-directory part (``../``, ``archive/x.csv``, ``/etc/x``), names starting with ``.``, appending or
+directory part (``../``, ``archive/x.csv``, ``/etc/x``), names starting with ``.``, the names
+of the inbox's own folders (``archive``, ``failed``, ``held``, ``unmatched``, in any case, which
+would stand where the loader makes those folders), appending or
 resuming (opening an existing file without truncating it: the upload would not hold the old
 bytes), and any pre-existing symlink or non-regular file in the inbox.
 
@@ -46,6 +48,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NoReturn
 
 import asyncssh
 from asyncssh import (
@@ -63,22 +66,24 @@ from asyncssh import (
     SFTPPermissionDenied,
     SFTPVFSAttrs,
 )
+from asyncssh.crypto import mlkem_available
 
-from aljex_sync.errors import ConfigError
+from .errors import ConfigError
+from .folders import clashes
 
 log = logging.getLogger("aljex_sync.sftp")
 
-#: Key exchanges offered: elliptic curves only. Group exchange is left out (asyncssh would hand
-#: out a 1024-bit group to a client that asks for one), and so are the fixed finite-field
-#: groups, which the cryptography library now deprecates.
+#: Key exchanges offered: Curve25519, after the post-quantum hybrid where the cryptography
+#: library provides ML-KEM. No NIST P-curves (ssh-audit fails them: their constants are
+#: unexplained), no group exchange (asyncssh would hand out a 1024-bit group to a client that
+#: asks for one), and no fixed finite-field groups, which the cryptography library deprecates.
 KEX_ALGORITHMS = (
+    *(("mlkem768x25519-sha256",) if mlkem_available else ()),
     "curve25519-sha256",
     "curve25519-sha256@libssh.org",
-    "ecdh-sha2-nistp256",
-    "ecdh-sha2-nistp384",
-    "ecdh-sha2-nistp521",
 )
-#: Ciphers offered: AEAD first, then CTR. No CBC, no RC4, no 3DES.
+#: Ciphers offered: AEAD only (their integrity is built in), then AES-CTR, which is offered
+#: with the encrypt-then-MAC MACs only. No CBC, no RC4, no 3DES.
 CIPHERS = (
     "chacha20-poly1305@openssh.com",
     "aes256-gcm@openssh.com",
@@ -87,13 +92,15 @@ CIPHERS = (
     "aes192-ctr",
     "aes128-ctr",
 )
-#: MACs offered (used with the CTR ciphers only). No SHA-1, no MD5, no truncated MACs.
+#: MACs offered (used with the CTR ciphers only): encrypt-then-MAC only, as MAC-then-encrypt
+#: makes the receiver decrypt what it has not authenticated. No SHA-1, no MD5, no truncation.
 MACS = (
     "hmac-sha2-256-etm@openssh.com",
     "hmac-sha2-512-etm@openssh.com",
-    "hmac-sha2-256",
-    "hmac-sha2-512",
 )
+#: The software version in the server's SSH banner: the name only, so the banner does not
+#: tell a scanner which library version, and which of its bugs, it is talking to.
+SERVER_VERSION = "aljex-sync"
 #: Host key signature algorithm; the host key is always ed25519.
 HOST_KEY_ALGORITHM = "ssh-ed25519"
 
@@ -181,6 +188,7 @@ class SftpInbox:
             encryption_algs=list(CIPHERS),
             mac_algs=list(MACS),
             signature_algs=[HOST_KEY_ALGORITHM],
+            server_version=SERVER_VERSION,
             compression_algs=["none"],
             password_auth=True,
             public_key_auth=False,
@@ -265,31 +273,48 @@ class SftpInbox:
 
 
 class _LoginGuard:
-    """Counts failed logins per source address, so password guessing from one place stops early."""
+    """Counts login attempts per source address, so password guessing from one place stops early.
+
+    An attempt takes its slot before the password is checked, and gives it back only if the
+    password was right: a burst of parallel guesses can never get more than ``limit`` checks
+    in one window, however slow each check is.
+    """
 
     def __init__(self, limit: int, window: float) -> None:
         self._limit = limit
         self._window = window
-        self._failures: dict[str, deque[float]] = {}
+        self._attempts: dict[str, deque[float]] = {}
 
     def is_locked(self, addr: str) -> bool:
         self._forget_old()
-        return len(self._failures.get(addr, ())) >= self._limit
+        return len(self._attempts.get(addr, ())) >= self._limit
 
-    def record_failure(self, addr: str) -> int:
-        """Count a failure; return how many there are from this address within the window."""
+    def reserve(self, addr: str) -> float | None:
+        """Take a slot for one password check; None when the address is locked out."""
         self._forget_old()
-        failures = self._failures.setdefault(addr, deque())
-        failures.append(time.monotonic())
-        return len(failures)
+        attempts = self._attempts.setdefault(addr, deque())
+        if len(attempts) >= self._limit:
+            return None
+        slot = time.monotonic()
+        attempts.append(slot)
+        return slot
+
+    def release(self, addr: str, slot: float) -> None:
+        """Give back the slot of an attempt that succeeded: it is no failure."""
+        attempts = self._attempts.get(addr)
+        if attempts is not None and slot in attempts:
+            attempts.remove(slot)
+
+    def failures(self, addr: str) -> int:
+        return len(self._attempts.get(addr, ()))
 
     def _forget_old(self) -> None:
         cutoff = time.monotonic() - self._window
-        for addr, failures in list(self._failures.items()):
-            while failures and failures[0] <= cutoff:
-                failures.popleft()
-            if not failures:
-                del self._failures[addr]
+        for addr, attempts in list(self._attempts.items()):
+            while attempts and attempts[0] <= cutoff:
+                attempts.popleft()
+            if not attempts:
+                del self._attempts[addr]
 
 
 class _InboxSSHServer(asyncssh.SSHServer):
@@ -327,7 +352,10 @@ class _InboxSSHServer(asyncssh.SSHServer):
         return False
 
     async def validate_password(self, username: str, password: str) -> bool:
-        self._refuse_if_locked(username)
+        guard = self._inbox._guard
+        slot = guard.reserve(self._addr)
+        if slot is None:
+            self._refuse(username)
         user_ok = hmac.compare_digest(username.encode(), self._settings.username.encode())
         # Checked even for a wrong user, so the answer takes as long either way.
         try:
@@ -336,14 +364,14 @@ class _InboxSSHServer(asyncssh.SSHServer):
             log.exception("check_password raised; treating the login as failed")
             password_ok = False
         if user_ok and password_ok:
+            guard.release(self._addr, slot)
             log.info("login ok: user %r from %s", username, self._addr)
             return True
-        failures = self._inbox._guard.record_failure(self._addr)
         log.warning(
             "login failed: user %r from %s (%d of %d allowed in %.0f s)",
             username,
             self._addr,
-            failures,
+            guard.failures(self._addr),
             self._settings.max_failed_logins,
             self._settings.failed_login_window,
         )
@@ -352,8 +380,11 @@ class _InboxSSHServer(asyncssh.SSHServer):
 
     def _refuse_if_locked(self, username: str) -> None:
         if self._inbox._guard.is_locked(self._addr):
-            log.warning("login refused: user %r from %s is locked out", username, self._addr)
-            raise asyncssh.PermissionDenied("Too many failed logins; try again later")
+            self._refuse(username)
+
+    def _refuse(self, username: str) -> NoReturn:
+        log.warning("login refused: user %r from %s is locked out", username, self._addr)
+        raise asyncssh.PermissionDenied("Too many failed logins; try again later")
 
 
 @dataclass(eq=False)
@@ -442,7 +473,7 @@ class _InboxSFTPServer(asyncssh.SFTPServer):
             raise SFTPPermissionDenied("This inbox only accepts uploads; files cannot be read")
         if pflags & FXF_APPEND:
             raise SFTPPermissionDenied("Appending is not supported; upload the whole file")
-        name = _inbox_name(path)
+        name = _upload_name(path)
         if _existing_file(self._dir / name) is not None:
             if pflags & FXF_EXCL:
                 raise SFTPFileAlreadyExists(f"File already exists: {name}")
@@ -531,7 +562,7 @@ class _InboxSFTPServer(asyncssh.SFTPServer):
 
     async def rename(self, oldpath: bytes, newpath: bytes) -> None:
         """Publish a partial upload of this session under its final name (replacing any)."""
-        old, new = _inbox_name(oldpath), _inbox_name(newpath)
+        old, new = _inbox_name(oldpath), _upload_name(newpath)
         closed = self._partials.get(old)
         if closed is None:
             raise SFTPPermissionDenied("Only your own finished partial uploads can be renamed")
@@ -609,6 +640,25 @@ def _inbox_name(path: bytes) -> str:
         or any(ord(char) < 32 or ord(char) == 127 for char in name)
     ):
         raise SFTPPermissionDenied(f"File name not allowed: {name!r}")
+    return name
+
+
+def _upload_name(path: bytes) -> str:
+    """The name an upload may take: an inbox name that is not one of the inbox's folders."""
+    name = _inbox_name(path)
+    if clashes(name) or clashes(_final_name(name)):
+        raise SFTPPermissionDenied(
+            f"File name not allowed: {name!r} is the name of one of the inbox's own folders"
+        )
+    return name
+
+
+def _final_name(name: str) -> str:
+    """``name`` without a partial-upload suffix (``loads.csv.part`` -> ``loads.csv``)."""
+    lowered = name.lower()
+    for suffix in PARTIAL_SUFFIXES:
+        if lowered.endswith(suffix):
+            return name[: -len(suffix)]
     return name
 
 

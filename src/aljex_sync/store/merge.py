@@ -25,7 +25,9 @@ overwrites them on insert.
 
 Reconciliation with live sync: the file is a snapshot taken at ``snapshot_at`` (T). A row
 changed after T (``_aljex_synced_at > T``) keeps its newer values and is not deleted; a key
-live sync deleted after T (a tombstone newer than T) is not brought back.
+live sync deleted after T (a tombstone newer than T) is not brought back. The exception is
+``own``, a file loaded again on purpose (``load --force``): the rows an earlier load of that
+same file wrote are its own, not newer, whatever T that load took.
 """
 
 from __future__ import annotations
@@ -371,8 +373,25 @@ def _on_driver(conn: Connection, statement: str, *, translate: bool = True) -> I
         ) from e
 
 
+def _not_newer(target: Table, snapshot_at: datetime, own: str | None) -> ColumnElement[bool]:
+    """Rows the file may change: not changed after T, or written by ``own`` (a file name)."""
+    synced_at = target.c[SYNCED_AT]
+    not_newer = or_(synced_at.is_(None), synced_at <= snapshot_at)
+    if own is None:
+        return not_newer
+    # COALESCE: no NULL may leak into the count of newer rows, its negation.
+    own_row = and_(func.coalesce(target.c[SOURCE], "") == own, target.c[EVENT_ID].is_(None))
+    return or_(not_newer, own_row)
+
+
 def survey(
-    conn: Connection, stage: Stage, synced: SyncedTable, *, full: bool, snapshot_at: datetime
+    conn: Connection,
+    stage: Stage,
+    synced: SyncedTable,
+    *,
+    full: bool,
+    snapshot_at: datetime,
+    own: str | None = None,
 ) -> MergeCounts:
     """Count what merging the stage would do; drops tombstoned keys from the stage first.
 
@@ -391,7 +410,7 @@ def survey(
     in_file, in_table = st.c[key].is_not(None), target.c[key].is_not(None)
     found = and_(in_file, in_table)
     alive = target.c[DELETED_AT].is_(None)
-    not_newer = or_(target.c[SYNCED_AT].is_(None), target.c[SYNCED_AT] <= snapshot_at)
+    not_newer = _not_newer(target, snapshot_at, own)
     values = [c for c in stage.columns if c not in set(synced.key_columns)]
     differs: ColumnElement[bool] = (
         or_(*(target.c[c].is_distinct_from(st.c[c]) for c in values)) if values else false()
@@ -406,7 +425,7 @@ def survey(
     aggregates = [
         _count_if(in_file),
         _count_if(found),
-        _count_if(and_(in_file, target.c[SYNCED_AT] > snapshot_at)),
+        _count_if(and_(in_file, in_table, ~not_newer)),
         _count_if(and_(found, alive)),
         _count_if(and_(found, alive, not_newer)),
         _count_if(and_(found, alive, differs)),
@@ -444,13 +463,14 @@ def apply(
     soft_delete: bool,
     snapshot_at: datetime,
     source: str,
+    own: str | None = None,
 ) -> None:
     """Write the surveyed stage into its table. Runs inside the caller's transaction."""
     st = stage.table
     target = synced.table
     same_key = and_(*(target.c[k] == st.c[k] for k in synced.key_columns))
     alive = target.c[DELETED_AT].is_(None)
-    not_newer = or_(target.c[SYNCED_AT].is_(None), target.c[SYNCED_AT] <= snapshot_at)
+    not_newer = _not_newer(target, snapshot_at, own)
     values = [c for c in stage.columns if c not in set(synced.key_columns)]
     meta = {SYNCED_AT: snapshot_at, SOURCE: source, EVENT_ID: None, DELETED_AT: None}
     rows = select(*(st.c[c] for c in stage.columns), *(_literal(v) for v in meta.values()))
