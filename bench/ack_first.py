@@ -3,7 +3,8 @@
 The control of the crash test (``bench/crash.py``). It speaks the Live Sync wire on its
 own port and runs the real ``aljex-sync serve`` behind it as a child, in its own process
 group; each POST is answered 200 at once, then handed to the real server ``--delay``
-seconds later (retried until the real server takes it). So every record acknowledged in
+seconds later (retried until the real server takes it). It listens once the real server
+does, as a real receiver would. So every record acknowledged in
 the last ``--delay`` seconds before a SIGKILL of the group is lost, exactly the defect
 the harness exists to catch. Nothing here may ever be used to receive real data.
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import queue
+import socket
 import subprocess
 import sys
 import threading
@@ -40,6 +42,14 @@ class Forwarder(threading.Thread):
         self.delay = delay
         self.pending: queue.Queue[Pending] = queue.Queue()
         self.conn: http.client.HTTPConnection | None = None
+
+    def reachable(self) -> bool:
+        """Whether the real receiver accepts connections yet."""
+        try:
+            socket.create_connection((self.host, self.port), timeout=1).close()
+        except OSError:
+            return False
+        return True
 
     def put(self, body: bytes, headers: dict[str, str]) -> None:
         self.pending.put((time.monotonic() + self.delay, body, headers))
@@ -110,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give the real receiver's command after --")
     child = subprocess.Popen(command)  # same process group: a SIGKILL of it takes both
     forwarder = Forwarder(args.upstream, args.delay)
+    # Listen only once the real receiver does, so that what is lost is only what a kill
+    # catches between a 200 and its commit, not everything sent while it was starting.
+    while child.poll() is None and not forwarder.reachable():
+        time.sleep(RETRY_SECONDS / 5)
     forwarder.start()
     host, _, port = args.listen.rpartition(":")
     server = ThreadingHTTPServer((host, int(port)), handler_for(forwarder))

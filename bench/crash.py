@@ -53,7 +53,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy import Engine, MetaData, create_engine, select, text
+from sqlalchemy import Engine, MetaData, create_engine, inspect, select, text
 from sqlalchemy import Table as SqlTable
 
 from aljex_sync.brokerage import LiveChange
@@ -513,7 +513,9 @@ def _stored(engine: Engine, tables: set[str]) -> Stored:
 
 
 def _journal(engine: Engine) -> set[bytes]:
-    """The SHA-256 of every request body in the journal."""
+    """The SHA-256 of every request body in the journal (none when there is no journal)."""
+    if not inspect(engine).has_table("_aljex_events"):
+        return set()
     with engine.connect() as conn:
         return {
             hashlib.sha256(bytes(body)).digest()
@@ -595,6 +597,8 @@ def _check(
         _note(result, loss, progress, kills, t0)
     if url.startswith("sqlite:///"):
         path = url.removeprefix("sqlite:///")
+        if not Path(path).exists():  # never created: nothing to damage
+            return
         with contextlib.closing(sqlite3.connect(path)) as conn:
             found = [row[0] for row in conn.execute("PRAGMA integrity_check")]
         result.integrity = "ok" if found == ["ok"] else "; ".join(found[:5])
