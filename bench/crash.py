@@ -296,6 +296,7 @@ class SeedResult:
     not_journaled: int = 0
     integrity: str = "n/a"
     restart_seconds: list[float] = field(default_factory=list)
+    feed_resumed_seconds: list[float] = field(default_factory=list)  # to the senders' 200
     clean_stop: bool = True
     feed: dict[str, Any] = field(default_factory=dict)
     losses: list[Loss] = field(default_factory=list)
@@ -306,6 +307,27 @@ class SeedResult:
     @property
     def failed(self) -> bool:
         return bool(self.lost or self.not_journaled or self.integrity not in ("ok", "n/a"))
+
+
+class FeedWatch:
+    """The emulator's progress snapshots (about ten a second): when each change was made,
+    and whether the senders have had a record acknowledged since a given count."""
+
+    def __init__(self) -> None:
+        self.progress: list[tuple[float, int]] = []  # (monotonic time, changes made)
+        self.delivered = 0
+
+    def update(self, report: LiveReport) -> None:
+        self.progress.append((time.monotonic(), report.generated))
+        self.delivered = report.delivered
+
+    def delivery_after(self, count: int, deadline: float) -> float | None:
+        """Wait until more than ``count`` records are acknowledged; when it was seen."""
+        while time.monotonic() < deadline:
+            if self.delivered > count:
+                return time.monotonic()
+            time.sleep(0.01)
+        return None
 
 
 @dataclass(frozen=True)
@@ -365,7 +387,8 @@ def _campaign(plan: Plan, work: Path, url: str, result: SeedResult) -> None:
     probe = Probe(receiver.url, plan.seed)
     state = load_state(work / "emulator.json", seed=plan.seed, today=TODAY, size="small")
     stop = threading.Event()
-    progress: list[tuple[float, int]] = []  # (monotonic time, changes made so far)
+    watch = FeedWatch()
+    progress = watch.progress
     reports: list[LiveReport] = []
     options = LiveOptions(rate=plan.rate, concurrency=plan.concurrency, retries=1000, backoff=0.05)
     target = LiveTarget(receiver.url, USER, PASSWORD, timeout=30.0)
@@ -375,7 +398,7 @@ def _campaign(plan: Plan, work: Path, url: str, result: SeedResult) -> None:
                 state,
                 target,
                 options,
-                progress=lambda r: progress.append((time.monotonic(), r.generated)),
+                progress=watch.update,
                 stop=stop,
             )
         ),
@@ -390,6 +413,7 @@ def _campaign(plan: Plan, work: Path, url: str, result: SeedResult) -> None:
         if probe.first_200(receiver, spawned + START_TIMEOUT) is None:
             raise RuntimeError(f"the server gave no 200 within {START_TIMEOUT:.0f} s")
         feed.start()
+        delivered = 0
         starting = False  # whether this kill is aimed at start-up
         for number in range(1, plan.kills + 1):
             phase = "serving"
@@ -401,11 +425,17 @@ def _campaign(plan: Plan, work: Path, url: str, result: SeedResult) -> None:
                 else:
                     result.restart_seconds.append(round(ready - spawned, 3))
             else:
+                # Kill under load: once the senders, back from their backoff, have had
+                # a record acknowledged by this server.
+                resumed = watch.delivery_after(delivered, time.monotonic() + START_TIMEOUT)
+                if resumed is not None:
+                    result.feed_resumed_seconds.append(round(resumed - spawned, 3))
                 kill_at = time.monotonic() + rng.uniform(*plan.interval)
             time.sleep(max(0.0, kill_at - time.monotonic()))
             now = time.monotonic()
             kills.append(Kill(number, phase, round(now - spawned, 3), round(now - t0, 3)))
             receiver.kill()
+            delivered = watch.delivered
             spawned = receiver.spawn()
             starting = number < plan.kills and rng.random() < plan.early
             if not starting:
