@@ -45,7 +45,7 @@ import tempfile
 import threading
 import time
 from bisect import bisect_right
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -288,6 +288,7 @@ class SeedResult:
     receiver: str
     backend: str
     seed: int
+    planned_kills: int = 0
     kills: int = 0
     kills_while_starting: int = 0
     sent: int = 0
@@ -364,7 +365,7 @@ def scratch_database(plan: Plan, work: Path) -> Iterator[str]:
 
 
 def run_seed(plan: Plan) -> SeedResult:
-    result = SeedResult(plan.receiver, plan.backend, plan.seed)
+    result = SeedResult(plan.receiver, plan.backend, plan.seed, plan.kills)
     began = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix=f"aljex-crash-{plan.backend}-{plan.seed}-"))
     try:
@@ -407,7 +408,9 @@ def _campaign(plan: Plan, work: Path, url: str, result: SeedResult) -> None:
     )
     t0 = time.monotonic()
     kills: list[Kill] = []
+    final: Kill | None = None  # the SIGTERM that ends the run, for telling when losses came
     startup = 1.0  # seconds to the first 200, the median of those measured so far
+    spawned = t0
     try:
         spawned = receiver.spawn()
         if probe.first_200(receiver, spawned + START_TIMEOUT) is None:
@@ -450,7 +453,11 @@ def _campaign(plan: Plan, work: Path, url: str, result: SeedResult) -> None:
         if feed.is_alive():
             feed.join(120)
         if receiver.running:
+            stopped = time.monotonic()
             result.clean_stop = receiver.stop()
+            final = Kill(
+                len(kills) + 1, "stop", round(stopped - spawned, 3), round(stopped - t0, 3)
+            )
         receiver.close()
     result.kill_log = kills
     result.kills = len(kills)
@@ -465,7 +472,7 @@ def _campaign(plan: Plan, work: Path, url: str, result: SeedResult) -> None:
             "retries": report.retries,
             "problems": report.problems,
         }
-    _check(url, state, probe, result, progress, kills, t0)
+    _check(url, state, probe, result, progress, [*kills, final] if final else kills, t0)
 
 
 # -- the check ---------------------------------------------------------------------------------
@@ -583,6 +590,8 @@ def _near_kill(
     if not kills:
         return f"made about {at:.1f} s into the run"
     nearest = min(kills, key=lambda k: abs(k.at - at))
+    if nearest.phase == "stop":
+        return f"made about {at - nearest.at:+.1f} s from the final SIGTERM"
     return f"made about {at - nearest.at:+.1f} s from kill {nearest.number} ({nearest.phase})"
 
 
@@ -653,8 +662,11 @@ def _median(values: list[float]) -> float | None:
     return round(statistics.median(values), 3) if values else None
 
 
-def summarize(results: list[SeedResult]) -> list[dict[str, Any]]:
-    """One line per receiver and backend, and one per seed under it."""
+def summarize(
+    results: list[SeedResult], reproduce: Callable[[str, str, list[int], int], str]
+) -> list[dict[str, Any]]:
+    """One line per receiver and backend, and one per seed under it, each with the
+    command that reproduces it."""
     lines: list[dict[str, Any]] = []
     groups: dict[tuple[str, str], list[SeedResult]] = {}
     for r in results:
@@ -678,6 +690,9 @@ def summarize(results: list[SeedResult]) -> list[dict[str, Any]]:
                     "restart_median_s": _median(times),
                     "restart_max_s": round(max(times), 3) if times else None,
                     "error": "; ".join(x.error for x in scope if x.error),
+                    "command": reproduce(
+                        receiver, backend, [x.seed for x in scope], scope[0].planned_kills
+                    ),
                 }
             )
     return lines
@@ -764,8 +779,8 @@ def markdown(
         f" {platform.node() or 'this machine'}, {os.cpu_count()} cores.",
         "",
         "| receiver | backend | seed | kills | of which while starting | acknowledged | lost"
-        " | not journaled | integrity | restart to first 200, median | max |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        " | not journaled | integrity | restart to first 200, median | max | reproduce |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for line in lines:
         seed = f"**{line['seed']}**" if line["seed"] == "all" else line["seed"]
@@ -773,7 +788,8 @@ def markdown(
             f"| {line['receiver']} | {line['backend']} | {seed} | {line['kills']}"
             f" | {line['kills_while_starting']} | {line['acknowledged']} | {line['lost']}"
             f" | {line['not_journaled']} | {line['integrity']}"
-            f" | {_seconds(line['restart_median_s'])} | {_seconds(line['restart_max_s'])} |"
+            f" | {_seconds(line['restart_median_s'])} | {_seconds(line['restart_max_s'])}"
+            f" | `{line['command']}` |"
         )
     out += ["", *[f"- {line}" for line in verdict_lines]]
     examples = [(r, loss) for r in results for loss in r.losses[:5]]
@@ -842,9 +858,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def reproducer(args: argparse.Namespace) -> Callable[[str, str, list[int], int], str]:
+    """The command that runs one receiver, backend, seeds and kills with these options."""
+    defaults = parse_args([])
+
+    def reproduce(receiver: str, backend: str, seeds: list[int], kills: int) -> str:
+        parts = ["python -m bench.crash"]
+        if receiver != "aljex-sync":
+            parts += ["--receiver", receiver]
+        parts += ["--backends", backend, "--seeds", ",".join(map(str, seeds))]
+        parts += ["--kills", str(kills)]
+        if receiver == "aljex-sync":
+            parts += ["--control-kills", "0"]
+        for name in ("interval", "early", "rate", "concurrency", "delay", "postgres"):
+            value = getattr(args, name)
+            if value != getattr(defaults, name):
+                shown = ":".join(map(str, value)) if isinstance(value, tuple) else str(value)
+                parts += [f"--{name}", shown]
+        return " ".join(parts)
+
+    return reproduce
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    command = "python -m bench.crash " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = " ".join(["python -m bench.crash", *(sys.argv[1:] if argv is None else argv)])
 
     def plan(receiver: str, backend: str, seed: int, kills: int) -> Plan:
         return Plan(
@@ -872,7 +910,7 @@ def main(argv: list[str] | None = None) -> int:
             console.print(f"> control (ack-before-commit) on sqlite, seed {seed}")
             control.append(run_seed(plan("ack-before-commit", "sqlite", seed, args.control_kills)))
             _progress_line(control[-1])
-    lines = summarize(results + control)
+    lines = summarize(results + control, reproducer(args))
     status, verdict_lines = verdict(results, control)
     print_table(lines, "Crash test: SIGKILL under load")
     for line in verdict_lines:
