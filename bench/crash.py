@@ -709,6 +709,12 @@ def verdict(results: list[SeedResult], control: list[SeedResult]) -> tuple[int, 
                 f"LOST: {r.receiver} on {r.backend}, seed {r.seed}: {r.lost} acknowledged"
                 f" records lost, {r.not_journaled} not journaled, integrity {r.integrity}"
             )
+    for r in results:
+        if not r.clean_stop:
+            lines.append(
+                f"SLOW STOP: {r.receiver} on {r.backend}, seed {r.seed}: SIGTERM did not stop"
+                f" the server within {STOP_TIMEOUT:.0f} s (it was then killed)"
+            )
     for r in [*results, *control]:
         if r.error:
             status = status or 2
