@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= aljex-sync.toml
 
-.PHONY: serve test lint bench demo format clean
+.PHONY: serve test lint bench crash-test demo format clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# Not part of `make test`: a few minutes of SIGKILLs under load (docs/reliability.md).
+# Options: make crash-test CRASH_ARGS="--backends sqlite --seeds 1,2 --kills 40"
+crash-test: $(STAMP)
+	$(BIN)/python -m bench.crash $(CRASH_ARGS)
 
 demo: $(STAMP)
 	$(BIN)/aljex-sync demo
