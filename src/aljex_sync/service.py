@@ -19,6 +19,7 @@ from types import TracebackType
 import uvicorn
 from starlette.routing import Route
 
+from .admin import admin_routes
 from .config import Settings
 from .credentials import PasswordCheck
 from .inbox import FolderWatch, LoadQueue, left_over
@@ -59,7 +60,7 @@ class Service:
             sock = _bind(live.host, live.port)
             self._sockets.append(sock)
             self.http_port = sock.getsockname()[1]
-            extra = []
+            extra = admin_routes(self.settings, self.engine)
             if self.ceiling_path:  # the benchmark's parse-only ceiling, same stack
                 ceiling = LiveEndpoint(live, None, self.live.check)
                 extra.append(Route(self.ceiling_path, ceiling.handle, methods=["POST"]))
