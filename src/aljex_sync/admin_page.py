@@ -41,7 +41,7 @@ background:#2563eb;color:#fff;cursor:pointer}
 button.small{padding:1px 8px;font-size:12px}
 pre{background:#f6f8fa;border:1px solid #dde1e7;padding:10px;white-space:pre-wrap;
 word-break:break-all;max-height:60vh;overflow:auto}
-svg text{font-size:10px;fill:#6b7280}
+svg text{font-size:10px;fill:#6b7280}.facts th{width:160px}
 """
 
 CHART_WIDTH = 576
@@ -167,7 +167,7 @@ def _tables(tables: Sequence[TableRow], token: str) -> str:
         rows.append(
             f'<tr data-table="{esc(t.name)}"><td>{esc(t.name)}</td>{_num(t.rows, "rows")}'
             f"<td class=last-live>{when(t.last_live)}</td>{file_cells}{_health(f)}"
-            f'<td class="{held_class}">{t.held:,} {replay}</td></tr>'
+            f'<td class="{held_class}"><span class=count>{t.held:,}</span> {replay}</td></tr>'
         )
     return (
         "<section id=tables><h2>Tables</h2>"
@@ -211,7 +211,7 @@ def chart(hourly: Sequence[tuple[datetime, int]], label: str) -> str:
     )
     axis += (
         f'<text x="{CHART_WIDTH}" y="{CHART_HEIGHT - 3}" text-anchor="end">now</text>'
-        f'<text x="{CHART_WIDTH}" y="10" text-anchor="end">max {top:,}/h</text>'
+        f'<text x="2" y="10">max {top:,}/h</text>'
     )
     return (
         f'<svg class=chart role="img" aria-label="{esc(label)}" width="100%" '
@@ -332,7 +332,7 @@ def event_page(event: Event, legacy_charset: str, max_fields: int) -> str:
     field_rows = (f"<tr><td>{esc(name)}</td><td>{esc(value)}</td></tr>" for name, value in fields)
     return page(
         f"event {event.id}",
-        f"<section><h2>Event {event.id}</h2><table>{rows}</table></section>"
+        f"<section><h2>Event {event.id}</h2><table class=facts>{rows}</table></section>"
         f"<section><h2>Raw body</h2><pre id=body>{esc(text)}</pre></section>"
         "<section><h2>Fields</h2>"
         + _table(("field", "value"), field_rows, "no fields")
