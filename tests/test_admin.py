@@ -80,6 +80,7 @@ def test_admin_pages_need_the_admin_credentials_not_aljexs(admin):
             assert reply.status_code == 401, (path, auth)
             assert reply.headers["www-authenticate"].startswith('Basic realm="aljex-sync admin"')
     assert get(admin, "/admin/", auth=ADMIN_AUTH).status_code == 200
+    assert get(admin, "/admin", auth=ADMIN_AUTH, follow_redirects=True).status_code == 200
 
 
 def test_admin_pages_are_refused_from_an_address_not_allowed(sqlite_url, tmp_path):
