@@ -86,6 +86,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
         ),
         "legacy_charset": Key(str, "cp1252", "charset of the bytes of a file that are not UTF-8"),
     },
+    "admin": {
+        "username": Key(str, "", "user name of the admin page and /metrics; empty: off"),
+        "password": Key(str, "", "admin password in clear (prefer password_hash)"),
+        "password_hash": Key(str, "", "argon2 or scrypt hash of the admin password"),
+    },
 }
 
 TABLE_SCHEMA: dict[str, Key] = {
@@ -146,6 +151,19 @@ class MorningSettings:
 
 
 @dataclass(frozen=True)
+class AdminSettings:
+    """The admin area (``/admin/``, ``/metrics``): off unless a user and a password are set."""
+
+    username: str = ""
+    password: str = ""
+    password_hash: str = ""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.username and (self.password or self.password_hash))
+
+
+@dataclass(frozen=True)
 class TableSettings:
     """A table's settings, with the catalog filled in where the file is silent."""
 
@@ -165,6 +183,7 @@ class Settings:
     morning: MorningSettings
     tables: Mapping[str, TableSettings] = field(default_factory=dict)
     path: Path | None = None
+    admin: AdminSettings = AdminSettings()
 
     def table(self, name: str) -> TableSettings:
         """The settings of a table, from ``[tables.NAME]`` or else the catalog."""
@@ -331,7 +350,8 @@ def _parse(
     if not isinstance(tables_raw, Mapping):
         raise ConfigError("tables", "must be a table of tables, like [tables.loads]")
     tables = {name.lower(): _table(name, spec) for name, spec in tables_raw.items()}
-    return Settings(database, live_settings, morning_settings, tables, path)
+    admin = _admin(values["admin"])
+    return Settings(database, live_settings, morning_settings, tables, path, admin)
 
 
 def _section(name: str, raw: Any, env: Mapping[str, str]) -> dict[str, Any]:
@@ -404,6 +424,14 @@ def _check_credentials(section: str, values: Mapping[str, Any]) -> None:
             f"{section}.password_hash",
             "set password_hash (or password); `aljex-sync init` writes one",
         )
+
+
+def _admin(values: Mapping[str, Any]) -> AdminSettings:
+    """Off when nothing is set; else a user name and a password (or its hash) are needed."""
+    if not (values["username"] or values["password"] or values["password_hash"]):
+        return AdminSettings()
+    _check_credentials("admin", {**values, "enabled": True})
+    return AdminSettings(values["username"], values["password"], values["password_hash"])
 
 
 def _check_charset(dotted: str, name: str) -> None:

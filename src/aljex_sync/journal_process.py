@@ -39,6 +39,7 @@ import threading
 from collections import Counter
 from typing import Any, cast
 
+from . import metrics
 from .config import Settings
 from .errors import DatabaseUnavailable
 from .journal import MAX_BATCH, Journal, Outcome, Received
@@ -145,6 +146,7 @@ class _Link(asyncio.Protocol):
                 self.ready.set_result(None if kind == "ready" else str(payload))
 
     def _settle(self, results: list[tuple[int, tuple[Any, ...] | BaseException]]) -> None:
+        metrics.observe_group(len(results))  # one "done" frame is one committed group
         for rid, result in results:
             future = self.pending.pop(rid, None)
             if not isinstance(result, BaseException):
@@ -154,12 +156,14 @@ class _Link(asyncio.Protocol):
                     future.set_result(outcome)
             elif future is not None and not future.done():
                 future.set_exception(result)
+        metrics.set_queue(len(self.pending))
 
     def connection_lost(self, exc: Exception | None) -> None:
         """The child is gone: nothing still waiting was acknowledged."""
         if not self.ready.done():
             self.ready.set_result("the journal process exited while starting")
         pending, self.pending = self.pending, {}
+        metrics.set_queue(0)
         if pending and not self.owner.stopping:
             log.error("the journal process exited with %d request(s) in hand", len(pending))
         for future in pending.values():
@@ -239,6 +243,7 @@ class JournalProcess:
             fields = (rid, received.body, received.remote_addr, received.received_at)
             link.send(_frame((*fields, received.rejection, resent)))
             link.pending[rid] = future
+            metrics.set_queue(len(link.pending))
             try:
                 return await future
             except WriterLost:
@@ -248,6 +253,7 @@ class JournalProcess:
                 log.warning("sending the request the journal process had in hand to a new one")
             finally:
                 link.pending.pop(rid, None)
+                metrics.set_queue(len(link.pending))
 
     async def close(self) -> None:
         """Let the child finish what it was sent, then stop it."""

@@ -28,6 +28,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
+from . import metrics
 from .config import LiveSettings, Network
 from .credentials import PasswordCheck
 from .errors import (
@@ -119,6 +120,7 @@ class _Line:
             result,
             ms,
         )
+        metrics.observe_request(self.table, self.action, status, ms / 1000)
 
 
 def client_address(peer: str | None, forwarded_for: list[str], trusted: tuple[Network, ...]) -> str:

@@ -26,6 +26,7 @@ import uvicorn
 from starlette.routing import Route
 
 from . import http_server
+from .admin import admin_routes
 from .config import Settings
 from .credentials import PasswordCheck
 from .inbox import FolderWatch, LoadQueue, left_over
@@ -89,7 +90,7 @@ class Service:
                 self.journal.healthy,
             )
             self.live = LiveEndpoint(live, self.journal, probes=probes)
-            extra = []
+            extra = admin_routes(self.settings, self.engine)
             if self.ceiling_path:  # the benchmark's parse-only ceiling, same stack
                 ceiling = LiveEndpoint(live, None, self.live.check)
                 extra.append(Route(self.ceiling_path, ceiling.handle, methods=["POST"]))
