@@ -69,6 +69,8 @@ def browser(tmp_path: Path) -> Iterator[Any]:
         options.add_argument(flag)
     driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
     driver.set_page_load_timeout(60)
+    # A click starts a navigation and returns: wait for the next page's elements.
+    driver.implicitly_wait(10)
     try:
         yield driver
     finally:
