@@ -175,9 +175,10 @@ def test_demo_runs_the_whole_product_and_ends_with_zero_differences(tmp_path):
 
 
 def test_replay_command_lands_held_records_once_the_key_is_configured(tmp_path):
-    from aljex_sync.journal import Journal, Outcome, Received
+    from aljex_sync.clock import utcnow
+    from aljex_sync.journal import Journal
+    from aljex_sync.messages import Outcome, Received
     from aljex_sync.store.database import open_engine
-    from aljex_sync.store.schema import utcnow
 
     path, _ = init(tmp_path)
     settings = config.load(path, env={})
@@ -199,7 +200,7 @@ def test_replay_command_lands_held_records_once_the_key_is_configured(tmp_path):
 
 
 def test_init_never_tells_aljex_localhost(tmp_path):
-    from aljex_sync.cli import reachable_address
+    from aljex_sync.cli.init import reachable_address
 
     path = tmp_path / "aljex-sync.toml"
     code, out = run("-c", str(path), "init")
