@@ -55,4 +55,3 @@ def main(ctx: click.Context, config_path: Path | None, log_level: str) -> None:
 
 for command in (init, serve, status, load, replay, demo, emulate):
     main.add_command(command)
-
