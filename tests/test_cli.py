@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from aljex_sync import config
 from aljex_sync.cli import main
 from aljex_sync.credentials import verify_password
-from aljex_sync.sftp import host_key_fingerprint
+from aljex_sync.sftp_settings import host_key_fingerprint
 
 
 def run(*args: str) -> tuple[int, str]:

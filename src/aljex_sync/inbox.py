@@ -28,7 +28,7 @@ from .clock import utcnow
 from .errors import DatabaseUnavailable
 from .folders import ARCHIVE, FAILED, FOLDERS, HELD, UNMATCHED, clashes
 from .morning import FileReport, MorningLoader
-from .sftp import PARTIAL_SUFFIXES, Upload
+from .sftp_files import PARTIAL_SUFFIXES, Upload
 
 log = logging.getLogger("aljex_sync.inbox")
 

@@ -32,7 +32,8 @@ from .inbox import FolderWatch, LoadQueue, left_over
 from .journal_process import JournalProcess
 from .live import LiveEndpoint, database_probe
 from .morning import MorningLoader
-from .sftp import SftpInbox, SftpSettings
+from .sftp import SftpInbox
+from .sftp_settings import SftpSettings
 from .store.database import display_url, open_engine
 from .store.schema import Schema
 

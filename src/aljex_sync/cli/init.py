@@ -9,7 +9,7 @@ import click
 
 from ..credentials import generate_password, hash_password
 from ..errors import ConfigError
-from ..sftp import host_key_fingerprint
+from ..sftp_settings import host_key_fingerprint
 from ..store.database import normalize_url
 from .common import Context, console, fail
 from .config_file import config_text
