@@ -265,3 +265,24 @@ def test_a_mistyped_environment_override_stops_the_command(tmp_path):
     assert result.exit_code == 1
     assert "error: ALJEX_SYNC_LIVE_LISTN: unknown setting" in result.output
     assert "did you mean ALJEX_SYNC_LIVE_LISTEN?" in result.output
+
+
+def test_init_writes_every_setting_at_its_default_but_what_it_chose(tmp_path):
+    import tomllib
+
+    from aljex_sync.config import SCHEMA
+
+    path, _ = init(tmp_path, "--http-port", "8081", "--database-url", "sqlite:///x.db")
+    written = tomllib.loads(path.read_text())
+    chosen = {"database.url", "live.listen", "live.password_hash", "morning.password_hash"}
+    for section, keys in SCHEMA.items():
+        for name, key in keys.items():
+            dotted = f"{section}.{name}"
+            if name == "password":  # only the hash is written
+                assert name not in written[section], dotted
+            elif dotted not in chosen:
+                assert written[section][name] == key.default, dotted
+    assert written["database"]["url"] == "sqlite:///x.db"
+    assert written["live"]["listen"] == "0.0.0.0:8081"
+    assert written["live"]["password_hash"].startswith("$argon2id$")
+    assert "# largest request body accepted" in path.read_text()

@@ -234,6 +234,6 @@ async def _form(request: Request) -> dict[str, str] | None:
         chunks.append(chunk)
     try:
         parsed = parse_qs(b"".join(chunks).decode("ascii"), max_num_fields=10)
-    except (UnicodeDecodeError, ValueError):
+    except ValueError:  # UnicodeDecodeError is one
         return None
     return {name: values[0] for name, values in parsed.items()}
