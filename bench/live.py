@@ -2,8 +2,8 @@
 
 Posts 40-field and 400-field records through a real server and compares each figure with a
 parse-only endpoint on the same server stack (auth, body, decoding, no database): the
-ceiling. Targets: p99 at one connection <= 2 ms (40 fields) and <= 5 ms (400 fields);
-records/s at 16 connections >= 50% of the ceiling's. Each figure is the best of a few
+ceiling, bench/ceiling.py. Targets: p99 at one connection <= 2 ms (40 fields) and <= 5 ms
+(400 fields); records/s at 16 connections >= 50% of the ceiling's. Each figure is the best of a few
 runs, ceiling and real alternating, since the machine running it may be doing other work.
 """
 
@@ -21,8 +21,9 @@ from urllib.parse import urlencode
 from aljex_sync import config
 from aljex_sync.service import BackgroundService
 
+from .ceiling import ceiling
+
 PASSWORD = "bench-password"
-CEILING = "/_ceiling"
 
 
 def _run_client(url: str, bodies_file: Path, connections: int) -> dict[str, Any]:
@@ -90,18 +91,20 @@ def run(
             },
             base=work,
         )
-        with BackgroundService(settings, ceiling_path=CEILING) as running:
-            base = running.url.removesuffix(settings.live.path)
+        with (
+            BackgroundService(settings) as running,
+            ceiling(settings.live, running.loop) as ceiling_url,
+        ):
             for fields in (40, 400):
                 for connections, count in ((1, sequential), (16, concurrent)):
                     records = records_for(fields, count)
                     bodies = _bodies(records, work / "bodies.txt")
                     warm = _bodies(records[: max(count // 10, connections)], work / "warm.txt")
-                    _run_client(base + CEILING, warm, connections)
+                    _run_client(ceiling_url, warm, connections)
                     _run_client(running.url, warm, connections)
                     ceilings, reals = [], []
                     for _ in range(repeats):
-                        ceilings.append(_run_client(base + CEILING, bodies, connections))
+                        ceilings.append(_run_client(ceiling_url, bodies, connections))
                         reals.append(_run_client(running.url, bodies, connections))
                     results.append(
                         {

@@ -61,7 +61,7 @@ LOAD = textwrap.dedent(
     from aljex_sync.journal import Journal
     from aljex_sync.morning import MorningLoader
     from aljex_sync.store.database import open_engine
-    from aljex_sync.store.schema import utcnow
+    from aljex_sync.clock import utcnow
 
     url, path = sys.argv[1], Path(sys.argv[2])
     settings = config.parse({"database": {"url": url}, "live": {"password": "x"},

@@ -17,7 +17,9 @@ from sqlalchemy import Engine
 from aljex_sync import config
 from aljex_sync.config import Settings
 from aljex_sync.service import BackgroundService
-from aljex_sync.sftp import SftpInbox, SftpSettings, Upload
+from aljex_sync.sftp import SftpInbox
+from aljex_sync.sftp_files import Upload
+from aljex_sync.sftp_settings import SftpSettings
 from aljex_sync.store.database import open_engine
 
 TEST_PASSWORD = "s3cret-pass"

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from aljex_sync import config
 from aljex_sync.cli import main
 from aljex_sync.credentials import verify_password
-from aljex_sync.sftp import host_key_fingerprint
+from aljex_sync.sftp_settings import host_key_fingerprint
 
 
 def run(*args: str) -> tuple[int, str]:
@@ -175,9 +175,10 @@ def test_demo_runs_the_whole_product_and_ends_with_zero_differences(tmp_path):
 
 
 def test_replay_command_lands_held_records_once_the_key_is_configured(tmp_path):
-    from aljex_sync.journal import Journal, Outcome, Received
+    from aljex_sync.clock import utcnow
+    from aljex_sync.journal import Journal
+    from aljex_sync.messages import Outcome, Received
     from aljex_sync.store.database import open_engine
-    from aljex_sync.store.schema import utcnow
 
     path, _ = init(tmp_path)
     settings = config.load(path, env={})
@@ -199,7 +200,7 @@ def test_replay_command_lands_held_records_once_the_key_is_configured(tmp_path):
 
 
 def test_init_never_tells_aljex_localhost(tmp_path):
-    from aljex_sync.cli import reachable_address
+    from aljex_sync.cli.init import reachable_address
 
     path = tmp_path / "aljex-sync.toml"
     code, out = run("-c", str(path), "init")
@@ -264,3 +265,24 @@ def test_a_mistyped_environment_override_stops_the_command(tmp_path):
     assert result.exit_code == 1
     assert "error: ALJEX_SYNC_LIVE_LISTN: unknown setting" in result.output
     assert "did you mean ALJEX_SYNC_LIVE_LISTEN?" in result.output
+
+
+def test_init_writes_every_setting_at_its_default_but_what_it_chose(tmp_path):
+    import tomllib
+
+    from aljex_sync.config import SCHEMA
+
+    path, _ = init(tmp_path, "--http-port", "8081", "--database-url", "sqlite:///x.db")
+    written = tomllib.loads(path.read_text())
+    chosen = {"database.url", "live.listen", "live.password_hash", "morning.password_hash"}
+    for section, keys in SCHEMA.items():
+        for name, key in keys.items():
+            dotted = f"{section}.{name}"
+            if name == "password":  # only the hash is written
+                assert name not in written[section], dotted
+            elif dotted not in chosen:
+                assert written[section][name] == key.default, dotted
+    assert written["database"]["url"] == "sqlite:///x.db"
+    assert written["live"]["listen"] == "0.0.0.0:8081"
+    assert written["live"]["password_hash"].startswith("$argon2id$")
+    assert "# largest request body accepted" in path.read_text()

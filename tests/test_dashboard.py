@@ -7,8 +7,9 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, insert, select
 
+from aljex_sync.clock import utcnow
 from aljex_sync.dashboard import HOURS, read_event, read_overview
-from aljex_sync.store.schema import events, utcnow
+from aljex_sync.store.schema import events
 
 from .admin_support import (
     RAGGED,

@@ -15,10 +15,12 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 
+from aljex_sync.clock import utcnow
 from aljex_sync.errors import UnknownAction
-from aljex_sync.journal import Journal, Outcome, Received
+from aljex_sync.journal import Journal
+from aljex_sync.messages import Outcome, Received
 from aljex_sync.store.database import open_engine
-from aljex_sync.store.schema import Schema, utcnow
+from aljex_sync.store.schema import Schema
 
 from .support import RunningService, make_settings
 from .test_live import journal, post, record, rows
@@ -46,8 +48,11 @@ def wait_for_exit(pid: int) -> None:
 
 def test_the_writer_is_a_process_of_its_own(service):
     assert writer_pid(service) != os.getpid()
-    assert post(service, record("notes", "create", id="1")).status_code == 200
-    assert service.service.journal.counts["applied"] == 1
+    response = post(service, record("notes", "create", id="1"))
+    assert (response.status_code, response.text) == (200, "applied as event 1\n")
+    engine = service.engine()
+    assert [(e["id"], e["status"]) for e in journal(engine)] == [(1, "applied")]
+    engine.dispose()
 
 
 def test_a_killed_writer_is_replaced_and_the_next_request_lands(tmp_path, sqlite_url):
@@ -226,8 +231,11 @@ def test_without_a_fork_server_the_writer_is_spawned(tmp_path, sqlite_url, monke
     with RunningService(make_settings(sqlite_url, tmp_path)) as running:
         with open(f"/proc/{writer_pid(running)}/cmdline", "rb") as f:
             assert b"spawn_main" in f.read()
-        assert post(running, record("notes", "create", id="1")).status_code == 200
-        assert running.service.journal.counts["applied"] == 1
+        response = post(running, record("notes", "create", id="1"))
+        assert (response.status_code, response.text) == (200, "applied as event 1\n")
+        engine = running.engine()
+        assert [(e["id"], e["status"]) for e in journal(engine)] == [(1, "applied")]
+        engine.dispose()
 
 
 def test_a_malformed_body_while_the_database_is_down_gets_503_until_it_can_be_journaled(

@@ -17,9 +17,9 @@ import httpx
 import pytest
 from sqlalchemy import Engine, inspect, text
 
+from aljex_sync.clock import utcnow
 from aljex_sync.morning import MorningLoader
 from aljex_sync.store.database import open_engine
-from aljex_sync.store.schema import utcnow
 
 from .support import RunningService, make_settings
 from .test_live import journal, post, record, rows

@@ -20,12 +20,13 @@ from click.testing import CliRunner
 from sqlalchemy import Engine, inspect, select, text
 
 from aljex_sync.cli import main
+from aljex_sync.clock import utcnow
 from aljex_sync.csvfile import CsvReader, inspect_file
-from aljex_sync.inbox import Arrival, LoadQueue
+from aljex_sync.inbox import Arrival, LoadQueue, dispose
 from aljex_sync.journal import Journal
-from aljex_sync.morning import MorningLoader, dispose, export_time, table_for
+from aljex_sync.morning import MorningLoader, export_time, table_for
 from aljex_sync.store.database import open_engine
-from aljex_sync.store.schema import files, utcnow
+from aljex_sync.store.schema import files
 
 from .support import TEST_PASSWORD, RunningService, make_settings, sftp_upload
 

@@ -23,7 +23,7 @@ from typing import Any
 import asyncssh
 import pytest
 
-from aljex_sync.sftp import SftpSettings, host_key_fingerprint
+from aljex_sync.sftp_settings import SftpSettings, host_key_fingerprint
 
 from .support import SFTP_PASSWORD, SFTP_USER, RunningInbox, sftp_settings
 

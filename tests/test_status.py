@@ -12,9 +12,11 @@ from sqlalchemy import create_engine, insert, inspect
 
 from aljex_sync import config
 from aljex_sync.cli import main
-from aljex_sync.journal import Journal, Outcome, Received
+from aljex_sync.clock import utcnow
+from aljex_sync.journal import Journal
+from aljex_sync.messages import Outcome, Received
 from aljex_sync.store.database import normalize_url, open_engine
-from aljex_sync.store.schema import files, utcnow
+from aljex_sync.store.schema import files
 
 
 def run(*args: str) -> tuple[int, str]:

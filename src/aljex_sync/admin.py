@@ -32,8 +32,9 @@ from .config import LiveSettings, Settings
 from .credentials import PasswordCheck
 from .dashboard import read_event, read_overview
 from .errors import AljexSyncError
-from .journal import Journal, Outcome
+from .journal import Journal
 from .live import _basic_credentials, client_address
+from .messages import Outcome
 from .store.database import open_engine, translate
 
 log = logging.getLogger("aljex_sync.admin")
@@ -233,6 +234,6 @@ async def _form(request: Request) -> dict[str, str] | None:
         chunks.append(chunk)
     try:
         parsed = parse_qs(b"".join(chunks).decode("ascii"), max_num_fields=10)
-    except (UnicodeDecodeError, ValueError):
+    except ValueError:  # UnicodeDecodeError is one
         return None
     return {name: values[0] for name, values in parsed.items()}

@@ -15,7 +15,7 @@ from datetime import datetime
 from urllib.parse import parse_qsl
 
 from .dashboard import Event, EventRow, Feed, FileRow, Overview, TableRow
-from .journal import Outcome
+from .messages import Outcome
 
 STYLE = """
 body{font:14px/1.4 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;color:#1d2330;

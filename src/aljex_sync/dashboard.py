@@ -16,8 +16,9 @@ from sqlalchemy import Connection, Engine, case, func, select, table, true
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql.elements import ColumnElement
 
+from .clock import utcnow
 from .store.database import reading
-from .store.schema import events, files, tables_table, utcnow
+from .store.schema import events, files, tables_table
 
 HOURS = 48  # the span of the chart of events per hour
 MAX_TABLES = 200

@@ -15,16 +15,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import queue
+import secrets
+import shutil
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from .clock import utcnow
 from .errors import DatabaseUnavailable
-from .folders import FOLDERS
-from .morning import FileReport, MorningLoader, dispose, make_folder
-from .sftp import PARTIAL_SUFFIXES, Upload
+from .folders import ARCHIVE, FAILED, FOLDERS, HELD, UNMATCHED, clashes
+from .morning import FileReport, MorningLoader
+from .sftp_files import PARTIAL_SUFFIXES, Upload
 
 log = logging.getLogger("aljex_sync.inbox")
 
@@ -228,3 +232,67 @@ class FolderWatch:
             self._seen.pop(gone, None)
         self._queued &= present
         return ready
+
+
+def dispose(report: FileReport, path: Path, inbox: Path) -> Path | None:
+    """Move a file out of the inbox according to what became of it; write error notes."""
+    if not path.exists():
+        return None
+    if report.status in ("loaded", "duplicate"):
+        folder = inbox / ARCHIVE / utcnow().strftime("%Y-%m-%d")
+    elif report.status == "held":
+        folder = inbox / HELD
+    elif report.status == "unmatched":
+        folder = inbox / UNMATCHED
+    elif report.status == "failed":
+        folder = inbox / FAILED
+    else:
+        return None
+    if path.parent == inbox and clashes(path.name):
+        # The file stands where a folder must be: step it aside (hidden, so nothing loads it).
+        aside = path.with_name(f".aside-{secrets.token_hex(4)}-{path.name}")
+        os.replace(path, aside)
+        path = aside
+    make_folder(inbox, folder)
+    target = _free_name(folder / report.name)
+    shutil.move(str(path), target)
+    if report.status in ("failed", "held", "unmatched"):
+        note = target.with_name(target.name + ".error.txt")
+        note.write_text(f"{report.status}: {report.error}\n")
+    report.moved_to = target
+    return target
+
+
+def make_folder(inbox: Path, folder: Path) -> None:
+    """Make one of the inbox's folders (or a folder in one); a file in the way is failed first.
+
+    The load queue makes the folders before any load, failing such a file through the
+    loader; this is the last resort for one that turns up later, with a note and an ERROR.
+    """
+    top = inbox / folder.relative_to(inbox).parts[0]
+    if top.is_symlink() or (top.exists() and not top.is_dir()):
+        aside = inbox / f".aside-{secrets.token_hex(4)}-{top.name}"
+        os.replace(top, aside)
+        failed = inbox / FAILED
+        if top != failed:
+            make_folder(inbox, failed)
+        else:
+            failed.mkdir()
+        target = _free_name(failed / top.name)
+        os.replace(aside, target)
+        reason = "the file's name is the name of one of the inbox's own folders"
+        target.with_name(target.name + ".error.txt").write_text(f"failed: {reason}\n")
+        log.error("%s: moved to %s: %s", top.name, target, reason)
+    folder.mkdir(parents=True, exist_ok=True)
+
+
+def _free_name(target: Path) -> Path:
+    """``target``, or ``name.1.csv``, ``name.2.csv``... when that is taken."""
+    if not target.exists():
+        return target
+    n = 1
+    while True:
+        candidate = target.with_name(f"{target.stem}.{n}{target.suffix}")
+        if not candidate.exists():
+            return candidate
+        n += 1

@@ -7,9 +7,9 @@ group's time went to that wait. Here the writer is a child process with its own
 interpreter. The loop sends each request down a socket pair and the child answers once
 per group, so the loop does little more than it does to parse a request.
 
-Frames are a 4-byte big-endian length and a pickle. Parent to child: ``(id, body,
-remote address, received at, rejection, resent)``, the request as the edge read it, unparsed;
-an empty frame asks the child to finish and exit. Child to parent: ``("done", [(id,
+Frames are a 4-byte big-endian length and a pickle. Parent to child: ``(id, request)``,
+the request as the edge read it, unparsed, packed by ``messages.pack_received``; an empty
+frame asks the child to finish and exit. Child to parent: ``("done", [(id, packed
 Outcome or exception), ...])`` after each commit, and ``("log", record)`` for its log
 lines, which the parent logs as its own. Group commit is natural: whatever arrived while
 the child was writing the last group is the next group.
@@ -36,13 +36,22 @@ import signal
 import socket
 import struct
 import threading
-from collections import Counter
+from dataclasses import replace
 from typing import Any, cast
 
 from . import metrics
 from .config import Settings
 from .errors import DatabaseUnavailable
-from .journal import MAX_BATCH, Journal, Outcome, Received
+from .journal import MAX_BATCH, Journal
+from .messages import (
+    Outcome,
+    PackedOutcome,
+    Received,
+    pack_outcome,
+    pack_received,
+    unpack_outcome,
+    unpack_received,
+)
 from .store.database import open_engine
 
 log = logging.getLogger("aljex_sync.journal")
@@ -145,17 +154,16 @@ class _Link(asyncio.Protocol):
             elif not self.ready.done():  # "ready" or "failed"
                 self.ready.set_result(None if kind == "ready" else str(payload))
 
-    def _settle(self, results: list[tuple[int, tuple[Any, ...] | BaseException]]) -> None:
+    def _settle(self, results: list[tuple[int, PackedOutcome | BaseException]]) -> None:
         metrics.observe_group(len(results))  # one "done" frame is one committed group
         for rid, result in results:
             future = self.pending.pop(rid, None)
-            if not isinstance(result, BaseException):
-                outcome = Outcome(*result)
-                self.owner.counts[outcome.status] += 1
-                if future is not None and not future.done():
-                    future.set_result(outcome)
-            elif future is not None and not future.done():
+            if future is None or future.done():
+                continue
+            if isinstance(result, BaseException):
                 future.set_exception(result)
+            else:
+                future.set_result(unpack_outcome(result))
         metrics.set_queue(len(self.pending))
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -184,7 +192,6 @@ class JournalProcess:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.counts: Counter[str] = Counter()  # outcomes by status, as the writer reported them
         self.stopping = False
         self._process: multiprocessing.process.BaseProcess | None = None
         self._link: _Link | None = None
@@ -240,8 +247,7 @@ class JournalProcess:
             self._next_id += 1
             rid = self._next_id
             future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-            fields = (rid, received.body, received.remote_addr, received.received_at)
-            link.send(_frame((*fields, received.rejection, resent)))
+            link.send(_frame((rid, pack_received(received))))
             link.pending[rid] = future
             metrics.set_queue(len(link.pending))
             try:
@@ -250,6 +256,7 @@ class JournalProcess:
                 if resent or self.stopping:
                     raise
                 resent = True
+                received = replace(received, resent=True)
                 log.warning("sending the request the journal process had in hand to a new one")
             finally:
                 link.pending.pop(rid, None)
@@ -301,8 +308,8 @@ class JournalProcess:
 # -- the child side --------------------------------------------------------------------
 
 
-class _Sender:
-    """The child's end, shared by its writer and its log lines."""
+class _ParentChannel:
+    """The child's end of the socket pair, shared by its writer and its log lines."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -315,7 +322,7 @@ class _Sender:
 
 
 class _LogToParent(logging.Handler):
-    def __init__(self, sender: _Sender) -> None:
+    def __init__(self, sender: _ParentChannel) -> None:
         super().__init__()
         self.sender = sender
 
@@ -339,7 +346,7 @@ def _child_main(sock: socket.socket, settings: Settings, level: int) -> None:
     # parent drains its requests before it asks this process to finish.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    sender = _Sender(sock)
+    sender = _ParentChannel(sock)
     root = logging.getLogger()
     root.handlers[:] = [_LogToParent(sender)]
     root.setLevel(level)
@@ -359,7 +366,7 @@ def _child_main(sock: socket.socket, settings: Settings, level: int) -> None:
         sock.close()
 
 
-def _write_until_stopped(sock: socket.socket, sender: _Sender, journal: Journal) -> None:
+def _write_until_stopped(sock: socket.socket, sender: _ParentChannel, journal: Journal) -> None:
     """Each read takes every request that has arrived, and they are written as one group."""
     frames = _Frames()
     while True:
@@ -375,34 +382,26 @@ def _write_until_stopped(sock: socket.socket, sender: _Sender, journal: Journal)
             if not frame:
                 stop = True
                 break
-            rid, body, remote_addr, received_at, rejection, resent = _unframe(frame)
-            batch.append((rid, Received(body, remote_addr, received_at, rejection, resent)))
+            rid, packed = _unframe(frame)
+            batch.append((rid, unpack_received(packed)))
         for start in range(0, len(batch), MAX_BATCH):
             group = batch[start : start + MAX_BATCH]
             results = journal.write_group([received for _, received in group])
             sender.send(
                 (
                     "done",
-                    [(rid, _wire_result(r)) for (rid, _), r in zip(group, results, strict=True)],
+                    [(rid, _packed_result(r)) for (rid, _), r in zip(group, results, strict=True)],
                 )
             )
         if stop:
             return
 
 
-def _wire_result(result: Outcome | BaseException) -> tuple[Any, ...] | BaseException:
-    """An outcome as a plain tuple (quicker to pickle than the dataclass), or an exception
-    the parent can unpickle: a bug's own exception class may not be."""
+def _packed_result(result: Outcome | BaseException) -> PackedOutcome | BaseException:
+    """An outcome packed (quicker to pickle than the dataclass), or an exception the
+    parent can unpickle: a bug's own exception class may not be."""
     if isinstance(result, Outcome):
-        return (
-            result.event_id,
-            result.status,
-            result.reason,
-            result.table,
-            result.action,
-            result.key,
-            result.rejection,
-        )
+        return pack_outcome(result)
     if isinstance(result, DatabaseUnavailable):
         return result
     try:

@@ -29,6 +29,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from . import metrics
+from .clock import utcnow
 from .config import LiveSettings, Network
 from .credentials import PasswordCheck
 from .errors import (
@@ -40,10 +41,9 @@ from .errors import (
     UnsupportedMediaType,
     WireError,
 )
-from .journal import Outcome, Received
 from .logins import Logins
-from .store.schema import events, utcnow
-from .wire import parse_body
+from .messages import Outcome, Received
+from .store.schema import events
 
 log = logging.getLogger("aljex_sync.live")
 
@@ -99,7 +99,7 @@ class Writer(Protocol):
 
 
 @dataclass
-class _Line:
+class _RequestLogLine:
     """The fields of the one log line every request gets."""
 
     source: str
@@ -184,12 +184,12 @@ def _text(status: int, line: str, headers: dict[str, str] | None = None) -> Resp
 
 
 class LiveEndpoint:
-    """The ASGI app Aljex posts to. ``journal`` does the writing; None means parse only."""
+    """The ASGI app Aljex posts to; ``journal`` does the writing."""
 
     def __init__(
         self,
         settings: LiveSettings,
-        journal: Writer | None,
+        journal: Writer,
         check: PasswordCheck | None = None,
         *,
         probes: tuple[Probe, ...] = (),
@@ -229,11 +229,11 @@ class LiveEndpoint:
         source = client_address(
             peer, request.headers.getlist("x-forwarded-for"), self.settings.trusted_proxies
         )
-        line = _Line(source, time.perf_counter())
+        line = _RequestLogLine(source, time.perf_counter())
         response = await self._handle(request, source, line)
         return response
 
-    async def _handle(self, request: Request, source: str, line: _Line) -> Response:
+    async def _handle(self, request: Request, source: str, line: _RequestLogLine) -> Response:
         settings = self.settings
         if request.method != "POST":
             line.emit(405, "method not allowed")
@@ -256,8 +256,6 @@ class LiveEndpoint:
         if content_type is not None and content_type.split(";")[0].strip().lower() != FORM:
             error = UnsupportedMediaType(f"content type {content_type[:80]!r} is not {FORM}")
             return await self._reject(error, body, source, received_at, line)
-        if self.journal is None:  # the parse-only ceiling used by the benchmark
-            return self._parse_only(body, line)
         try:
             outcome = await self.journal.write(Received(body, source, received_at))
         except DatabaseUnavailable as e:
@@ -265,20 +263,7 @@ class LiveEndpoint:
             return _text(503, f"database unavailable, nothing was stored: {e}"[:300])
         return self._reply(outcome, line)
 
-    def _parse_only(self, body: bytes, line: _Line) -> Response:
-        """What the benchmark's ceiling does: everything the endpoint does but the writing."""
-        settings = self.settings
-        try:
-            change = parse_body(
-                body, legacy_charset=settings.legacy_charset, max_fields=settings.max_fields
-            )
-        except WireError as e:
-            return self._refuse(e, line)
-        line.table, line.action = change.table, change.action
-        line.emit(200, "parsed")
-        return _text(200, "parsed")
-
-    def _reply(self, outcome: Outcome, line: _Line) -> Response:
+    def _reply(self, outcome: Outcome, line: _RequestLogLine) -> Response:
         if outcome.rejection is not None:
             return self._refuse(outcome.rejection, line)
         line.table, line.action = outcome.table or "-", outcome.action or "-"
@@ -289,7 +274,9 @@ class LiveEndpoint:
         line.emit(200, outcome.status)
         return _text(200, f"{outcome.status} as event {outcome.event_id}")
 
-    async def _authenticate(self, request: Request, source: str, line: _Line) -> Response | None:
+    async def _authenticate(
+        self, request: Request, source: str, line: _RequestLogLine
+    ) -> Response | None:
         """None for the right credentials, else the 401 or 429 to answer.
 
         An address over its failure limit is refused before its password is looked at.
@@ -318,7 +305,7 @@ class LiveEndpoint:
         return self._unauthorized(line)
 
     @staticmethod
-    def _unauthorized(line: _Line) -> Response:
+    def _unauthorized(line: _RequestLogLine) -> Response:
         line.emit(401, "unauthorized")
         return _text(
             401,
@@ -327,7 +314,7 @@ class LiveEndpoint:
         )
 
     @staticmethod
-    def _too_many(wait: int, line: _Line) -> Response:
+    def _too_many(wait: int, line: _RequestLogLine) -> Response:
         line.emit(429, "too many failed logins")
         return _text(
             429,
@@ -361,21 +348,20 @@ class LiveEndpoint:
         body: bytes,
         source: str,
         received_at: datetime,
-        line: _Line,
+        line: _RequestLogLine,
         *,
         close: bool = False,
     ) -> Response:
         """Answer a 4xx, after journaling the request as rejected (best effort)."""
-        if self.journal is not None:
-            received = Received(body, source, received_at, rejection=error)
-            try:
-                await self.journal.write(received)
-            except DatabaseUnavailable as e:
-                log.warning("could not journal a rejected request: %s", e)
+        received = Received(body, source, received_at, rejection=error)
+        try:
+            await self.journal.write(received)
+        except DatabaseUnavailable as e:
+            log.warning("could not journal a rejected request: %s", e)
         return self._refuse(error, line, close=close)
 
     @staticmethod
-    def _refuse(error: WireError, line: _Line, *, close: bool = False) -> Response:
+    def _refuse(error: WireError, line: _RequestLogLine, *, close: bool = False) -> Response:
         """The 4xx reply for a refused request, and its log line."""
         status = STATUS_OF.get(type(error), 400)
         line.table = error.table or "-"

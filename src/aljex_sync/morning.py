@@ -19,9 +19,6 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-import os
-import secrets
-import shutil
 from collections.abc import Callable
 from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
@@ -34,6 +31,7 @@ from sqlalchemy import Connection, Engine, insert, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import catalog
+from .clock import utcnow
 from .config import Settings
 from .csvfile import (
     CsvReader,
@@ -44,10 +42,10 @@ from .csvfile import (
     records_end,
 )
 from .errors import DatabaseUnavailable, MorningFileError
-from .folders import ARCHIVE, FAILED, HELD, UNMATCHED, clashes
+from .folders import clashes
 from .store.database import reading, translate
 from .store.merge import CsvRefused, MergeCounts, Stage, apply, copies_csv, survey
-from .store.schema import Schema, SyncedTable, files, utcnow
+from .store.schema import Schema, SyncedTable, files
 
 FileStatus = Literal["loaded", "dry-run", "duplicate", "held", "failed", "unmatched"]
 Progress = Callable[[int, int], None]  # bytes read so far, rows read so far
@@ -477,70 +475,6 @@ def _with_key_names(header: list[str], key: tuple[str, ...], path: Path) -> list
 
 def _naive_utc(timestamp: float) -> datetime:
     return datetime.fromtimestamp(timestamp, UTC).replace(tzinfo=None)
-
-
-def dispose(report: FileReport, path: Path, inbox: Path) -> Path | None:
-    """Move a file out of the inbox according to what became of it; write error notes."""
-    if not path.exists():
-        return None
-    if report.status in ("loaded", "duplicate"):
-        folder = inbox / ARCHIVE / utcnow().strftime("%Y-%m-%d")
-    elif report.status == "held":
-        folder = inbox / HELD
-    elif report.status == "unmatched":
-        folder = inbox / UNMATCHED
-    elif report.status == "failed":
-        folder = inbox / FAILED
-    else:
-        return None
-    if path.parent == inbox and clashes(path.name):
-        # The file stands where a folder must be: step it aside (hidden, so nothing loads it).
-        aside = path.with_name(f".aside-{secrets.token_hex(4)}-{path.name}")
-        os.replace(path, aside)
-        path = aside
-    make_folder(inbox, folder)
-    target = _free_name(folder / report.name)
-    shutil.move(str(path), target)
-    if report.status in ("failed", "held", "unmatched"):
-        note = target.with_name(target.name + ".error.txt")
-        note.write_text(f"{report.status}: {report.error}\n")
-    report.moved_to = target
-    return target
-
-
-def make_folder(inbox: Path, folder: Path) -> None:
-    """Make one of the inbox's folders (or a folder in one); a file in the way is failed first.
-
-    The load queue makes the folders before any load, failing such a file through the
-    loader; this is the last resort for one that turns up later, with a note and an ERROR.
-    """
-    top = inbox / folder.relative_to(inbox).parts[0]
-    if top.is_symlink() or (top.exists() and not top.is_dir()):
-        aside = inbox / f".aside-{secrets.token_hex(4)}-{top.name}"
-        os.replace(top, aside)
-        failed = inbox / FAILED
-        if top != failed:
-            make_folder(inbox, failed)
-        else:
-            failed.mkdir()
-        target = _free_name(failed / top.name)
-        os.replace(aside, target)
-        reason = "the file's name is the name of one of the inbox's own folders"
-        target.with_name(target.name + ".error.txt").write_text(f"failed: {reason}\n")
-        log.error("%s: moved to %s: %s", top.name, target, reason)
-    folder.mkdir(parents=True, exist_ok=True)
-
-
-def _free_name(target: Path) -> Path:
-    """``target``, or ``name.1.csv``, ``name.2.csv``... when that is taken."""
-    if not target.exists():
-        return target
-    n = 1
-    while True:
-        candidate = target.with_name(f"{target.stem}.{n}{target.suffix}")
-        if not candidate.exists():
-            return candidate
-        n += 1
 
 
 def recent_files(engine: Engine, limit: int = 10) -> list[dict[str, object]]:

@@ -15,7 +15,6 @@ from pathlib import Path
 from sqlalchemy import Engine, and_, exists, func, inspect, select
 from sqlalchemy.orm import aliased
 
-from .journal import Summary, summarize
 from .morning import recent_files
 from .store.database import normalize_url, reading
 from .store.schema import events, files
@@ -33,6 +32,52 @@ class FileProblem:
     status: str
     reason: str
     finished_at: datetime
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What ``aljex-sync status`` shows: counts per status and table, and recent holds."""
+
+    by_status: dict[str, int]
+    by_table: list[tuple[str, str, int, datetime]]  # table, status, count, last received
+    held_reasons: list[tuple[str, str, int]]  # table, reason, count
+    last_received: datetime | None
+
+
+def summarize(engine: Engine) -> Summary:
+    """Read the journal's counts; needs nothing but the database."""
+    with reading(engine) as conn:
+        by_status = {
+            str(s): int(n)
+            for s, n in conn.execute(
+                select(events.c.status, func.count()).group_by(events.c.status)
+            )
+        }
+        by_table = [
+            (str(t or "-"), str(s), int(n), last)
+            for t, s, n, last in conn.execute(
+                select(
+                    events.c.table_name,
+                    events.c.status,
+                    func.count(),
+                    func.max(events.c.received_at),
+                )
+                .group_by(events.c.table_name, events.c.status)
+                .order_by(events.c.table_name, events.c.status)
+            )
+        ]
+        held = [
+            (str(t or "-"), str(e or ""), int(n))
+            for t, e, n in conn.execute(
+                select(events.c.table_name, events.c.error, func.count())
+                .where(events.c.status == "held")
+                .group_by(events.c.table_name, events.c.error)
+                .order_by(func.count().desc())
+                .limit(10)
+            )
+        ]
+        last = conn.execute(select(func.max(events.c.received_at))).scalar()
+    return Summary(by_status, by_table, held, last)
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,6 @@ from collections.abc import Iterator
 from types import TracebackType
 
 import uvicorn
-from starlette.routing import Route
 
 from . import http_server
 from .admin import admin_routes
@@ -33,7 +32,8 @@ from .inbox import FolderWatch, LoadQueue, left_over
 from .journal_process import JournalProcess
 from .live import LiveEndpoint, database_probe
 from .morning import MorningLoader
-from .sftp import SftpInbox, SftpSettings
+from .sftp import SftpInbox
+from .sftp_settings import SftpSettings
 from .store.database import display_url, open_engine
 from .store.schema import Schema
 
@@ -46,9 +46,8 @@ STOP_TIMEOUT = 30.0
 class Service:
     """The whole receiver, started and stopped as one."""
 
-    def __init__(self, settings: Settings, *, ceiling_path: str | None = None) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.ceiling_path = ceiling_path
         self.journal = JournalProcess(settings)
         self.engine = open_engine(settings.database.url, timeout=settings.database.timeout)
         self.schema = Schema(self.engine)
@@ -91,9 +90,6 @@ class Service:
             )
             self.live = LiveEndpoint(live, self.journal, probes=probes)
             extra = admin_routes(self.settings, self.engine)
-            if self.ceiling_path:  # the benchmark's parse-only ceiling, same stack
-                ceiling = LiveEndpoint(live, None, self.live.check)
-                extra.append(Route(self.ceiling_path, ceiling.handle, methods=["POST"]))
             config = http_server.config(self.live.app(extra_routes=extra), live)
             self._server = _Server(config)
             self._server_task = asyncio.create_task(self._server.serve(sockets=[sock]))
@@ -260,9 +256,9 @@ class BackgroundService:
     stops it the way SIGTERM stops ``serve``.
     """
 
-    def __init__(self, settings: Settings, *, ceiling_path: str | None = None) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.service = Service(settings, ceiling_path=ceiling_path)
+        self.service = Service(settings)
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 

@@ -22,6 +22,7 @@ from urllib.parse import unquote_to_bytes
 
 from .charset import decode
 from .errors import MalformedRequest, RequestTooLarge, UnknownAction
+from .store.identifiers import INTERNAL_PREFIX
 
 Action = Literal["create", "update", "delete"]
 
@@ -45,7 +46,7 @@ MAX_IDENTIFIER_BYTES = 63  # PostgreSQL's limit, the smallest of the three datab
 # table ``pg_class`` would be made in ``public`` but read and written in ``pg_catalog``,
 # which the search path always puts first. ``information_schema`` is a schema, never on
 # the search path, and MariaDB keeps its own tables in other databases: both are safe.
-RESERVED_TABLE_PREFIXES = ("_aljex", "sqlite_", "pg_")
+RESERVED_TABLE_PREFIXES = (INTERNAL_PREFIX, "sqlite_", "pg_")
 _BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 
 

@@ -25,7 +25,7 @@ import json
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -49,6 +49,7 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.types import TypeEngine
 
+from ..clock import utcnow
 from .database import reading
 from .identifiers import column_for
 
@@ -162,11 +163,6 @@ files = Table(
     Index("ix_aljex_files_sha256", "sha256"),
     **MYSQL_TABLE,
 )
-
-
-def utcnow() -> datetime:
-    """Now in UTC, naive: every timestamp aljex-sync stores is naive UTC."""
-    return datetime.now(UTC).replace(tzinfo=None)
 
 
 class FieldColumns(dict[str, str]):

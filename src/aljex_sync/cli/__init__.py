@@ -1,0 +1,57 @@
+"""The ``aljex-sync`` command: parse options, call the library, print. Nothing else.
+
+One module per command (or group of commands), each a click command of its own; this
+module holds the group and adds them to it. What they share is in ``common``: the
+consoles, ``fail``, the config (``Context``) and the one way to open the database
+(``database``). A new command is a new module here and one ``add_command`` line below.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .. import __version__, config, logs
+from ..emulate.commands import emulate
+from .common import Context
+from .demo import demo
+from .init import init
+from .load import load
+from .replay import replay
+from .serve import serve
+from .status import status
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Config file. Default: $ALJEX_SYNC_CONFIG, else ./aljex-sync.toml.",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+    help="How much to log.",
+)
+@click.version_option(__version__, prog_name="aljex-sync")
+@click.pass_context
+def main(ctx: click.Context, config_path: Path | None, log_level: str) -> None:
+    """Keep your own database true to Aljex.
+
+    aljex-sync receives Aljex's Database Synchronization feeds, the Live Sync HTTP posts
+    and the Morning Sync CSV files, and writes every record into SQLite, PostgreSQL or
+    MySQL/MariaDB.
+
+    Start with `aljex-sync init`, send Aljex what it prints, then run `aljex-sync serve`.
+    """
+    logs.setup(log_level)
+    ctx.obj = Context(config.config_path(config_path))
+
+
+for command in (init, serve, status, load, replay, demo, emulate):
+    main.add_command(command)

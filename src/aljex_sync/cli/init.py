@@ -1,0 +1,142 @@
+"""``aljex-sync init``: a new config file with random passwords, and what to send Aljex."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+
+import click
+
+from ..credentials import generate_password, hash_password
+from ..errors import ConfigError
+from ..sftp_settings import host_key_fingerprint
+from ..store.database import normalize_url
+from .common import Context, console, fail
+from .config_file import config_text
+
+
+@click.command()
+@click.option(
+    "--database-url",
+    default="sqlite:///aljex.db",
+    show_default=True,
+    help="SQLAlchemy URL, e.g. postgresql://user@host/db or mysql://user@host/db.",
+)
+@click.option(
+    "--public-host",
+    help="Host name or address Aljex reaches this machine at."
+    " Default: this machine's own network address.",
+)
+@click.option("--http-port", default=8080, show_default=True, help="Live Sync HTTP port.")
+@click.option("--sftp-port", default=2222, show_default=True, help="Morning Sync SFTP port.")
+@click.option("--force", is_flag=True, help="Overwrite an existing config file.")
+@click.option(
+    "--then-serving",
+    is_flag=True,
+    hidden=True,
+    help="Say the service starts next (`make serve` runs serve right after init).",
+)
+@click.pass_obj
+def init(
+    obj: Context,
+    database_url: str,
+    public_host: str | None,
+    http_port: int,
+    sftp_port: int,
+    force: bool,
+    then_serving: bool,
+) -> None:
+    """Write a new config with random passwords, and print what to send Aljex.
+
+    The passwords are stored only as hashes, so they are shown this once: send them to
+    Aljex now, or run init again with --force to make new ones.
+    """
+    path = obj.path
+    if path.exists() and not force:
+        fail(f"{path} exists; use --force to replace it (its passwords will change)")
+    try:
+        normalize_url(database_url)
+    except ConfigError as e:
+        fail(f"--database-url: {e.reason}")
+    live_password, sftp_password = generate_password(), generate_password()
+    text = config_text(
+        {
+            "database": {"url": database_url},
+            "live": {
+                "listen": f"0.0.0.0:{http_port}",
+                "password_hash": hash_password(live_password),
+            },
+            "morning": {
+                "listen": f"0.0.0.0:{sftp_port}",
+                "password_hash": hash_password(sftp_password),
+            },
+        }
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(0o600)
+    settings = obj.settings
+    found = public_host or reachable_address()
+    host = found or "HOST"
+    console.print(f"Wrote {path}.\n")
+    console.print("[bold]Send Aljex the following.[/]\n")
+    console.print("Live Sync (HTTP POST):")
+    console.print(f"  URL:      http://{host}:{settings.live.port}{settings.live.path}")
+    console.print(f"  Username: {settings.live.username}")
+    console.print(f"  Password: {live_password}", highlight=False)
+    console.print("\nMorning Sync (SFTP upload):")
+    console.print(f"  Host:     {host}")
+    console.print(f"  Port:     {settings.morning.port}")
+    console.print(f"  Username: {settings.morning.username}")
+    console.print(f"  Password: {sftp_password}", highlight=False)
+    console.print("  Folder:   /")
+    fingerprint = host_key_fingerprint(settings.morning.host_key)
+    console.print(f"  Host key: {fingerprint} (ed25519)", highlight=False)
+    console.print()
+    if public_host is None:
+        console.print(_host_advice(found), highlight=False)
+    console.print("The passwords are stored only as hashes and will not be shown again.")
+    if then_serving:
+        console.print("Starting the service now; stop it with Ctrl-C.")
+    else:
+        console.print("Start the service with: aljex-sync serve")
+
+
+def _host_advice(found: str | None) -> str:
+    """What to say about a host init worked out itself: Aljex must reach it from outside."""
+    if found is None:
+        return (
+            "HOST above: this machine has no network address but loopback. Replace HOST"
+            " with the name or address Aljex reaches this machine at"
+            " (or run init again with --force --public-host HOST)."
+        )
+    if ipaddress.ip_address(found).is_private:
+        return (
+            f"{found} is this machine's address on a private network, which Aljex cannot"
+            " reach from the internet: send Aljex your public host name or address instead"
+            " (run init again with --force --public-host HOST to print it, with new"
+            " passwords)."
+        )
+    return (
+        f"{found} is this machine's own address. If Aljex reaches it by another name"
+        " (a DNS name, a proxy), send Aljex that instead."
+    )
+
+
+def reachable_address() -> str | None:
+    """The address this machine's traffic to the internet leaves from, if not loopback.
+
+    Connecting a UDP socket sends nothing: it only makes the system choose the route, and
+    so the local address, it would use for a documentation address (RFC 5737 / 3849).
+    """
+    for family, target in ((socket.AF_INET, "192.0.2.1"), (socket.AF_INET6, "2001:db8::1")):
+        try:
+            with socket.socket(family, socket.SOCK_DGRAM) as probe:
+                probe.connect((target, 9))
+                address = str(probe.getsockname()[0]).split("%")[0]
+        except OSError:
+            continue
+        ip = ipaddress.ip_address(address)
+        if not (ip.is_loopback or ip.is_unspecified or ip.is_link_local):
+            return address
+    return None

@@ -1,0 +1,117 @@
+"""``aljex-sync status``: what the journal and the file log hold, as tables or JSON."""
+
+from __future__ import annotations
+
+import json
+
+import click
+from rich.table import Table
+
+from .. import overview
+from ..overview import Summary
+from ..store.database import display_url
+from .common import Context, console, database
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+@click.pass_obj
+def status(obj: Context, as_json: bool) -> None:
+    """Show what the journal holds: requests per status and table, why any are held or
+    rejected, and the morning files that were not loaded. Changes nothing."""
+    settings = obj.settings
+    with database(settings) as engine:
+        found = overview.read(engine)
+    if as_json:
+        click.echo(json.dumps(_overview_dict(found), indent=2, default=str))
+        return
+    summary = found.summary
+    console.print(
+        f"Database: {display_url(settings.database.url)}", highlight=False, overflow="fold"
+    )
+    last = summary.last_received
+    console.print(f"Last request: {f'{last:%Y-%m-%d %H:%M:%S} UTC' if last else 'none yet'}")
+    totals = ", ".join(f"{n} {s}" for s, n in sorted(summary.by_status.items())) or "none"
+    console.print(f"Requests: {totals}")
+    if summary.by_table:
+        table = _fitting("Live Sync by table", "table", "status", "requests", "last (UTC)")
+        for name, st, n, last in summary.by_table:
+            table.add_row(name, st, str(n), f"{last:%Y-%m-%d %H:%M:%S}")
+        console.print(table)
+    if summary.held_reasons:
+        held = _fitting("Held records", "table", "held because", "records")
+        for name, reason, n in summary.held_reasons:
+            held.add_row(name, reason, str(n))
+        console.print(held)
+        console.print("Fix the cause, then run `aljex-sync replay`.")
+    if found.rejected:
+        rejected = _fitting("Rejected requests", "refused because", "requests")
+        for reason, n in found.rejected:
+            rejected.add_row(reason, str(n))
+        console.print(rejected)
+    if found.problems:
+        problems = _fitting("Morning files not loaded", "file", "table", "status", "why")
+        for p in found.problems:
+            problems.add_row(p.name, p.table or "-", p.status, p.reason or "-")
+        console.print(problems)
+        console.print(
+            "See inbox/failed, inbox/held and inbox/unmatched; `aljex-sync load` retries."
+        )
+    if found.recent:
+        recent = _fitting(
+            "Recent morning files",
+            "file",
+            "table",
+            "status",
+            "rows",
+            "+new ~upd -del",
+            "finished (UTC)",
+        )
+        for f in found.recent:
+            recent.add_row(
+                str(f["name"]),
+                str(f["table_name"] or "-"),
+                str(f["status"]),
+                str(f["rows_read"]),
+                f"+{f['inserted']} ~{f['updated']} -{f['deleted']}",
+                f"{f['finished_at']:%m-%d %H:%M}",
+            )
+        console.print(recent)
+
+
+def _fitting(title: str, *headers: str) -> Table:
+    """A table whose long cells (file names, reasons) wrap, and no word is cut short."""
+    table = Table(title=title)
+    for header in headers:
+        table.add_column(header, overflow="fold")
+    return table
+
+
+def _overview_dict(found: overview.Overview) -> dict[str, object]:
+    return {
+        **_summary_dict(found.summary),
+        "rejected": [{"reason": r, "count": n} for r, n in found.rejected],
+        "not_loaded": [
+            {
+                "name": p.name,
+                "table": p.table,
+                "status": p.status,
+                "reason": p.reason,
+                "finished_at": p.finished_at,
+            }
+            for p in found.problems
+        ],
+        "files": found.recent,
+    }
+
+
+def _summary_dict(summary: Summary) -> dict[str, object]:
+    return {
+        "by_status": summary.by_status,
+        "last_received": summary.last_received,
+        "by_table": [
+            {"table": t, "status": s, "count": n, "last_received": last}
+            for t, s, n, last in summary.by_table
+        ],
+        "held": [{"table": t, "reason": r, "count": n} for t, r, n in summary.held_reasons],
+    }

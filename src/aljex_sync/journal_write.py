@@ -1,0 +1,211 @@
+"""Writing planned requests: the journal's event rows and their effects on the synced tables.
+
+Each request becomes one row of ``_aljex_events``, as it came, and, when applied, an upsert
+or a delete (or a tombstone) in its table, within the caller's transaction. Values bound for
+the journal's fixed-width columns are cut to fit; the body keeps them whole.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, func, insert, select, update
+from sqlalchemy.sql.expression import ClauseElement
+
+from .clock import utcnow
+from .journal_plan import Plan, Planner
+from .messages import Outcome
+from .store.prepared import Prepared
+from .store.rows import RowMeta, RowWriter
+from .store.schema import SyncedTable, events
+
+LIVE = "live"
+# The widths of the journal's fixed-width columns (store/schema.py).
+NAME_WIDTH = 64  # remote_addr, raw_action, table_name
+TEXT_CUT = 4000  # record_key and warnings: TEXT on MySQL holds 65,535 bytes
+
+EVENT_FIELDS = (
+    "status",
+    "error",
+    "applied_at",
+    "received_at",
+    "source",
+    "remote_addr",
+    "table_name",
+    "action",
+    "raw_action",
+    "record_key",
+    "warnings",
+    "body",
+)
+
+
+def _event_insert(dialect: str) -> ClauseElement:
+    """INSERT of an event; PostgreSQL returns the new id, the others report lastrowid."""
+    stmt = insert(events)
+    return stmt.returning(events.c.id) if dialect == "postgresql" else stmt
+
+
+def event_values(plan: Plan, now: datetime) -> tuple[Any, ...]:
+    """An event row for a plan, in EVENT_FIELDS order.
+
+    Values for fixed-width columns are cut to fit: they came from the network, and the
+    raw body keeps them whole. A ``bare`` plan, whose event the database refused even so,
+    keeps only its status, reason, address and body.
+    """
+    received, change = plan.received, plan.change
+    remote_addr = received.remote_addr[:NAME_WIDTH]
+    if plan.bare:
+        reason = plan.reason[:TEXT_CUT] or None
+        remote_addr = "".join(c for c in remote_addr if c.isprintable()) or "-"
+        nothing = (None, None, None, None, None)  # table, action, raw action, key, warnings
+        return (
+            plan.status,
+            reason,
+            None,
+            received.received_at,
+            LIVE,
+            remote_addr,
+            *nothing,
+            received.body,
+        )
+    raw_action = change.raw_action if change else plan.action or None
+    warnings = "\n".join(plan.warnings)
+    return (
+        plan.status,
+        plan.reason[:TEXT_CUT] or None,
+        now if plan.status == "applied" else None,
+        received.received_at,
+        LIVE,
+        remote_addr,
+        plan.table[:NAME_WIDTH] if plan.table else None,
+        change.action if change else None,
+        raw_action[:NAME_WIDTH] if raw_action else None,
+        plan.key[:TEXT_CUT] or None,
+        warnings[:TEXT_CUT] or None,
+        received.body,
+    )
+
+
+class EventWriter:
+    """Writes plans on a connection it is given; the caller owns the transaction."""
+
+    def __init__(self, engine: Engine, planner: Planner) -> None:
+        self.planner = planner
+        self.rows = RowWriter(engine.dialect)
+        self._insert_event = Prepared.compile(
+            _event_insert(engine.dialect.name), engine.dialect, EVENT_FIELDS
+        )
+        # SQLite inserts a group's events as one executemany, with the ids it would have
+        # given them itself (max + 1, ...), which the write lock of BEGIN IMMEDIATE makes
+        # safe. The servers' sequences are not to be second-guessed: one insert each.
+        self._grouped_events: tuple[Prepared, Prepared] | None = None
+        if engine.dialect.name == "sqlite":
+            self._grouped_events = (
+                Prepared.compile(select(func.max(events.c.id)), engine.dialect, ()),
+                Prepared.compile(insert(events), engine.dialect, ("id", *EVENT_FIELDS)),
+            )
+
+    def write(self, conn: Connection, plan: Plan) -> Outcome:
+        received = plan.received
+        event_id = self._write_event(conn, plan)
+        if plan.status == "applied" and plan.change is not None:
+            meta = RowMeta(received.received_at, LIVE, event_id)
+            if plan.replay_of is not None and plan.synced is not None:
+                newer = self.rows.synced_at(conn, plan.synced, plan.key_values)
+                if newer is not None and newer > received.received_at:
+                    plan.status = "superseded"
+                    plan.reason = f"the row already holds a change from {newer:%Y-%m-%d %H:%M:%S}"
+                    self._write_event(conn, plan)
+                    return self.outcome(plan, event_id)
+            if plan.change.action == "delete":
+                self._delete(conn, plan, meta)
+            elif plan.synced is not None:
+                self.rows.upsert(conn, plan.synced, plan.columns, [(plan.values, meta)])
+        return self.outcome(plan, event_id)
+
+    def _delete(self, conn: Connection, plan: Plan, meta: RowMeta) -> None:
+        """Delete a record, or for a table not made yet leave only its tombstone.
+
+        The tombstone is what keeps a morning file taken before the delete from bringing
+        the record back, so it cannot wait for the table to exist.
+        """
+        change = plan.change
+        assert change is not None
+        if plan.synced is None:
+            self.rows.tombstone(conn, change.table, plan.key, meta)
+            return
+        soft = self.planner.table_settings(change.table).delete == "soft"
+        if not self.rows.delete(conn, plan.synced, plan.key_values, meta, soft=soft):
+            plan.reason = "no such record; nothing to delete"
+
+    def write_group(self, conn: Connection, plans: Sequence[Plan]) -> list[Outcome]:
+        """Write a group: its events, then its effects in the order the requests came.
+
+        A statement's round trip through Python and the driver costs more than SQLite's
+        work on a small row, so the events go in as one executemany (on SQLite), and each
+        run of upserts into one table with one set of columns as another; a later record
+        for a key still lands after an earlier one. Replays go one by one, since each
+        checks the age of its row first.
+        """
+        if any(plan.replay_of is not None for plan in plans):
+            return [self.write(conn, plan) for plan in plans]
+        event_ids = self._insert_events(conn, plans)
+        run: list[tuple[Sequence[str], RowMeta]] = []
+        run_of: tuple[SyncedTable, tuple[str, ...]] | None = None
+        for plan, event_id in zip(plans, event_ids, strict=True):
+            synced, change = plan.synced, plan.change
+            if plan.status != "applied" or change is None:
+                continue
+            meta = RowMeta(plan.received.received_at, LIVE, event_id)
+            if change.action != "delete":
+                assert synced is not None
+                if run_of is None or run_of[0] is not synced or run_of[1] is not plan.columns:
+                    if run_of is not None:
+                        self.rows.upsert(conn, run_of[0], run_of[1], run)
+                    run, run_of = [], (synced, plan.columns)
+                run.append((plan.values, meta))
+                continue
+            if run_of is not None:
+                self.rows.upsert(conn, run_of[0], run_of[1], run)
+                run, run_of = [], None
+            self._delete(conn, plan, meta)
+        if run_of is not None:
+            self.rows.upsert(conn, run_of[0], run_of[1], run)
+        return [
+            self.outcome(plan, event_id) for plan, event_id in zip(plans, event_ids, strict=True)
+        ]
+
+    def _insert_events(self, conn: Connection, plans: Sequence[Plan]) -> list[int]:
+        """Insert the events of a group, in order; return their ids."""
+        now = utcnow()
+        rows = [event_values(plan, now) for plan in plans]
+        if self._grouped_events is None or len(rows) == 1:
+            return [self._insert_event.insert_values(conn, row) for row in rows]
+        last_id, insert_with_ids = self._grouped_events
+        first = int(last_id.scalar(conn) or 0) + 1
+        ids = list(range(first, first + len(rows)))
+        insert_with_ids.execute_values(conn, [(i, *row) for i, row in zip(ids, rows, strict=True)])
+        return ids
+
+    def _write_event(self, conn: Connection, plan: Plan) -> int:
+        now = utcnow()
+        if plan.replay_of is not None:
+            row = {
+                "status": plan.status,
+                "error": plan.reason or None,
+                "applied_at": now if plan.status == "applied" else None,
+            }
+            conn.execute(update(events).where(events.c.id == plan.replay_of).values(row))
+            return plan.replay_of
+        return self._insert_event.insert_values(conn, event_values(plan, now))
+
+    @staticmethod
+    def outcome(plan: Plan, event_id: int) -> Outcome:
+        return Outcome(
+            event_id, plan.status, plan.reason, plan.table, plan.action, plan.key, plan.rejection
+        )
+
+    # -- replay -------------------------------------------------------------------------

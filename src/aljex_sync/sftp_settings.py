@@ -1,0 +1,110 @@
+"""The SFTP server's settings, what its SSH side offers, and its host key.
+
+The algorithms are chosen to pass ssh-audit; the host key is ed25519, generated once and
+kept, since the customer gives its fingerprint to Aljex.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncssh
+from asyncssh.crypto import mlkem_available
+
+from .errors import ConfigError
+
+log = logging.getLogger("aljex_sync.sftp")
+
+#: Key exchanges offered: Curve25519, after the post-quantum hybrid where the cryptography
+#: library provides ML-KEM. No NIST P-curves (ssh-audit fails them: their constants are
+#: unexplained), no group exchange (asyncssh would hand out a 1024-bit group to a client that
+#: asks for one), and no fixed finite-field groups, which the cryptography library deprecates.
+KEX_ALGORITHMS = (
+    *(("mlkem768x25519-sha256",) if mlkem_available else ()),
+    "curve25519-sha256",
+    "curve25519-sha256@libssh.org",
+)
+#: Ciphers offered: AEAD only (their integrity is built in), then AES-CTR, which is offered
+#: with the encrypt-then-MAC MACs only. No CBC, no RC4, no 3DES.
+CIPHERS = (
+    "chacha20-poly1305@openssh.com",
+    "aes256-gcm@openssh.com",
+    "aes128-gcm@openssh.com",
+    "aes256-ctr",
+    "aes192-ctr",
+    "aes128-ctr",
+)
+#: MACs offered (used with the CTR ciphers only): encrypt-then-MAC only, as MAC-then-encrypt
+#: makes the receiver decrypt what it has not authenticated. No SHA-1, no MD5, no truncation.
+MACS = (
+    "hmac-sha2-256-etm@openssh.com",
+    "hmac-sha2-512-etm@openssh.com",
+)
+#: The software version in the server's SSH banner: the name only, so the banner does not
+#: tell a scanner which library version, and which of its bugs, it is talking to.
+SERVER_VERSION = "aljex-sync"
+#: Host key signature algorithm; the host key is always ed25519.
+HOST_KEY_ALGORITHM = "ssh-ed25519"
+
+
+@dataclass(frozen=True)
+class SftpSettings:
+    """Where and how to serve the inbox; the limits keep one bad client from doing much harm."""
+
+    host: str
+    port: int  # 0 = pick a free port (tests)
+    username: str
+    # Given the presented password; it may be slow (scrypt/argon2), so it runs in a thread.
+    check_password: Callable[[str], bool]
+    inbox: Path
+    host_key: Path  # ed25519, generated once if missing (0600), then reused
+    max_file_bytes: int = 4 * 1024**3
+    max_failed_logins: int = 5  # per source address within failed_login_window
+    failed_login_window: float = 300.0
+    failed_login_delay: float = 1.0  # seconds each failed password attempt is slowed by
+
+
+def host_key_fingerprint(path: Path) -> str:
+    """Load the host key (generating it on first use) and return its OpenSSH SHA256 fingerprint.
+
+    The customer gives this to Aljex, so it must be stable across restarts.
+    """
+    return load_or_create_host_key(path).get_fingerprint("sha256")
+
+
+def load_or_create_host_key(path: Path) -> asyncssh.SSHKey:
+    """Read the ed25519 host key, or create it (0600) if missing, so the fingerprint is stable."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        key = asyncssh.generate_private_key(HOST_KEY_ALGORITHM, comment="aljex-sync host key")
+        temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as file:
+                file.write(key.export_private_key("openssh"))
+                file.flush()
+                os.fsync(file.fileno())
+            with contextlib.suppress(FileExistsError):  # a concurrent start won: keep its key
+                os.link(temp, path)  # atomic create-if-absent
+        finally:
+            temp.unlink(missing_ok=True)
+        log.info("generated SSH host key %s", path)
+    try:
+        key = asyncssh.read_private_key(path)
+    except (OSError, asyncssh.KeyImportError) as exc:
+        raise ConfigError("morning.host_key", f"cannot read {path}: {exc}") from exc
+    if key.get_algorithm() != HOST_KEY_ALGORITHM:
+        raise ConfigError(
+            "morning.host_key",
+            f"{path} is an {key.get_algorithm()} key; it must be {HOST_KEY_ALGORITHM}"
+            " (remove it and a new one is generated)",
+        )
+    if path.stat().st_mode & 0o077:
+        log.warning("host key %s is readable by other users; chmod 600 it", path)
+    return key
