@@ -27,6 +27,7 @@ from starlette.routing import Route
 
 from . import http_server
 from .admin import admin_routes
+from .chores import Chores
 from .config import Settings
 from .credentials import PasswordCheck
 from .inbox import FolderWatch, LoadQueue, left_over
@@ -52,6 +53,7 @@ class Service:
         self.journal = JournalProcess(settings)
         self.engine = open_engine(settings.database.url, timeout=settings.database.timeout)
         self.schema = Schema(self.engine)
+        self.chores = Chores(settings, self.engine)  # feed health, webhook, daily prune
         self.live: LiveEndpoint | None = None
         self.loads: LoadQueue | None = None
         self.sftp: SftpInbox | None = None
@@ -89,8 +91,10 @@ class Service:
                 database_probe(self.engine, self.settings.database.timeout),
                 self.journal.healthy,
             )
-            self.live = LiveEndpoint(live, self.journal, probes=probes)
-            extra = admin_routes(self.settings, self.engine)
+            self.live = LiveEndpoint(
+                live, self.journal, probes=probes, details=self.chores.health.lines
+            )
+            extra = admin_routes(self.settings, self.engine, health=self.chores.health)
             if self.ceiling_path:  # the benchmark's parse-only ceiling, same stack
                 ceiling = LiveEndpoint(live, None, self.live.check)
                 extra.append(Route(self.ceiling_path, ceiling.handle, methods=["POST"]))
@@ -106,6 +110,7 @@ class Service:
 
         if self.settings.morning.enabled:
             await self._start_morning()
+        self.chores.start()
 
     async def _start_morning(self) -> None:
         """The load queue, then the SFTP server or the folder watch that feeds it."""
@@ -170,6 +175,7 @@ class Service:
         self._hurry.set()
 
     async def _stop(self) -> None:
+        await self.chores.close()
         if self.sftp is not None:
             await self.sftp.close()
             self.sftp = None
