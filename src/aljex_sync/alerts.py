@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -170,6 +171,7 @@ class HealthWatch:
         self.clock = clock
         self.started_at = clock()
         self.current: dict[str, FeedHealth] = {}
+        self._checking = threading.Lock()
 
     @property
     def enabled(self) -> bool:
@@ -189,7 +191,14 @@ class HealthWatch:
         return found
 
     def check(self, now: datetime | None = None) -> list[FeedHealth]:
-        """Evaluate, keep the result, and report the feeds whose health changed."""
+        """Evaluate, keep the result, and report the feeds whose health changed.
+
+        One check at a time: two at once would each report the same change.
+        """
+        with self._checking:
+            return self._check(now)
+
+    def _check(self, now: datetime | None) -> list[FeedHealth]:
         changed = []
         for health in self.evaluate(now):
             before = self.current.get(health.feed)
