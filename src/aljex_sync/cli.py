@@ -85,9 +85,16 @@ class Context:
     show_default=True,
     help="How much to log.",
 )
+@click.option(
+    "--log-format",
+    type=click.Choice(logs.FORMATS),
+    default="text",
+    show_default=True,
+    help="Log lines as readable text, or one JSON object per line.",
+)
 @click.version_option(__version__, prog_name="aljex-sync")
 @click.pass_context
-def main(ctx: click.Context, config_path: Path | None, log_level: str) -> None:
+def main(ctx: click.Context, config_path: Path | None, log_level: str, log_format: str) -> None:
     """Keep your own database true to Aljex.
 
     aljex-sync receives Aljex's Database Synchronization feeds, the Live Sync HTTP posts
@@ -96,7 +103,7 @@ def main(ctx: click.Context, config_path: Path | None, log_level: str) -> None:
 
     Start with `aljex-sync init`, send Aljex what it prints, then run `aljex-sync serve`.
     """
-    logs.setup(log_level)
+    logs.setup(log_level, log_format)
     ctx.obj = Context(config.config_path(config_path))
 
 
