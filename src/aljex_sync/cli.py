@@ -29,7 +29,7 @@ from rich.table import Table
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import __version__, config, logs, overview
+from . import __version__, config, journal_query, logs, overview, preflight, retention
 from .config import Settings
 from .credentials import generate_password, hash_password
 from .demo import run_demo
@@ -680,6 +680,162 @@ def demo(seconds: float, rate: float, seed: int, folder: Path | None) -> None:
     console.print(f"Database and files: {result.folder}")
     if not result.verify.ok:
         sys.exit(1)
+
+
+# -- events, files, prune, check (issue 11) ---------------------------------------------------
+
+
+@main.command()
+@click.option("--status", type=click.Choice(journal_query.EVENT_STATUSES), help="Only this status.")
+@click.option("--table", help="Only events for this table.")
+@click.option(
+    "--since", help="Only since: a duration (90m, 2h, 3d) or a UTC time (2026-03-02T06:30)."
+)
+@click.option(
+    "--limit", default=50, show_default=True, help="List at most this many, newest first."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.pass_obj
+def events(
+    obj: Context,
+    status: str | None,
+    table: str | None,
+    since: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """List the latest Live Sync requests in the journal, with what became of each and why.
+
+    For example, `aljex-sync events --status held` shows the records waiting for a replay.
+    Changes nothing.
+    """
+    settings = obj.settings
+    try:
+        start = journal_query.parse_since(since) if since else None
+    except AljexSyncError as e:
+        _fail(str(e))
+    engine = _open_existing(settings)
+    try:
+        found = journal_query.list_events(
+            engine, status=status, table=table, since=start, limit=limit
+        )
+    except SQLAlchemyError as e:
+        _fail(str(translate(e)))
+    finally:
+        engine.dispose()
+    if as_json:
+        click.echo(json.dumps([vars(line) for line in found], indent=2, default=str))
+        return
+    listing = _fitting(
+        "Events, newest first", "id", "received (UTC)", "table", "action", "key", "status", "reason"
+    )
+    for line in found:
+        listing.add_row(
+            str(line.id),
+            f"{line.received_at:%m-%d %H:%M:%S}",
+            line.table or "-",
+            line.action or "-",
+            line.key or "-",
+            line.status,
+            line.reason or "-",
+        )
+    console.print(listing if found else "No events match.")
+
+
+@main.command()
+@click.option("--status", type=click.Choice(journal_query.FILE_STATUSES), help="Only this status.")
+@click.option(
+    "--limit", default=50, show_default=True, help="List at most this many, newest first."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.pass_obj
+def files(obj: Context, status: str | None, limit: int, as_json: bool) -> None:
+    """List the latest morning files: what each loaded, or why it was not. Changes nothing."""
+    engine = _open_existing(obj.settings)
+    try:
+        found = journal_query.list_files(engine, status=status, limit=limit)
+    except SQLAlchemyError as e:
+        _fail(str(translate(e)))
+    finally:
+        engine.dispose()
+    if as_json:
+        click.echo(json.dumps([vars(f) for f in found], indent=2, default=str))
+        return
+    listing = _fitting(
+        "Morning files, newest first",
+        "id",
+        "file",
+        "table",
+        "status",
+        "rows",
+        "+new ~upd -del",
+        "finished (UTC)",
+        "reason",
+    )
+    for f in found:
+        listing.add_row(
+            str(f.id),
+            f.name,
+            f.table or "-",
+            f.status,
+            str(f.rows_read),
+            f"+{f.inserted} ~{f.updated} -{f.deleted}",
+            f"{f.finished_at:%m-%d %H:%M}",
+            f.reason or "-",
+        )
+    console.print(listing if found else "No files match.")
+
+
+@main.command()
+@click.option("--keep-days", type=click.IntRange(min=1), help="Default: [journal] keep_days.")
+@click.option("--dry-run", is_flag=True, help="Count what would go; remove nothing.")
+@click.pass_obj
+def prune(obj: Context, keep_days: int | None, dry_run: bool) -> None:
+    """Remove applied events older than [journal] keep_days from the journal.
+
+    Held and rejected events are kept until a replay applies them. `serve` prunes once a
+    day by itself; this is for a first clean-up or a shorter span. Safe while `serve` runs.
+    """
+    settings = obj.settings
+    days = keep_days if keep_days is not None else settings.journal.keep_days
+    if not days:
+        _fail("[journal] keep_days is 0 (keep forever): give --keep-days N to prune")
+    engine = _open_existing(settings)
+    try:
+        report = retention.prune(engine, days, dry_run=dry_run)
+    except SQLAlchemyError as e:
+        _fail(str(translate(e)))
+    finally:
+        engine.dispose()
+    verb = "Would remove" if dry_run else "Removed"
+    console.print(
+        f"{verb} {report.removed} applied event{'s' if report.removed != 1 else ''}"
+        f" received before {report.cutoff:%Y-%m-%d %H:%M} UTC ({days} days kept).",
+        highlight=False,
+    )
+
+
+@main.command()
+@click.pass_obj
+def check(obj: Context) -> None:
+    """Check that `serve` can start: the config and environment, the database (reachable
+    and writable), the ports (free), the SFTP host key and the TLS files.
+
+    Prints one line per problem and exits with status 1 on any; leaves nothing behind.
+    """
+    try:
+        settings = config.load(obj.path)
+    except ConfigError as e:
+        click.echo(f"problem: {config.describe(e, obj.path)}")
+        sys.exit(1)
+    report = preflight.run(settings)
+    for problem in report.problems:
+        click.echo(f"problem: {problem}")
+    if report.problems:
+        sys.exit(1)
+    click.echo(f"ok: {obj.path} and the environment")
+    for passed in report.passed:
+        click.echo(f"ok: {passed}")
 
 
 main.add_command(emulate)
