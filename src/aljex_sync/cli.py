@@ -762,24 +762,13 @@ def files(obj: Context, status: str | None, limit: int, as_json: bool) -> None:
         click.echo(json.dumps([vars(f) for f in found], indent=2, default=str))
         return
     listing = _fitting(
-        "Morning files, newest first",
-        "id",
-        "file",
-        "table",
-        "status",
-        "rows",
-        "+new ~upd -del",
-        "finished (UTC)",
-        "reason",
+        "Morning files, newest first", "file -> table", "status", "rows", "finished", "reason"
     )
     for f in found:
         listing.add_row(
-            str(f.id),
-            f.name,
-            f.table or "-",
+            f"{f.name} -> {f.table or '?'}",
             f.status,
-            str(f.rows_read),
-            f"+{f.inserted} ~{f.updated} -{f.deleted}",
+            f"{f.rows_read} +{f.inserted} ~{f.updated} -{f.deleted}",
             f"{f.finished_at:%m-%d %H:%M}",
             f.reason or "-",
         )

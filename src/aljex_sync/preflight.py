@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncssh
-from sqlalchemy import Column, Integer, MetaData, Table, insert
+from sqlalchemy import Column, Integer, MetaData, Table, insert, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from .config import Settings
 from .overview import database_file_missing
 from .sftp import HOST_KEY_ALGORITHM
-from .store.database import display_url, normalize_url, open_engine, translate
+from .store.database import display_url, normalize_url, open_engine, reading, translate
 
 
 @dataclass
@@ -74,6 +74,13 @@ def check_database(settings: Settings) -> str | None:
     scratch = Table(
         f"_aljex_check_{secrets.token_hex(4)}", MetaData(), Column("id", Integer, primary_key=True)
     )
+    where = display_url(url)
+    try:
+        with reading(engine) as conn:
+            conn.execute(select(1)).all()
+    except SQLAlchemyError as e:
+        engine.dispose()
+        return f"database.url: cannot reach {where}: {translate(e)}"
     try:
         try:
             with engine.begin() as conn:
@@ -84,7 +91,7 @@ def check_database(settings: Settings) -> str | None:
             with engine.begin() as conn:
                 scratch.drop(conn, checkfirst=True)
     except SQLAlchemyError as e:
-        return f"database.url: {display_url(url)}: cannot create and write a table: {translate(e)}"
+        return f"database.url: {where}: cannot create, write and drop a table: {translate(e)}"
     finally:
         engine.dispose()
     return None
