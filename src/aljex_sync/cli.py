@@ -759,7 +759,10 @@ def files(obj: Context, status: str | None, limit: int, as_json: bool) -> None:
     finally:
         engine.dispose()
     if as_json:
-        click.echo(json.dumps([vars(f) for f in found], indent=2, default=str))
+        rows = [
+            {k: v for k, v in vars(f).items() if k != "error"} | {"reason": f.error} for f in found
+        ]
+        click.echo(json.dumps(rows, indent=2, default=str))
         return
     listing = _fitting(
         "Morning files, newest first", "file -> table", "status", "rows", "finished", "reason"
@@ -770,7 +773,7 @@ def files(obj: Context, status: str | None, limit: int, as_json: bool) -> None:
             f.status,
             f"{f.rows_read} +{f.inserted} ~{f.updated} -{f.deleted}",
             f"{f.finished_at:%m-%d %H:%M}",
-            f.reason or "-",
+            f.error or "-",
         )
     console.print(listing if found else "No files match.")
 

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Engine, select
 from sqlalchemy.sql.elements import ColumnElement
 
+from .dashboard import FileRow, file_rows
 from .errors import AljexSyncError
 from .store.database import reading
 from .store.schema import events, files, utcnow
@@ -37,23 +38,6 @@ class EventLine:
     key: str | None
     status: str
     reason: str | None
-
-
-@dataclass(frozen=True)
-class FileLine:
-    """One morning file as ``files`` lists it."""
-
-    id: int
-    name: str
-    table: str | None
-    mode: str | None
-    status: str
-    rows_read: int
-    inserted: int
-    updated: int
-    deleted: int
-    reason: str | None
-    finished_at: datetime
 
 
 def parse_since(text: str, now: datetime | None = None) -> datetime:
@@ -123,38 +107,7 @@ def list_events(
     ]
 
 
-def list_files(engine: Engine, *, status: str | None = None, limit: int = 50) -> list[FileLine]:
+def list_files(engine: Engine, *, status: str | None = None, limit: int = 50) -> list[FileRow]:
     """The latest morning files, newest first, of one status or all."""
-    query = select(
-        files.c.id,
-        files.c.name,
-        files.c.table_name,
-        files.c.mode,
-        files.c.status,
-        files.c.rows_read,
-        files.c.inserted,
-        files.c.updated,
-        files.c.deleted,
-        files.c.error,
-        files.c.finished_at,
-    )
-    if status:
-        query = query.where(files.c.status == status)
     with reading(engine) as conn:
-        rows = conn.execute(query.order_by(files.c.id.desc()).limit(limit)).all()
-    return [
-        FileLine(
-            int(r.id),
-            str(r.name),
-            r.table_name,
-            r.mode,
-            str(r.status),
-            int(r.rows_read or 0),
-            int(r.inserted or 0),
-            int(r.updated or 0),
-            int(r.deleted or 0),
-            r.error,
-            r.finished_at,
-        )
-        for r in rows
-    ]
+        return file_rows(conn, files.c.status == status if status else None, limit)
