@@ -84,9 +84,10 @@ def prune(
 
 
 def prune_and_log(engine: Engine, keep_days: int) -> PruneReport:
-    """``serve``'s daily prune: prune, and say what went."""
+    """``serve``'s daily prune: prune, and say what went (at DEBUG when nothing did)."""
     report = prune(engine, keep_days)
-    log.info(
+    log.log(
+        logging.INFO if report.removed else logging.DEBUG,  # a quiet day is not news
         "journal: pruned %d applied event%s received before %s UTC (keep_days = %d)",
         report.removed,
         "" if report.removed == 1 else "s",
