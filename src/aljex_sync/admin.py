@@ -28,6 +28,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from . import admin_page, metrics
+from .alerts import HealthWatch
 from .config import LiveSettings, Settings
 from .credentials import PasswordCheck
 from .dashboard import read_event, read_overview
@@ -67,8 +68,11 @@ class ReplayResult:
 class AdminArea:
     """The admin routes for one service: status page, event bodies, replay, metrics."""
 
-    def __init__(self, settings: Settings, engine: Engine) -> None:
+    def __init__(
+        self, settings: Settings, engine: Engine, health: HealthWatch | None = None
+    ) -> None:
         admin = settings.admin
+        self.health = health
         self.settings = settings
         self.engine = engine
         self.check = PasswordCheck(
@@ -129,7 +133,8 @@ class AdminArea:
             overview = await asyncio.to_thread(read_overview, self.engine)
         except SQLAlchemyError as e:
             return _unavailable(e)
-        return _html(200, admin_page.status_page(overview, self._token))
+        feeds = dict(self.health.current) if self.health is not None else {}
+        return _html(200, admin_page.status_page(overview, self._token, feeds))
 
     async def event(self, request: Request) -> Response:
         event_id = int(request.path_params["event_id"])
@@ -191,11 +196,13 @@ class AdminArea:
         )
 
 
-def admin_routes(settings: Settings, engine: Engine) -> list[Route]:
+def admin_routes(
+    settings: Settings, engine: Engine, *, health: HealthWatch | None = None
+) -> list[Route]:
     """The admin area's routes, or none when ``[admin]`` is not configured."""
     if not settings.admin.enabled:
         return []
-    return AdminArea(settings, engine).routes()
+    return AdminArea(settings, engine, health).routes()
 
 
 def _allowed(source: str, live: LiveSettings) -> bool:

@@ -10,10 +10,11 @@ hostile.
 from __future__ import annotations
 
 import html
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from urllib.parse import parse_qsl
 
+from .alerts import FeedHealth
 from .dashboard import Event, EventRow, Feed, FileRow, Overview, TableRow
 from .messages import Outcome
 
@@ -98,13 +99,18 @@ def _replay_form(token: str, table: str | None = None, label: str = "Replay held
     )
 
 
-def status_page(overview: Overview, token: str) -> str:
-    """The status page: tables, feeds, held records, morning files, latest events."""
+def status_page(
+    overview: Overview, token: str, health: Mapping[str, FeedHealth] | None = None
+) -> str:
+    """The status page: tables, feeds, held records, morning files, latest events.
+
+    ``health`` is each watched feed's health (``[alerts]``), shown as a badge on its feed.
+    """
     parts = [
         _summary(overview, token),
         _tables(overview.tables, token),
         '<section id=feeds><h2>Feeds</h2><div class="feeds">',
-        *(_feed(feed) for feed in overview.feeds),
+        *(_feed(feed, (health or {}).get(feed.name)) for feed in overview.feeds),
         "</div></section>",
         _files(overview),
         _events(overview.events),
@@ -221,7 +227,20 @@ def chart(hourly: Sequence[tuple[datetime, int]], label: str) -> str:
     )
 
 
-def _feed(feed: Feed) -> str:
+def _badge(health: FeedHealth | None) -> str:
+    """A feed's health under ``[alerts]``: nothing when the feed is not watched."""
+    if health is None:
+        return ""
+    state = "healthy" if health.healthy else "unhealthy"
+    cls = "pill applied" if health.healthy else "pill rejected"
+    return (
+        f' <span class="{cls} feed-health" data-healthy="{str(health.healthy).lower()}"'
+        f' title="{esc(health.reason)}">{state}</span>'
+        f' <span class="muted feed-reason">{esc(health.reason)}</span>'
+    )
+
+
+def _feed(feed: Feed, health: FeedHealth | None = None) -> str:
     what = "requests" if feed.name == "live" else "files"
     refused = "rejected requests" if feed.name == "live" else "files not loaded"
     reasons = _table(
@@ -229,7 +248,7 @@ def _feed(feed: Feed) -> str:
         (f"<tr><td>{esc(r)}</td>{_num(n)}</tr>" for r, n in feed.rejected),
     )
     return (
-        f'<div class=feed data-feed="{esc(feed.name)}"><h3>{esc(feed.name)}</h3>'
+        f'<div class=feed data-feed="{esc(feed.name)}"><h3>{esc(feed.name)}{_badge(health)}</h3>'
         f'<p>{what} in the last hour: <span class="big last-hour">{feed.last_hour:,}</span>'
         f' &nbsp; last day: <span class="big last-day">{feed.last_day:,}</span></p>'
         f"{chart(feed.hourly, f'{feed.name}: {what} per hour, last 48 hours')}"

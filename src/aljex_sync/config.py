@@ -14,10 +14,13 @@ import ipaddress
 import os
 import re
 import tomllib
+import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import time
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from . import catalog
 from .catalog import Mode
@@ -90,6 +93,17 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "username": Key(str, "", "user name of the admin page and /metrics; empty: off"),
         "password": Key(str, "", "admin password in clear (prefer password_hash)"),
         "password_hash": Key(str, "", "argon2 or scrypt hash of the admin password"),
+    },
+    "alerts": {
+        "live_quiet_minutes": Key(
+            float, 0.0, "live feed unhealthy after this long without an applied event; 0: off"
+        ),
+        "morning_by": Key(str, "", 'HH:MM a morning file must have loaded by each day; "": off'),
+        "time_zone": Key(str, "", 'IANA time zone of morning_by; "": this machine\'s'),
+        "webhook": Key(str, "", "URL that gets a JSON POST on each change of a feed's health"),
+    },
+    "journal": {
+        "keep_days": Key(int, 30, "days applied events are kept; 0: forever"),
     },
 }
 
@@ -164,6 +178,27 @@ class AdminSettings:
 
 
 @dataclass(frozen=True)
+class AlertSettings:
+    """When a silent feed counts as unhealthy (``alerts.py``); every rule off by default."""
+
+    live_quiet_minutes: float = 0.0  # 0: off
+    morning_by: time | None = None  # local time of day in time_zone; None: off
+    time_zone: str = ""  # IANA name; "": the machine's own
+    webhook: str = ""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.live_quiet_minutes or self.morning_by)
+
+
+@dataclass(frozen=True)
+class JournalSettings:
+    """How long the journal keeps what it no longer needs (``retention.py``)."""
+
+    keep_days: int = 30  # 0: forever
+
+
+@dataclass(frozen=True)
 class TableSettings:
     """A table's settings, with the catalog filled in where the file is silent."""
 
@@ -184,6 +219,8 @@ class Settings:
     tables: Mapping[str, TableSettings] = field(default_factory=dict)
     path: Path | None = None
     admin: AdminSettings = AdminSettings()
+    alerts: AlertSettings = AlertSettings()
+    journal: JournalSettings = JournalSettings()
 
     def table(self, name: str) -> TableSettings:
         """The settings of a table, from ``[tables.NAME]`` or else the catalog."""
@@ -351,7 +388,11 @@ def _parse(
         raise ConfigError("tables", "must be a table of tables, like [tables.loads]")
     tables = {name.lower(): _table(name, spec) for name, spec in tables_raw.items()}
     admin = _admin(values["admin"])
-    return Settings(database, live_settings, morning_settings, tables, path, admin)
+    alerts = _alerts(values["alerts"])
+    if values["journal"]["keep_days"] < 0:
+        raise ConfigError("journal.keep_days", "must not be negative")
+    journal = JournalSettings(values["journal"]["keep_days"])
+    return Settings(database, live_settings, morning_settings, tables, path, admin, alerts, journal)
 
 
 def _section(name: str, raw: Any, env: Mapping[str, str]) -> dict[str, Any]:
@@ -432,6 +473,36 @@ def _admin(values: Mapping[str, Any]) -> AdminSettings:
         return AdminSettings()
     _check_credentials("admin", {**values, "enabled": True})
     return AdminSettings(values["username"], values["password"], values["password_hash"])
+
+
+def _alerts(values: Mapping[str, Any]) -> AlertSettings:
+    """The silence rules, checked: a time of day, a zone zoneinfo knows, an http(s) URL."""
+    if values["live_quiet_minutes"] < 0:
+        raise ConfigError("alerts.live_quiet_minutes", "must not be negative")
+    morning_by = None
+    if values["morning_by"]:
+        match = re.fullmatch(r"(\d{1,2}):(\d{2})", values["morning_by"].strip())
+        if not match or int(match.group(1)) > 23 or int(match.group(2)) > 59:
+            raise ConfigError(
+                "alerts.morning_by", f"must be HH:MM, like 07:00, got {values['morning_by']!r}"
+            )
+        morning_by = time(int(match.group(1)), int(match.group(2)))
+    zone = values["time_zone"].strip()
+    if zone:
+        try:
+            zoneinfo.ZoneInfo(zone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(
+                "alerts.time_zone",
+                f"unknown time zone {zone!r}; use an IANA name like America/Chicago"
+                " (on Windows, install the tzdata package)",
+            ) from None
+    webhook = values["webhook"].strip()
+    if webhook:
+        parsed = urlsplit(webhook)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ConfigError("alerts.webhook", "must be an http:// or https:// URL")
+    return AlertSettings(values["live_quiet_minutes"], morning_by, zone, webhook)
 
 
 def _check_charset(dotted: str, name: str) -> None:

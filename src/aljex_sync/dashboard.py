@@ -136,8 +136,8 @@ def read_overview(engine: Engine, now: datetime | None = None) -> Overview:
         by_status = _count_by(conn, events.c.status)
         files_by_status = _count_by(conn, files.c.status)
         feeds = [_live_feed(conn, now), _morning_feed(conn, now)]
-        problem = _files(conn, files.c.status.in_(PROBLEM_STATUSES), MAX_FILES)
-        recent = _files(conn, None, MAX_FILES)
+        problem = file_rows(conn, files.c.status.in_(PROBLEM_STATUSES), MAX_FILES)
+        recent = file_rows(conn, None, MAX_FILES)
         latest = [_event_row(row) for row in conn.execute(_event_query().limit(MAX_EVENTS))]
         held = [
             (str(t or "-"), str(e or ""), int(n))
@@ -209,7 +209,7 @@ def _tables(conn: Connection) -> list[TableRow]:
         .group_by(files.c.table_name)
         .scalar_subquery()
     )
-    last_file = {f.table: f for f in _files(conn, files.c.id.in_(latest_ids), MAX_TABLES)}
+    last_file = {f.table: f for f in file_rows(conn, files.c.id.in_(latest_ids), MAX_TABLES)}
     rows: dict[str, int | None] = {name: _row_count(conn, name) for name in names}
     # Held records may name a table that was never created (its key was missing).
     for name in sorted(set(held) - set(names))[: max(0, MAX_TABLES - len(names))]:
@@ -305,7 +305,7 @@ def _morning_feed(conn: Connection, now: datetime) -> Feed:
     )
 
 
-def _files(conn: Connection, where: ColumnElement[bool] | None, limit: int) -> list[FileRow]:
+def file_rows(conn: Connection, where: ColumnElement[bool] | None, limit: int) -> list[FileRow]:
     query = select(
         files.c.id,
         files.c.name,

@@ -5,12 +5,17 @@ newline in one of them would start a line the attacker wrote, so the formatter e
 every control character of the message (``\\n`` becomes ``\\\\n``), once, here, for every
 module. A traceback keeps its lines: it is written by Python, not by the network.
 
+``--log-format json`` writes one JSON object per line instead (:class:`JsonFormatter`:
+``time``, ``level``, ``logger``, ``message``, and ``exception`` with a traceback), for log
+collectors; JSON's own escaping keeps each record on one line there.
+
 Errors that repeat at machine speed (``socket.accept`` out of file descriptors, say) are
 logged once per ``REPEAT_INTERVAL`` with a count of the ones left out.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 
@@ -83,15 +88,35 @@ class RepeatFilter(logging.Filter):
         return True
 
 
-def formatter() -> logging.Formatter:
-    """The formatter of aljex-sync's log lines."""
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: time (UTC), level, logger, message; exception if any."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": OneLineFormatter().formatTime(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)  # non-ASCII escaped too: U+2028 breaks lines for some
+
+
+FORMATS = ("text", "json")
+
+
+def formatter(fmt: str = "text") -> logging.Formatter:
+    """The formatter of aljex-sync's log lines: ``text`` (one readable line) or ``json``."""
+    if fmt == "json":
+        return JsonFormatter()
     return OneLineFormatter("%(asctime)s %(levelname)-5s %(name)s: %(message)s")
 
 
-def setup(level: str = "info") -> None:
-    """Send aljex-sync's log lines to standard error at ``level``."""
+def setup(level: str = "info", fmt: str = "text") -> None:
+    """Send aljex-sync's log lines to standard error at ``level``, as ``text`` or ``json``."""
     handler = logging.StreamHandler()
-    handler.setFormatter(formatter())
+    handler.setFormatter(formatter(fmt))
     handler.addFilter(RepeatFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

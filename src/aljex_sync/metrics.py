@@ -4,8 +4,9 @@ Two kinds, in one exposition (``/metrics``, behind the admin credentials):
 
 - **hooks**, kept in this process and updated by the parts as they work:
   :func:`observe_request` (the HTTP edge, once per Live Sync request),
-  :func:`observe_group` (the journal's writer, once per committed group) and
-  :func:`set_queue` (requests sent to the writer and not yet answered);
+  :func:`observe_group` (the journal's writer, once per committed group),
+  :func:`set_queue` (requests sent to the writer and not yet answered) and
+  :func:`set_feed_health` (``alerts``, each watched feed's health at each check);
 - **the database**, read at each scrape by :class:`DatabaseCollector`: journal events by
   table, action and status, held records, morning files by status and rows by outcome,
   the feed health of each table's last morning file, and the times of the last live event
@@ -79,6 +80,14 @@ QUEUE = Gauge(
     registry=HOOKS,
 )
 
+FEED_HEALTHY = Gauge(
+    "feed_healthy",
+    "1 while a watched feed is healthy, 0 while [alerts] finds it silent, by feed",
+    ["feed"],
+    namespace=NAMESPACE,
+    registry=HOOKS,
+)
+
 _tables_seen: set[str] = set()
 _tables_lock = threading.Lock()
 
@@ -115,6 +124,11 @@ def observe_group(size: int) -> None:
 def set_queue(depth: int) -> None:
     """Set how many requests wait for the journal's writer (sent, not yet answered)."""
     QUEUE.set(depth)
+
+
+def set_feed_health(feed: str, healthy: bool) -> None:
+    """Set a watched feed's health (``alerts.HealthWatch``, at each check)."""
+    FEED_HEALTHY.labels(feed).set(1 if healthy else 0)
 
 
 class _Hooks(Collector):

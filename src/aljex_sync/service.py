@@ -26,6 +26,7 @@ import uvicorn
 
 from . import http_server
 from .admin import admin_routes
+from .chores import Chores
 from .config import Settings
 from .credentials import PasswordCheck
 from .inbox import FolderWatch, LoadQueue, left_over
@@ -51,6 +52,7 @@ class Service:
         self.journal = JournalProcess(settings)
         self.engine = open_engine(settings.database.url, timeout=settings.database.timeout)
         self.schema = Schema(self.engine)
+        self.chores = Chores(settings, self.engine)  # feed health, webhook, daily prune
         self.live: LiveEndpoint | None = None
         self.loads: LoadQueue | None = None
         self.sftp: SftpInbox | None = None
@@ -88,8 +90,10 @@ class Service:
                 database_probe(self.engine, self.settings.database.timeout),
                 self.journal.healthy,
             )
-            self.live = LiveEndpoint(live, self.journal, probes=probes)
-            extra = admin_routes(self.settings, self.engine)
+            self.live = LiveEndpoint(
+                live, self.journal, probes=probes, details=self.chores.health.lines
+            )
+            extra = admin_routes(self.settings, self.engine, health=self.chores.health)
             config = http_server.config(self.live.app(extra_routes=extra), live)
             self._server = _Server(config)
             self._server_task = asyncio.create_task(self._server.serve(sockets=[sock]))
@@ -102,6 +106,7 @@ class Service:
 
         if self.settings.morning.enabled:
             await self._start_morning()
+        self.chores.start()
 
     async def _start_morning(self) -> None:
         """The load queue, then the SFTP server or the folder watch that feeds it."""
@@ -166,6 +171,7 @@ class Service:
         self._hurry.set()
 
     async def _stop(self) -> None:
+        await self.chores.close()
         if self.sftp is not None:
             await self.sftp.close()
             self.sftp = None

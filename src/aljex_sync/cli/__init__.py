@@ -14,10 +14,13 @@ import click
 
 from .. import __version__, config, logs
 from ..emulate.commands import emulate
+from .check import check
 from .common import Context
 from .demo import demo
 from .init import init
+from .journal_lists import events, files
 from .load import load
+from .prune import prune
 from .replay import replay
 from .serve import serve
 from .status import status
@@ -38,9 +41,16 @@ from .status import status
     show_default=True,
     help="How much to log.",
 )
+@click.option(
+    "--log-format",
+    type=click.Choice(logs.FORMATS),
+    default="text",
+    show_default=True,
+    help="Log lines as readable text, or one JSON object per line.",
+)
 @click.version_option(__version__, prog_name="aljex-sync")
 @click.pass_context
-def main(ctx: click.Context, config_path: Path | None, log_level: str) -> None:
+def main(ctx: click.Context, config_path: Path | None, log_level: str, log_format: str) -> None:
     """Keep your own database true to Aljex.
 
     aljex-sync receives Aljex's Database Synchronization feeds, the Live Sync HTTP posts
@@ -49,9 +59,9 @@ def main(ctx: click.Context, config_path: Path | None, log_level: str) -> None:
 
     Start with `aljex-sync init`, send Aljex what it prints, then run `aljex-sync serve`.
     """
-    logs.setup(log_level)
+    logs.setup(log_level, log_format)
     ctx.obj = Context(config.config_path(config_path))
 
 
-for command in (init, serve, status, load, replay, demo, emulate):
+for command in (init, serve, check, status, events, files, load, replay, prune, demo, emulate):
     main.add_command(command)

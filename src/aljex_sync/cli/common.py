@@ -10,6 +10,7 @@ from typing import NoReturn
 
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -28,6 +29,14 @@ def fail(message: str) -> NoReturn:
     line = " ".join(message.split())
     err_console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
     sys.exit(1)
+
+
+def fitting_table(title: str, *headers: str) -> Table:
+    """A table whose long cells (file names, reasons) wrap, and no word is cut short."""
+    table = Table(title=title)
+    for header in headers:
+        table.add_column(header, overflow="fold")
+    return table
 
 
 class Context:

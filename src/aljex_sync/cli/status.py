@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 
 import click
-from rich.table import Table
 
 from .. import overview
 from ..overview import Summary
 from ..store.database import display_url
-from .common import Context, console, database
+from .common import Context, console, database, fitting_table
 
 
 @click.command()
@@ -34,23 +33,23 @@ def status(obj: Context, as_json: bool) -> None:
     totals = ", ".join(f"{n} {s}" for s, n in sorted(summary.by_status.items())) or "none"
     console.print(f"Requests: {totals}")
     if summary.by_table:
-        table = _fitting("Live Sync by table", "table", "status", "requests", "last (UTC)")
+        table = fitting_table("Live Sync by table", "table", "status", "requests", "last (UTC)")
         for name, st, n, last in summary.by_table:
             table.add_row(name, st, str(n), f"{last:%Y-%m-%d %H:%M:%S}")
         console.print(table)
     if summary.held_reasons:
-        held = _fitting("Held records", "table", "held because", "records")
+        held = fitting_table("Held records", "table", "held because", "records")
         for name, reason, n in summary.held_reasons:
             held.add_row(name, reason, str(n))
         console.print(held)
         console.print("Fix the cause, then run `aljex-sync replay`.")
     if found.rejected:
-        rejected = _fitting("Rejected requests", "refused because", "requests")
+        rejected = fitting_table("Rejected requests", "refused because", "requests")
         for reason, n in found.rejected:
             rejected.add_row(reason, str(n))
         console.print(rejected)
     if found.problems:
-        problems = _fitting("Morning files not loaded", "file", "table", "status", "why")
+        problems = fitting_table("Morning files not loaded", "file", "table", "status", "why")
         for p in found.problems:
             problems.add_row(p.name, p.table or "-", p.status, p.reason or "-")
         console.print(problems)
@@ -58,7 +57,7 @@ def status(obj: Context, as_json: bool) -> None:
             "See inbox/failed, inbox/held and inbox/unmatched; `aljex-sync load` retries."
         )
     if found.recent:
-        recent = _fitting(
+        recent = fitting_table(
             "Recent morning files",
             "file",
             "table",
@@ -77,14 +76,6 @@ def status(obj: Context, as_json: bool) -> None:
                 f"{f['finished_at']:%m-%d %H:%M}",
             )
         console.print(recent)
-
-
-def _fitting(title: str, *headers: str) -> Table:
-    """A table whose long cells (file names, reasons) wrap, and no word is cut short."""
-    table = Table(title=title)
-    for header in headers:
-        table.add_column(header, overflow="fold")
-    return table
 
 
 def _overview_dict(found: overview.Overview) -> dict[str, object]:

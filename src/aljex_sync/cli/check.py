@@ -1,0 +1,34 @@
+"""``aljex-sync check``: would ``serve`` start? Every problem, one line each."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .. import config, preflight
+from ..errors import ConfigError
+from .common import Context
+
+
+@click.command()
+@click.pass_obj
+def check(obj: Context) -> None:
+    """Check that `serve` can start: the config and environment, the database (reachable
+    and writable), the ports (free), the SFTP host key and the TLS files.
+
+    Prints one line per problem and exits with status 1 on any; leaves nothing behind.
+    """
+    try:
+        settings = config.load(obj.path)
+    except ConfigError as e:
+        click.echo(f"problem: {config.describe(e, obj.path)}")
+        sys.exit(1)
+    report = preflight.run(settings)
+    for problem in report.problems:
+        click.echo(f"problem: {problem}")
+    if report.problems:
+        sys.exit(1)
+    click.echo(f"ok: {obj.path} and the environment")
+    for passed in report.passed:
+        click.echo(f"ok: {passed}")

@@ -1,0 +1,97 @@
+"""``aljex-sync events`` and ``aljex-sync files``: what the journal and the file log hold.
+
+Both only read, from a database aljex-sync has set up, and fit 80 columns; ``--json``
+gives the same rows to scripts.
+"""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from .. import journal_query
+from ..errors import AljexSyncError
+from .common import Context, console, database, fail, fitting_table
+
+
+@click.command()
+@click.option("--status", type=click.Choice(journal_query.EVENT_STATUSES), help="Only this status.")
+@click.option("--table", help="Only events for this table.")
+@click.option(
+    "--since", help="Only since: a duration (90m, 2h, 3d) or a UTC time (2026-03-02T06:30)."
+)
+@click.option(
+    "--limit", default=50, show_default=True, help="List at most this many, newest first."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.pass_obj
+def events(
+    obj: Context,
+    status: str | None,
+    table: str | None,
+    since: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """List the latest Live Sync requests in the journal, with what became of each and why.
+
+    For example, `aljex-sync events --status held` shows the records waiting for a replay.
+    Changes nothing.
+    """
+    try:
+        start = journal_query.parse_since(since) if since else None
+    except AljexSyncError as e:
+        fail(str(e))
+    with database(obj.settings) as engine:
+        found = journal_query.list_events(
+            engine, status=status, table=table, since=start, limit=limit
+        )
+    if as_json:
+        click.echo(json.dumps([vars(line) for line in found], indent=2, default=str))
+        return
+    listing = fitting_table(
+        "Events, newest first", "id", "received (UTC)", "table", "action", "key", "status", "reason"
+    )
+    for line in found:
+        listing.add_row(
+            str(line.id),
+            f"{line.received_at:%m-%d %H:%M:%S}",
+            line.table or "-",
+            line.action or "-",
+            line.key or "-",
+            line.status,
+            line.reason or "-",
+        )
+    console.print(listing if found else "No events match.")
+
+
+@click.command()
+@click.option("--status", type=click.Choice(journal_query.FILE_STATUSES), help="Only this status.")
+@click.option(
+    "--limit", default=50, show_default=True, help="List at most this many, newest first."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.pass_obj
+def files(obj: Context, status: str | None, limit: int, as_json: bool) -> None:
+    """List the latest morning files: what each loaded, or why it was not. Changes nothing."""
+    with database(obj.settings) as engine:
+        found = journal_query.list_files(engine, status=status, limit=limit)
+    if as_json:
+        rows = [
+            {k: v for k, v in vars(f).items() if k != "error"} | {"reason": f.error} for f in found
+        ]
+        click.echo(json.dumps(rows, indent=2, default=str))
+        return
+    listing = fitting_table(
+        "Morning files, newest first", "file -> table", "status", "rows", "finished", "reason"
+    )
+    for f in found:
+        listing.add_row(
+            f"{f.name} -> {f.table or '?'}",
+            f.status,
+            f"{f.rows_read} +{f.inserted} ~{f.updated} -{f.deleted}",
+            f"{f.finished_at:%m-%d %H:%M}",
+            f.error or "-",
+        )
+    console.print(listing if found else "No files match.")

@@ -1,0 +1,158 @@
+"""``aljex-sync check``: will ``serve`` start here? Everything it needs, tried, nothing left.
+
+The config and its environment overrides are checked by loading them (``config.load``
+refuses typos and wrong values). Then each thing ``serve`` needs is tried the way
+``serve`` would use it: the database by creating, writing and dropping a scratch table
+(``serve`` creates tables and columns as fields arrive, so it needs that right); the
+ports by binding them; the SFTP host key by reading it, or, when it does not exist yet,
+by finding its folder writable; the TLS files, when configured, by loading them.
+Nothing is left behind: no table, no file, no key.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import socket
+import ssl
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncssh
+from sqlalchemy import Column, Integer, MetaData, Table, insert, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from .config import Settings
+from .overview import database_file_missing
+from .sftp_settings import HOST_KEY_ALGORITHM
+from .store.database import display_url, normalize_url, open_engine, reading, translate
+
+
+@dataclass
+class Report:
+    """What ``check`` found: one line per problem, and what passed."""
+
+    problems: list[str] = field(default_factory=list)
+    passed: list[str] = field(default_factory=list)
+
+    def add(self, problem: str | None, passed: str) -> None:
+        if problem is None:
+            self.passed.append(passed)
+        else:
+            self.problems.append(problem)
+
+
+def run(settings: Settings) -> Report:
+    """Check everything ``serve`` needs with these settings."""
+    report = Report()
+    report.add(check_database(settings), f"database {display_url(settings.database.url)}")
+    live, morning = settings.live, settings.morning
+    if live.enabled:
+        report.add(check_port("live.listen", live.host, live.port), f"port {live.port} free")
+        tls = check_tls(settings)
+        if tls is not None:
+            report.add(*tls)
+    if morning.enabled:
+        report.add(check_folder("morning.inbox", morning.inbox), f"inbox {morning.inbox}")
+        if morning.sftp:
+            report.add(
+                check_port("morning.listen", morning.host, morning.port),
+                f"port {morning.port} free",
+            )
+            report.add(check_host_key(morning.host_key), f"host key {morning.host_key}")
+    return report
+
+
+def check_database(settings: Settings) -> str | None:
+    """Reachable and writable: create, write and drop a scratch table. None if fine."""
+    url = settings.database.url
+    if database_file_missing(url):  # connecting would create it: look at its folder
+        name = normalize_url(url).database or ""
+        return check_folder("database.url", Path(name).parent)
+    engine = open_engine(url, timeout=settings.database.timeout)
+    scratch = Table(
+        f"_aljex_check_{secrets.token_hex(4)}", MetaData(), Column("id", Integer, primary_key=True)
+    )
+    where = display_url(url)
+    try:
+        with reading(engine) as conn:
+            conn.execute(select(1)).all()
+    except SQLAlchemyError as e:
+        engine.dispose()
+        return f"database.url: cannot reach {where}: {translate(e)}"
+    try:
+        try:
+            with engine.begin() as conn:
+                scratch.create(conn)
+            with engine.begin() as conn:
+                conn.execute(insert(scratch).values(id=1))
+        finally:
+            with engine.begin() as conn:
+                scratch.drop(conn, checkfirst=True)
+    except SQLAlchemyError as e:
+        return f"database.url: {where}: cannot create, write and drop a table: {translate(e)}"
+    finally:
+        engine.dispose()
+    return None
+
+
+def check_port(key: str, host: str, port: int) -> str | None:
+    """The port is free: bind it as ``serve`` would (port 0 is always free). None if fine."""
+    if port == 0:
+        return None
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as e:
+            hint = " (is aljex-sync already running?)" if e.errno == errno.EADDRINUSE else ""
+            return f"{key}: cannot listen on {host}:{port}: {e.strerror}{hint}"
+    return None
+
+
+def check_folder(key: str, path: Path) -> str | None:
+    """A folder ``serve`` writes in: writable, or creatable in its nearest existing parent."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{key}: {existing} is not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "folder" if existing == path else f"folder {existing}, where {path} would be made,"
+        return f"{key}: the {what} is not writable"
+    return None
+
+
+def check_host_key(path: Path) -> str | None:
+    """The SFTP host key reads as an ed25519 key, or can be created. None if fine."""
+    if not path.exists():
+        return check_folder("morning.host_key", path.parent)
+    try:
+        key = asyncssh.read_private_key(path)
+    except (OSError, asyncssh.KeyImportError) as e:
+        return f"morning.host_key: cannot read {path}: {e}"
+    if key.get_algorithm() != HOST_KEY_ALGORITHM:
+        return f"morning.host_key: {path} is an {key.get_algorithm()} key, not {HOST_KEY_ALGORITHM}"
+    return None
+
+
+def check_tls(settings: Settings) -> tuple[str | None, str] | None:
+    """``[live] tls_cert`` and ``tls_key`` load as a pair; None when TLS is not configured.
+
+    The keys are read with getattr: they come with HTTPS support, and this check works
+    with or without them.
+    """
+    cert = str(getattr(settings.live, "tls_cert", "") or "")
+    key = str(getattr(settings.live, "tls_key", "") or "")
+    if not cert and not key:
+        return None
+    if not (cert and key):
+        return "live.tls_cert: set both tls_cert and tls_key, or neither", ""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as e:
+        return f"live.tls_cert: cannot load {cert} with {key}: {e}", ""
+    return None, f"TLS certificate {cert}"
