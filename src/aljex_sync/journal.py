@@ -46,6 +46,7 @@ from .store.database import WalCheckpointer, reading, translate
 from .store.prepared import Prepared
 from .store.rows import RowMeta, RowWriter, record_key
 from .store.schema import Schema, SyncedTable, events, utcnow
+from .store.views import TypedViews
 from .wire import Change, parse_body
 
 Status = Literal["applied", "held", "rejected", "superseded"]
@@ -195,6 +196,7 @@ class Journal:
         self.engine = engine
         self.settings = settings
         self.schema = Schema(engine)
+        self.schema.on_columns_added = TypedViews(engine, settings.field_types).columns_added
         self.rows = RowWriter(engine.dialect)
         self._insert_event = Prepared.compile(
             _event_insert(engine.dialect.name), engine.dialect, EVENT_FIELDS
