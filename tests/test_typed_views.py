@@ -8,6 +8,7 @@ MorningLoader or sent to the running service, and the views are read with plain 
 from __future__ import annotations
 
 import csv
+import json
 from datetime import date, time, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -171,6 +172,34 @@ def test_brokerage_views_cast_every_value_and_turn_the_quirks_into_null(receiver
             and expected(kind, r[name if name != "osd" else "Osd"]) is None
         )
         assert loads[name] == bad, name
+    check_the_documented_queries(receiver.engine, brokerage)
+
+
+def documented_queries(dialect: str) -> tuple[str, str]:
+    """docs/database.md's example queries: loads per pickup day, revenue per month."""
+    docs = (Path(__file__).parent.parent / "docs" / "database.md").read_text()
+    section = docs.split("## Typed views")[1]
+    per_day, per_month = [block.split("```")[0] for block in section.split("```sql")[1:3]]
+    heading = {"postgresql": "-- PostgreSQL", "sqlite": "-- SQLite"}.get(
+        dialect, "-- MariaDB / MySQL"
+    )
+    return per_day, per_month.split(heading)[1].split("\n\n")[0]
+
+
+def check_the_documented_queries(engine: Engine, brokerage: Brokerage) -> None:
+    per_day, per_month = documented_queries(engine.dialect.name)
+    loads = list(brokerage.morning_records("loads", DAY))
+    days = sorted({r["pickup_date"] for r in loads if r["pickup_date"]})
+    counted = [(as_date(r["pickup_date"]), r["loads"]) for r in rows(engine, per_day)]
+    assert counted == [(d, sum(r["pickup_date"] == d for r in loads)) for d in days]
+    revenue: dict[str, Decimal] = {}
+    for invoice in brokerage.morning_records("invoicing", DAY):
+        if invoice["inv_date"] and expected("money", invoice["total"]) is not None:
+            month = invoice["inv_date"][:7]
+            revenue[month] = revenue.get(month, Decimal(0)) + Decimal(invoice["total"])
+    got = {str(r["month"])[:7]: cents(r["revenue"]) for r in rows(engine, per_month)}
+    got.pop("None", None)
+    assert got == revenue
 
 
 def test_metadata_columns_pass_through_with_synced_at_a_timestamp(receiver, tmp_path):
@@ -342,13 +371,16 @@ def test_status_types_counts_the_values_that_do_not_fit(sqlite_url, tmp_path):
     )
     result = CliRunner().invoke(main, ["-c", str(config), "status", "--types"])
     assert result.exit_code == 0, result.output
-    assert "line_haul" in result.output and "pickup_time" in result.output
-    lines = {
-        line.split("│")[3].strip(): line
+    shown = {
+        cells[2]: cells[1:5]
         for line in result.output.splitlines()
-        if "│" in line and "loads" in line
+        if len(cells := [c.strip() for c in line.split("│")]) == 6
     }
-    assert "2" in lines["line_haul"] and "1" in lines["pickup_time"]
+    assert shown["line_haul"] == ["loads_typed", "line_haul", "money", "2"]
+    assert shown["pickup_time"] == ["loads_typed", "pickup_time", "time", "1"]
+    as_json = CliRunner().invoke(main, ["-c", str(config), "status", "--types", "--json"])
+    counted = {m["name"]: m["values"] for m in json.loads(as_json.output)["types"]}
+    assert counted == {"pickup_time": 1, "line_haul": 2}
 
 
 def test_catalog_marks_ids_and_zip_codes_as_text():
