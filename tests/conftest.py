@@ -93,8 +93,10 @@ def server_databases() -> Iterator[ServerDatabases]:
 def _empty(url: str) -> None:
     engine = create_engine(normalize_url(url))
     with engine.begin() as conn:  # the typed views first: they depend on the tables
+        cascade = " CASCADE" if conn.dialect.name == "postgresql" else ""
         for view in inspect(conn).get_view_names():
-            conn.execute(text(f"DROP VIEW {conn.dialect.identifier_preparer.quote(view)}"))
+            quoted = conn.dialect.identifier_preparer.quote(view)
+            conn.execute(text(f"DROP VIEW IF EXISTS {quoted}{cascade}"))
     meta = MetaData()
     meta.reflect(engine)
     meta.drop_all(engine)

@@ -74,11 +74,12 @@ KNOWN_FAMILIES: tuple[tuple[re.Pattern[str], FieldType], ...] = (
 def known_type(table: str, field: str) -> FieldType | None:
     """The catalog's type of a field of one of Aljex's files, or None when it has none.
 
-    Field names are case-insensitive, as everywhere in aljex-sync: ``Osd`` is ``osd``.
+    Field names are case-insensitive, as everywhere in aljex-sync (``Osd`` is ``osd``), and
+    a report's spelling is the API's: ``Pickup Date`` is ``pickup_date``.
     """
     if table not in BY_TABLE:
         return None
-    name = field.lower()
+    name = re.sub(r"[^a-z0-9]+", "_", field.lower()).strip("_")
     found = KNOWN_FIELDS.get(name)
     if found is not None:
         return found

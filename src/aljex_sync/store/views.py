@@ -131,14 +131,24 @@ class Misfits:
 
 
 def view_sql(
-    table: str, columns: Sequence[ViewColumn], meta: Sequence[str], conn: Connection
+    table: str, columns: Sequence[ViewColumn], physical: Sequence[str], conn: Connection
 ) -> str:
-    """The SELECT of the view, compiled for the connection's database, values inlined."""
+    """The SELECT of the view, compiled for the connection's database, values inlined.
+
+    Columns come in the table's order, the ``_aljex_*`` ones passed on as they are: a
+    column added to the table is then added at the end of the view too.
+    """
     dialect = conn.dialect.name
-    names = [*(c.column for c in columns), *meta]
-    source = Table(table, MetaData(), *(Column(n, Text) for n in names))
-    selected = [typed(source.c[c.column], c.type, dialect).label(c.name) for c in columns]
-    query = select(*selected, *(source.c[m] for m in meta)).select_from(source)
+    source = Table(table, MetaData(), *(Column(n, Text) for n in physical))
+    by_column = {c.column: c for c in columns}
+    selected: list[Any] = []
+    for name in physical:
+        shown = by_column.get(name)
+        if shown is not None:
+            selected.append(typed(source.c[name], shown.type, dialect).label(shown.name))
+        elif name in META_COLUMNS:
+            selected.append(source.c[name])
+    query = select(*selected).select_from(source)
     return str(query.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
 
 
@@ -210,8 +220,7 @@ class TypedViews:
             columns = self._plan(table, physical, fields, previous)
             if infer:
                 columns = self._infer(conn, table, columns)
-            meta = [m for m in META_COLUMNS if m in physical]
-            sql = view_sql(table, columns, meta, conn)
+            sql = view_sql(table, columns, physical, conn)
         signature = hashlib.sha256(sql.encode()).hexdigest()
         encoded = json.dumps([asdict(c) for c in columns])
         before = (stored.signature, stored.columns) if stored is not None else ("", "")
