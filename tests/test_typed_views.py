@@ -403,4 +403,12 @@ def test_catalog_marks_ids_and_zip_codes_as_text():
     assert known_type("loads", "ps_zip_3") == "text"
     assert known_type("loads", "Osd") == "bool"
     assert known_type("loads", "key_c_time") == "time"
+    assert known_type("loads", "Pickup Date") == "date"  # as a report spells it
+    assert (known_type("loads", "team"), known_type("employees", "team")) == ("bool", None)
     assert known_type("widgets", "pickup_date") is None  # the catalog is for Aljex's files
+
+
+def test_view_names_fit_63_characters():
+    assert view_name("loads") == "loads_typed"
+    long = view_name("t" * 63)
+    assert len(long) == 63 and long.endswith("_typed") and long != view_name("t" * 62 + "u")

@@ -49,7 +49,7 @@ KNOWN_FIELDS: dict[str, FieldType] = {
         """,
     ),
     **_words("int", "weight pieces pallets miles temp_min temp_max equipment_length power_units"),
-    **_words("bool", "hazmat team osd"),
+    **_words("bool", "hazmat osd"),
     **_words(
         "text",
         """
@@ -58,16 +58,35 @@ KNOWN_FIELDS: dict[str, FieldType] = {
         delivery_num customer_ref seal_num truck_num trailer_num carrier_mc mc_num dot_num
         hazmat_class gl_account zip origin_zip dest_zip billto_zip pay_to_zip phone
         carrier_phone driver_phone liab_ins_policy cargo_ins_policy
+        name legal_name customer_name billto_name carrier_name vendor_name pay_to_name
+        address address1 address2 origin_company origin_address dest_company dest_address
+        billto_address pay_to_address1 city state origin_city origin_state dest_city
+        dest_state billto_city billto_state pay_to_city pay_to_state status type office
+        mode equipment commodity rate_type currency terms notes special_instructions memo
+        reason description email contact carrier_contact driver_name sales_rep dispatcher
+        booked_by tag_created_by created_by quoted_by posted_by approved_by pay_method scac
+        carrier_type liab_ins_company cargo_ins_company tord
         """,
     ),
 }
+
+# Names that mean one thing in one file only: a load's ``team`` is a Y/N flag (two
+# drivers), an employee's or salesrep's is the number of their team (``team=4``).
+TABLE_FIELDS: dict[str, dict[str, FieldType]] = {"loads": {"team": "bool"}}
 
 # Numbered families: stops, accessorials, check calls, invoice lines, audit stamps.
 KNOWN_FAMILIES: tuple[tuple[re.Pattern[str], FieldType], ...] = (
     (re.compile(r"(ps_appt|ps_arrive|check_call)_date_\d+|key_[a-z]_date"), "date"),
     (re.compile(r"(ps_appt|ps_arrive|check_call)_time_\d+|key_[a-z]_time"), "time"),
     (re.compile(r"(carrier_)?accessorial\d+|amount\d+"), "money"),
-    (re.compile(r"ps_(ref|zip)_\d+|extra_ref_\d+|phone\d+"), "text"),
+    (
+        re.compile(
+            r"ps\d+|ps_(company|address|city|state|ref|zip)_\d+|extra_ref_\d+|phone\d+"
+            r"|email\d+|contact\d+|(carrier_)?accessorial_desc\d+|description\d+"
+            r"|check_call_(city|state|status|note)_\d+|key_[a-z]_user"
+        ),
+        "text",
+    ),
 )
 
 
@@ -80,7 +99,7 @@ def known_type(table: str, field: str) -> FieldType | None:
     if table not in BY_TABLE:
         return None
     name = re.sub(r"[^a-z0-9]+", "_", field.lower()).strip("_")
-    found = KNOWN_FIELDS.get(name)
+    found = TABLE_FIELDS.get(table, {}).get(name) or KNOWN_FIELDS.get(name)
     if found is not None:
         return found
     return next((kind for pattern, kind in KNOWN_FAMILIES if pattern.fullmatch(name)), None)

@@ -44,11 +44,13 @@ from sqlalchemy import (
     false,
     func,
     literal,
+    literal_column,
     null,
     or_,
     true,
     type_coerce,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.sql.elements import ColumnElement
 
 from ..field_types import FieldType
@@ -79,6 +81,26 @@ _GROUPED_GLOBS = tuple(
 )
 # Years whose last two digits make them leap years (and centuries whose first two do).
 _BY_FOUR = tuple(f"{n:02d}" for n in range(0, 100, 4))
+
+
+PLACEHOLDER = "aljex_value_placeholder"
+_TEMPLATES: dict[tuple[str, FieldType, str], str] = {}
+
+
+def sql_template(what: str, kind: FieldType, dialect: Dialect) -> str:
+    """The SQL of ``typed`` (``what="typed"``) or ``misfit`` for a column ``PLACEHOLDER``.
+
+    Compiling these expressions for a 400-column table takes SQLAlchemy seconds; compiled
+    once per type, they are then filled in with each quoted column name.
+    """
+    key = (what, kind, dialect.name)
+    found = _TEMPLATES.get(key)
+    if found is None:
+        value = type_coerce(literal_column(PLACEHOLDER), Text)
+        expression = (typed if what == "typed" else misfit)(value, kind, dialect.name)
+        compiled = expression.compile(dialect=dialect, compile_kwargs={"literal_binds": True})
+        found = _TEMPLATES[key] = str(compiled)
+    return found
 
 
 def typed(value: Value, kind: FieldType, dialect: str) -> Value:

@@ -27,7 +27,6 @@ import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
 
 from sqlalchemy import (
     Column,
@@ -38,14 +37,14 @@ from sqlalchemy import (
     Table,
     Text,
     delete,
-    func,
     insert,
     inspect,
     select,
 )
+from sqlalchemy.engine import Dialect
 
 from ..field_types import FIELD_TYPES, INFERRED, FieldType, known_type
-from .casts import misfit, typed
+from .casts import PLACEHOLDER, sql_template
 from .database import reading
 from .identifiers import MAX_IDENTIFIER
 from .schema import META_COLUMNS, MYSQL_TABLE, Name, Timestamp, columns_table, tables_table
@@ -131,25 +130,40 @@ class Misfits:
 
 
 def view_sql(
-    table: str, columns: Sequence[ViewColumn], physical: Sequence[str], conn: Connection
+    table: str, columns: Sequence[ViewColumn], physical: Sequence[str], dialect: Dialect
 ) -> str:
-    """The SELECT of the view, compiled for the connection's database, values inlined.
+    """The SELECT of the view, for ``dialect``, with every identifier quoted by it.
 
     Columns come in the table's order, the ``_aljex_*`` ones passed on as they are: a
     column added to the table is then added at the end of the view too.
     """
-    dialect = conn.dialect.name
-    source = Table(table, MetaData(), *(Column(n, Text) for n in physical))
+    quote = dialect.identifier_preparer.quote
     by_column = {c.column: c for c in columns}
-    selected: list[Any] = []
+    selected: list[str] = []
     for name in physical:
         shown = by_column.get(name)
         if shown is not None:
-            selected.append(typed(source.c[name], shown.type, dialect).label(shown.name))
+            cast = sql_template("typed", shown.type, dialect).replace(PLACEHOLDER, quote(name))
+            selected.append(f"{cast} AS {quote(shown.name)}")
         elif name in META_COLUMNS:
-            selected.append(source.c[name])
-    query = select(*selected).select_from(source)
-    return str(query.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
+            selected.append(quote(name))
+    return f"SELECT {', '.join(selected)} FROM {quote(table)}"
+
+
+def aggregate_sql(
+    table: str, checks: Sequence[tuple[str, str, FieldType]], dialect: Dialect
+) -> str:
+    """One SELECT over ``table`` of ``(function, column, type)`` checks: ``count`` counts
+    the non-empty values, ``sum`` the values that do not fit the type."""
+    quote = dialect.identifier_preparer.quote
+    parts = []
+    for function, column, kind in checks:
+        if function == "count":
+            parts.append(f"COUNT(NULLIF({quote(column)}, ''))")
+        else:
+            misfits = sql_template("misfit", kind, dialect).replace(PLACEHOLDER, quote(column))
+            parts.append(f"SUM({misfits})")
+    return f"SELECT {', '.join(parts)} FROM {quote(table)}"
 
 
 class TypedViews:
@@ -220,7 +234,7 @@ class TypedViews:
             columns = self._plan(table, physical, fields, previous)
             if infer:
                 columns = self._infer(conn, table, columns)
-            sql = view_sql(table, columns, physical, conn)
+            sql = view_sql(table, columns, physical, conn.dialect)
         signature = hashlib.sha256(sql.encode()).hexdigest()
         encoded = json.dumps([asdict(c) for c in columns])
         before = (stored.signature, stored.columns) if stored is not None else ("", "")
@@ -278,23 +292,24 @@ class TypedViews:
         return planned
 
     def _infer(self, conn: Connection, table: str, columns: list[ViewColumn]) -> list[ViewColumn]:
-        """Type the columns that wait, from every stored value: one query for the table."""
+        """Type the columns that wait, from every stored value.
+
+        One query counts their values; a second, only for columns that now have some,
+        checks every value against every type at once.
+        """
         waiting = [c for c in columns if c.source == NO_VALUES_YET]
         if not waiting:
             return columns
-        source = Table(table, MetaData(), *(Column(c.column, Text) for c in waiting))
-        checks: list[Any] = []
-        for c in waiting:
-            value = source.c[c.column]
-            checks.append(func.count(func.nullif(value, "")))
-            checks += [func.sum(misfit(value, kind, self.dialect)) for kind in INFERRED]
-        row = conn.execute(select(*checks).select_from(source)).one()
+        counted: list[tuple[str, str, FieldType]] = [("count", c.column, "text") for c in waiting]
+        counts = conn.exec_driver_sql(aggregate_sql(table, counted, conn.dialect)).one()
+        filled = [c for c, n in zip(waiting, counts, strict=True) if n]
+        if not filled:
+            return columns
+        checks = [("sum", c.column, kind) for c in filled for kind in INFERRED]
+        row = conn.exec_driver_sql(aggregate_sql(table, checks, conn.dialect)).one()
         found: dict[str, ViewColumn] = {}
-        width = 1 + len(INFERRED)
-        for i, c in enumerate(waiting):
-            present, *misfits = row[i * width : (i + 1) * width]
-            if not present:
-                continue
+        for i, c in enumerate(filled):
+            misfits = row[i * len(INFERRED) : (i + 1) * len(INFERRED)]
             kind: FieldType = next(
                 (k for k, n in zip(INFERRED, misfits, strict=True) if not n), "text"
             )
@@ -308,7 +323,7 @@ class TypedViews:
         with self.engine.begin() as conn:
             if rebuild:
                 _create_view(conn, name, sql)
-                log.info("typed view %s built", name)
+                log.debug("typed view %s built", name)
             conn.execute(delete(views_table).where(views_table.c.table_name == table))
             conn.execute(
                 insert(views_table),
@@ -342,15 +357,8 @@ class TypedViews:
                 typed_columns = [c for c in _decode(encoded) if c.type != "text"]
                 if table not in present or not typed_columns:
                     continue
-                source = Table(table, MetaData(), *(Column(c.column, Text) for c in typed_columns))
-                counts = conn.execute(
-                    select(
-                        *(
-                            func.sum(misfit(source.c[c.column], c.type, self.dialect))
-                            for c in typed_columns
-                        )
-                    ).select_from(source)
-                ).one()
+                checks = [("sum", c.column, c.type) for c in typed_columns]
+                counts = conn.exec_driver_sql(aggregate_sql(table, checks, conn.dialect)).one()
                 found += [
                     Misfits(table, view, c.name, c.type, int(n or 0))
                     for c, n in zip(typed_columns, counts, strict=True)
