@@ -23,26 +23,17 @@ from aljex_sync.cli import main
 from aljex_sync.emulate.brokerage import Brokerage
 from aljex_sync.emulate.morning import write_morning_csvs
 from aljex_sync.field_types import known_type
-from aljex_sync.journal import Journal
-from aljex_sync.morning import MorningLoader
 from aljex_sync.store.casts import FALSE_WORDS, TRUE_WORDS
-from aljex_sync.store.database import open_engine
 from aljex_sync.store.views import TypedViews, readable_names, view_name
 
+from . import test_morning
 from .support import TEST_PASSWORD, RunningService, make_settings
 
 DAY = date(2026, 9, 16)
 
 
-class Receiver:
-    """A MorningLoader on a database, as the service builds it."""
-
-    def __init__(self, database_url: str, tmp_path: Path, **sections: dict) -> None:
-        self.settings = make_settings(database_url, tmp_path, **sections)
-        self.engine = open_engine(self.settings.database.url)
-        self.journal = Journal(self.engine, self.settings)
-        self.journal.install()
-        self.loader = MorningLoader(self.engine, self.settings, self.journal.schema)
+class Receiver(test_morning.Receiver):
+    """test_morning's MorningLoader on a database; each file must load."""
 
     def load(self, path: Path, **options: Any) -> None:
         report = self.loader.load(path, **options)
