@@ -176,7 +176,6 @@ class TypedViews:
         self, engine: Engine, overrides: Mapping[str, Mapping[str, str]] | None = None
     ) -> None:
         self.engine = engine
-        self.dialect = engine.dialect.name
         self.overrides = {
             table.lower(): {field.lower(): kind for field, kind in types.items()}
             for table, types in (overrides or {}).items()
