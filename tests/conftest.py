@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
-from sqlalchemy import MetaData, create_engine, text
+from sqlalchemy import MetaData, create_engine, inspect, text
 from sqlalchemy.exc import OperationalError
 
 from aljex_sync.store.database import normalize_url
@@ -92,6 +92,11 @@ def server_databases() -> Iterator[ServerDatabases]:
 
 def _empty(url: str) -> None:
     engine = create_engine(normalize_url(url))
+    with engine.begin() as conn:  # the typed views first: they depend on the tables
+        cascade = " CASCADE" if conn.dialect.name == "postgresql" else ""
+        for view in inspect(conn).get_view_names():
+            quoted = conn.dialect.identifier_preparer.quote(view)
+            conn.execute(text(f"DROP VIEW IF EXISTS {quoted}{cascade}"))
     meta = MetaData()
     meta.reflect(engine)
     meta.drop_all(engine)

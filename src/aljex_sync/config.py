@@ -26,6 +26,7 @@ from . import catalog
 from .catalog import Mode
 from .credentials import is_supported_hash
 from .errors import ConfigError
+from .field_types import FIELD_TYPES
 from .store import database
 
 DEFAULT_CONFIG_NAME = "aljex-sync.toml"
@@ -114,6 +115,7 @@ TABLE_SCHEMA: dict[str, Key] = {
     "files": Key(list, [], "globs of morning file names that belong to this table"),
     "delimiter": Key(str, None, "CSV delimiter of this table's morning files"),
     "max_drop_fraction": Key(float, None, "this table's [morning] max_drop_fraction"),
+    "types": Key(dict, {}, "field = type in the typed view: date, time, money, int, bool, text"),
 }
 
 
@@ -209,6 +211,7 @@ class TableSettings:
     files: tuple[str, ...] = ()
     delimiter: str | None = None
     max_drop_fraction: float | None = None  # None: [morning] max_drop_fraction
+    types: tuple[tuple[str, str], ...] = ()  # [tables.X.types]: (field, type) for the views
 
 
 @dataclass(frozen=True)
@@ -228,6 +231,11 @@ class Settings:
         if found is not None:
             return found
         return TableSettings(name, catalog.key_for(name), "hard", catalog.mode_for(name))
+
+    @property
+    def field_types(self) -> dict[str, dict[str, str]]:
+        """``[tables.X.types]`` of every table that has one: table to field to type."""
+        return {name: dict(t.types) for name, t in self.tables.items() if t.types}
 
 
 def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
@@ -422,6 +430,8 @@ def _typed(dotted: str, spec: Key, value: Any) -> Any:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(dotted, "must be a list of strings")
         return value
+    if spec.type is dict and not isinstance(value, Mapping):
+        raise ConfigError(dotted, "must be a table of field = value, like [tables.loads.types]")
     if not isinstance(value, spec.type) or (spec.type is int and isinstance(value, bool)):
         raise ConfigError(dotted, f"must be a {spec.type.__name__}, got {value!r}")
     return value
@@ -571,4 +581,14 @@ def _table(name: str, spec: Any) -> TableSettings:
     if drop is not None and not 0 <= drop <= 1:
         raise ConfigError(f"tables.{name}.max_drop_fraction", "must be between 0 and 1")
     files = tuple(values["files"])
-    return TableSettings(table, key, values["delete"], mode, files, delimiter, drop)
+    types = _field_types(f"tables.{name}.types", values["types"])
+    return TableSettings(table, key, values["delete"], mode, files, delimiter, drop, types)
+
+
+def _field_types(dotted: str, raw: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """``[tables.X.types]``: each field (any case) and one of the typed views' types."""
+    for field_name, kind in raw.items():
+        if kind not in FIELD_TYPES:
+            allowed = ", ".join(f'"{t}"' for t in FIELD_TYPES)
+            raise ConfigError(f"{dotted}.{field_name}", f"must be one of {allowed}")
+    return tuple((field_name.lower(), kind) for field_name, kind in raw.items())

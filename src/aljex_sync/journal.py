@@ -44,6 +44,7 @@ from .journal_write import LIVE, NAME_WIDTH, TEXT_CUT, EventWriter
 from .messages import Outcome, Received
 from .store.database import WalCheckpointer, reading, translate
 from .store.schema import Schema, events
+from .store.views import TypedViews
 
 MAX_BATCH = 512
 IDLE_RECHECK = 1.0  # seconds without a write before the writer's connection is re-checked
@@ -61,6 +62,7 @@ class Journal:
         self.engine = engine
         self.settings = settings
         self.schema = Schema(engine)
+        self.schema.on_columns_added = TypedViews(engine, settings.field_types).columns_added
         self.planner = Planner(self.schema, settings)
         self.writer = EventWriter(engine, self.planner)
         # The writer's connection; the lock serializes groups from more than one thread.

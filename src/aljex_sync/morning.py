@@ -46,6 +46,7 @@ from .folders import clashes
 from .store.database import reading, translate
 from .store.merge import CsvRefused, MergeCounts, Stage, apply, copies_csv, survey
 from .store.schema import Schema, SyncedTable, files
+from .store.views import TypedViews
 
 FileStatus = Literal["loaded", "dry-run", "duplicate", "held", "failed", "unmatched"]
 Progress = Callable[[int, int], None]  # bytes read so far, rows read so far
@@ -140,6 +141,7 @@ class MorningLoader:
         self.engine = engine
         self.settings = settings
         self.schema = schema
+        self.views = TypedViews(engine, settings.field_types)
 
     def load(
         self,
@@ -210,6 +212,8 @@ class MorningLoader:
     def _finish(self, report: FileReport, begun: datetime, *, dry_run: bool) -> FileReport:
         if not dry_run and report.status != "dry-run":
             self._record(report, begun)
+        if report.status == "loaded" and report.table:
+            self.views.after_load(report.table)  # typed views: new columns, inferred types
         log.log(report.level, "%s", report.summary())
         return report
 

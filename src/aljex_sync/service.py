@@ -37,6 +37,7 @@ from .sftp import SftpInbox
 from .sftp_settings import SftpSettings
 from .store.database import display_url, open_engine
 from .store.schema import Schema
+from .store.views import TypedViews
 
 log = logging.getLogger("aljex_sync.service")
 
@@ -84,6 +85,8 @@ class Service:
         await self.journal.start()  # which creates the system tables
         self._journal_ready = True
         log.info("database %s ready", display_url(self.settings.database.url))
+        # The typed views: built or brought up to date (cheap when none changed).
+        await asyncio.to_thread(TypedViews(self.engine, self.settings.field_types).refresh_all)
         if live.enabled:
             sock = self._sockets[0]
             probes = (

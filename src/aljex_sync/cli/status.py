@@ -9,20 +9,24 @@ import click
 from .. import overview
 from ..overview import Summary
 from ..store.database import display_url
+from ..store.views import Misfits, TypedViews
 from .common import Context, console, database, fitting_table
 
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+@click.option("--types", is_flag=True, help="Count values that do not fit their typed view.")
 @click.pass_obj
-def status(obj: Context, as_json: bool) -> None:
+def status(obj: Context, as_json: bool, types: bool) -> None:
     """Show what the journal holds: requests per status and table, why any are held or
     rejected, and the morning files that were not loaded. Changes nothing."""
     settings = obj.settings
     with database(settings) as engine:
         found = overview.read(engine)
+        misfits = TypedViews(engine).misfits() if types else None
     if as_json:
-        click.echo(json.dumps(_overview_dict(found), indent=2, default=str))
+        extra = {"types": [vars(m) for m in misfits or []]} if types else {}
+        click.echo(json.dumps({**_overview_dict(found), **extra}, indent=2, default=str))
         return
     summary = found.summary
     console.print(
@@ -76,6 +80,26 @@ def status(obj: Context, as_json: bool) -> None:
                 f"{f['finished_at']:%m-%d %H:%M}",
             )
         console.print(recent)
+    if types:
+        _print_misfits(misfits)
+
+
+def _print_misfits(misfits: list[Misfits] | None) -> None:
+    """``status --types``: the typed columns with values that are NULL in their view."""
+    if misfits is None:
+        console.print("Typed views: none built yet; `aljex-sync serve` builds them.")
+        return
+    bad = [m for m in misfits if m.values]
+    console.print(
+        f"Typed views: {len(misfits)} typed columns, {len(bad)} with values that do not fit."
+    )
+    if bad:
+        table = fitting_table(
+            "Values that do not fit (NULL in the view)", "view", "column", "type", "values"
+        )
+        for m in bad:
+            table.add_row(m.view, m.name, m.type, str(m.values))
+        console.print(table)
 
 
 def _overview_dict(found: overview.Overview) -> dict[str, object]:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -271,6 +271,9 @@ class Schema:
         self.dialect = engine.dialect.name
         self._lock = threading.RLock()
         self.tables: dict[str, SyncedTable] = {}
+        # Hook: called with a table's name after its columns were created or added, e.g.
+        # TypedViews.columns_added; it must not raise. Column additions are rare.
+        self.on_columns_added: Callable[[str], None] | None = None
 
     def install(self) -> None:
         """Create the system tables if missing and load what is known of synced tables.
@@ -392,6 +395,8 @@ class Schema:
             )
             self._record_columns(conn, name, columns.as_sent(), now)
         self.tables[name] = synced
+        if self.on_columns_added is not None:
+            self.on_columns_added(name)
         return synced
 
     def _add(self, synced: SyncedTable, new_fields: list[str]) -> None:
@@ -407,6 +412,8 @@ class Schema:
             self._record_columns(conn, synced.name, added.as_sent(), now)
         synced.columns.update(added)
         synced.rebuild()
+        if self.on_columns_added is not None:
+            self.on_columns_added(synced.name)
 
     def _alter_add(self, conn: Connection, table: str, columns: Sequence[Column[Any]]) -> None:
         """ALTER TABLE ... ADD COLUMN for checked column names, quoted by the dialect.
