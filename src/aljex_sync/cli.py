@@ -40,6 +40,7 @@ from .morning import FileReport, MorningLoader
 from .service import Service
 from .sftp import host_key_fingerprint
 from .store.database import display_url, normalize_url, open_engine, translate
+from .tls import make_self_signed
 
 console = Console()
 err_console = Console(stderr=True)
@@ -116,6 +117,11 @@ def main(ctx: click.Context, config_path: Path | None, log_level: str) -> None:
 @click.option("--sftp-port", default=2222, show_default=True, help="Morning Sync SFTP port.")
 @click.option("--force", is_flag=True, help="Overwrite an existing config file.")
 @click.option(
+    "--tls-self-signed",
+    is_flag=True,
+    help="Serve HTTPS with a new self-signed certificate (for trials; see docs/deploy.md).",
+)
+@click.option(
     "--then-serving",
     is_flag=True,
     hidden=True,
@@ -129,6 +135,7 @@ def init(
     http_port: int,
     sftp_port: int,
     force: bool,
+    tls_self_signed: bool,
     then_serving: bool,
 ) -> None:
     """Write a new config with random passwords, and print what to send Aljex.
@@ -150,19 +157,32 @@ def init(
         sftp_port=sftp_port,
         live_hash=hash_password(live_password),
         sftp_hash=hash_password(sftp_password),
+        tls=tls_self_signed,
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     path.chmod(0o600)
-    settings = obj.settings
     found = public_host or reachable_address()
     host = found or "HOST"
+    settings = obj.settings
+    tls_fingerprint = ""
+    if settings.live.tls_cert is not None and settings.live.tls_key is not None:
+        names = [n for n in (found, "localhost", "127.0.0.1") if n]
+        tls_fingerprint = make_self_signed(settings.live.tls_cert, settings.live.tls_key, names)
+    scheme = "https" if tls_fingerprint else "http"
     console.print(f"Wrote {path}.\n")
     console.print("[bold]Send Aljex the following.[/]\n")
     console.print("Live Sync (HTTP POST):")
-    console.print(f"  URL:      http://{host}:{settings.live.port}{settings.live.path}")
+    console.print(f"  URL:      {scheme}://{host}:{settings.live.port}{settings.live.path}")
     console.print(f"  Username: {settings.live.username}")
     console.print(f"  Password: {live_password}", highlight=False)
+    if tls_fingerprint:
+        console.print(  # no emoji: rich would make ":AB:" an emoji
+            f"  TLS:      self-signed, SHA-256 {tls_fingerprint}",
+            soft_wrap=True,
+            highlight=False,
+            emoji=False,
+        )
     console.print("\nMorning Sync (SFTP upload):")
     console.print(f"  Host:     {host}")
     console.print(f"  Port:     {settings.morning.port}")
@@ -174,6 +194,13 @@ def init(
     console.print()
     if public_host is None:
         console.print(_host_advice(found), highlight=False)
+    if tls_fingerprint:
+        console.print(
+            f"The certificate {settings.live.tls_cert} is self-signed, for trials: a sender"
+            " that checks certificates refuses it. Use one from a certificate authority"
+            " for real use (docs/deploy.md).",
+            highlight=False,
+        )
     console.print("The passwords are stored only as hashes and will not be shown again.")
     if then_serving:
         console.print("Starting the service now; stop it with Ctrl-C.")
@@ -222,10 +249,24 @@ def reachable_address() -> str | None:
 
 
 def config_text(
-    *, database_url: str, http_port: int, sftp_port: int, live_hash: str, sftp_hash: str
+    *,
+    database_url: str,
+    http_port: int,
+    sftp_port: int,
+    live_hash: str,
+    sftp_hash: str,
+    tls: bool = False,
 ) -> str:
     """The config file ``init`` writes, every key present and commented."""
     q = json.dumps  # a JSON string is a valid TOML basic string
+    https = (
+        'tls_cert = "tls_cert.pem"\ntls_key = "tls_key.pem"'
+        if tls
+        else (
+            '# tls_cert = "tls_cert.pem"          # PEM files: serve HTTPS (docs/deploy.md)\n'
+            '# tls_key = "tls_key.pem"'
+        )
+    )
     return f"""# aljex-sync configuration. Every key is described in docs/configuration.md.
 # Any key can be overridden by an environment variable ALJEX_SYNC_<SECTION>_<KEY>.
 
@@ -244,6 +285,7 @@ trusted_proxies = []               # CIDRs whose X-Forwarded-For is believed
 max_body_bytes = 1048576
 max_fields = 1000                  # fits every database: MariaDB allows 1017 columns
 legacy_charset = "cp1252"
+{https}
 
 [morning]
 enabled = true

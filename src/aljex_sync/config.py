@@ -68,6 +68,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "header_timeout": Key(float, 10.0, "seconds a client has to send a request's headers"),
         "body_timeout": Key(float, 30.0, "seconds a client has to send a request's body"),
         "max_connections": Key(int, 256, "open HTTP connections at most; more are closed at once"),
+        "tls_cert": Key(str, "", "PEM certificate (chain) file: serve HTTPS; empty: plain HTTP"),
+        "tls_key": Key(str, "", "PEM private key file of tls_cert"),
     },
     "morning": {
         "enabled": Key(bool, True, "receive Morning Sync files"),
@@ -130,6 +132,8 @@ class LiveSettings:
     max_connections: int
     accept_tables: frozenset[str] = frozenset()
     max_tables: int = 200
+    tls_cert: Path | None = None  # with tls_key: HTTPS
+    tls_key: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -317,6 +321,7 @@ def _parse(
         header_timeout=live["header_timeout"],
         body_timeout=live["body_timeout"],
         max_connections=live["max_connections"],
+        **_tls(live, base),
     )
 
     morning_host, morning_port = _listen("morning.listen", morning["listen"])
@@ -424,6 +429,15 @@ def _check_credentials(section: str, values: Mapping[str, Any]) -> None:
             f"{section}.password_hash",
             "set password_hash (or password); `aljex-sync init` writes one",
         )
+
+
+def _tls(live: Mapping[str, Any], base: Path) -> dict[str, Path | None]:
+    """Both files or neither; their contents are checked when the server starts (tls.py)."""
+    cert, key = live["tls_cert"], live["tls_key"]
+    if bool(cert) != bool(key):
+        missing = "live.tls_key" if cert else "live.tls_cert"
+        raise ConfigError(missing, "set tls_cert and tls_key together, or neither")
+    return {"tls_cert": base / cert if cert else None, "tls_key": base / key if key else None}
 
 
 def _admin(values: Mapping[str, Any]) -> AdminSettings:
