@@ -15,6 +15,7 @@ CLI messages only at the edge (``live.py``, ``cli.py``)::
     ├── MorningFileError             a Morning Sync file that cannot be loaded as a whole
     │   └── MalformedFile            (csvfile.py) bad CSV: moved to inbox/failed/ with the line
     ├── EmulatorError                (emulate/state.py) the emulator's state or options are wrong
+    ├── DatabaseTooNew               (store/migrations.py) a newer aljex-sync's bookkeeping tables
     └── DatabaseUnavailable          transient: nothing is acknowledged, the reply is 503
 
 Terminal errors concern one record and retrying will not help until the operator changes
@@ -88,3 +89,7 @@ class DatabaseUnavailable(AljexSyncError):
 
 class MorningFileError(AljexSyncError):
     """A Morning Sync file that is not applied; it is quarantined or held with the reason."""
+
+
+class DatabaseTooNew(AljexSyncError):
+    """The bookkeeping tables are of a schema version newer than this aljex-sync knows."""

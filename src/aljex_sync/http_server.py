@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import sys
 import time
 from collections import Counter
@@ -68,8 +69,9 @@ class Limits:
     backlog: int = MAX_BACKLOG
 
 
-def config(app: ASGIApp, live: LiveSettings) -> uvicorn.Config:
-    """The uvicorn configuration of the Live Sync server, with ``live``'s limits."""
+def config(app: ASGIApp, live: LiveSettings, tls: ssl.SSLContext | None = None) -> uvicorn.Config:
+    """The uvicorn configuration of the Live Sync server, with ``live``'s limits; HTTPS with
+    ``tls``, the context ``tls.server_context`` made."""
     connections, backlog = _room_for(live.max_connections)
     limits = Limits(live.header_timeout, live.body_timeout, connections, backlog)
     return uvicorn.Config(
@@ -84,6 +86,7 @@ def config(app: ASGIApp, live: LiveSettings) -> uvicorn.Config:
         http=edge_protocol(limits),
         # X-Forwarded-For is judged by the endpoint against trusted_proxies only.
         proxy_headers=False,
+        ssl_context_factory=None if tls is None else (lambda _config, _default: tls),
     )
 
 

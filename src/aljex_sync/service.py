@@ -24,7 +24,7 @@ from types import TracebackType
 
 import uvicorn
 
-from . import http_server
+from . import http_server, tls
 from .admin import admin_routes
 from .chores import Chores
 from .config import Settings
@@ -78,6 +78,9 @@ class Service:
 
     async def _start(self) -> None:
         live = self.settings.live
+        context = None
+        if live.enabled and live.tls_cert is not None and live.tls_key is not None:
+            context = tls.server_context(live.tls_cert, live.tls_key)
         if live.enabled:
             sock = _bind(live.host, live.port, "Live Sync HTTP")
             self._sockets.append(sock)
@@ -97,7 +100,7 @@ class Service:
                 live, self.journal, probes=probes, details=self.chores.health.lines
             )
             extra = admin_routes(self.settings, self.engine, health=self.chores.health)
-            config = http_server.config(self.live.app(extra_routes=extra), live)
+            config = http_server.config(self.live.app(extra_routes=extra), live, context)
             self._server = _Server(config)
             self._server_task = asyncio.create_task(self._server.serve(sockets=[sock]))
             while not self._server.started:
@@ -105,7 +108,12 @@ class Service:
                     self._server_task.result()
                     raise RuntimeError("the HTTP server stopped while starting")
                 await asyncio.sleep(0.01)
-            log.info("live sync listening on http://%s:%d%s", live.host, self.http_port, live.path)
+            scheme = "https" if context else "http"
+            log.info(
+                "live sync listening on %s://%s:%d%s", scheme, live.host, self.http_port, live.path
+            )
+            if warning := tls.plain_password_warning(live):
+                log.warning(warning)
 
         if self.settings.morning.enabled:
             await self._start_morning()
@@ -298,4 +306,5 @@ class BackgroundService:
     @property
     def url(self) -> str:
         """The Live Sync URL on loopback."""
-        return f"http://127.0.0.1:{self.service.http_port}{self.settings.live.path}"
+        scheme = "https" if self.settings.live.tls_cert else "http"
+        return f"{scheme}://127.0.0.1:{self.service.http_port}{self.settings.live.path}"

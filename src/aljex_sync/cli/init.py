@@ -11,8 +11,12 @@ from ..credentials import generate_password, hash_password
 from ..errors import ConfigError
 from ..sftp_settings import host_key_fingerprint
 from ..store.database import normalize_url
+from ..tls import make_self_signed
 from .common import Context, console, fail
 from .config_file import config_text
+
+TLS_FILES = {"tls_cert": "tls_cert.pem", "tls_key": "tls_key.pem"}
+"""Where ``init --tls-self-signed`` writes the pair, beside the config file."""
 
 
 @click.command()
@@ -31,6 +35,11 @@ from .config_file import config_text
 @click.option("--sftp-port", default=2222, show_default=True, help="Morning Sync SFTP port.")
 @click.option("--force", is_flag=True, help="Overwrite an existing config file.")
 @click.option(
+    "--tls-self-signed",
+    is_flag=True,
+    help="Serve HTTPS with a new self-signed certificate (for trials; see docs/deploy.md).",
+)
+@click.option(
     "--then-serving",
     is_flag=True,
     hidden=True,
@@ -44,6 +53,7 @@ def init(
     http_port: int,
     sftp_port: int,
     force: bool,
+    tls_self_signed: bool,
     then_serving: bool,
 ) -> None:
     """Write a new config with random passwords, and print what to send Aljex.
@@ -65,6 +75,7 @@ def init(
             "live": {
                 "listen": f"0.0.0.0:{http_port}",
                 "password_hash": hash_password(live_password),
+                **(TLS_FILES if tls_self_signed else {}),
             },
             "morning": {
                 "listen": f"0.0.0.0:{sftp_port}",
@@ -75,15 +86,27 @@ def init(
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     path.chmod(0o600)
-    settings = obj.settings
     found = public_host or reachable_address()
     host = found or "HOST"
+    settings = obj.settings
+    tls_fingerprint = ""
+    if settings.live.tls_cert is not None and settings.live.tls_key is not None:
+        names = [n for n in (found, "localhost", "127.0.0.1") if n]
+        tls_fingerprint = make_self_signed(settings.live.tls_cert, settings.live.tls_key, names)
+    scheme = "https" if tls_fingerprint else "http"
     console.print(f"Wrote {path}.\n")
     console.print("[bold]Send Aljex the following.[/]\n")
     console.print("Live Sync (HTTP POST):")
-    console.print(f"  URL:      http://{host}:{settings.live.port}{settings.live.path}")
+    console.print(f"  URL:      {scheme}://{host}:{settings.live.port}{settings.live.path}")
     console.print(f"  Username: {settings.live.username}")
     console.print(f"  Password: {live_password}", highlight=False)
+    if tls_fingerprint:
+        console.print(  # no emoji: rich would make ":AB:" an emoji
+            f"  TLS:      self-signed, SHA-256 {tls_fingerprint}",
+            soft_wrap=True,
+            highlight=False,
+            emoji=False,
+        )
     console.print("\nMorning Sync (SFTP upload):")
     console.print(f"  Host:     {host}")
     console.print(f"  Port:     {settings.morning.port}")
@@ -95,6 +118,13 @@ def init(
     console.print()
     if public_host is None:
         console.print(_host_advice(found), highlight=False)
+    if tls_fingerprint:
+        console.print(
+            f"The certificate {settings.live.tls_cert} is self-signed, for trials: a sender"
+            " that checks certificates refuses it. Use one from a certificate authority"
+            " for real use (docs/deploy.md).",
+            highlight=False,
+        )
     console.print("The passwords are stored only as hashes and will not be shown again.")
     if then_serving:
         console.print("Starting the service now; stop it with Ctrl-C.")

@@ -50,7 +50,10 @@ async def _serve(settings: Settings) -> bool:
 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal)
+        try:
+            loop.add_signal_handler(sig, on_signal)
+        except NotImplementedError:  # Windows' event loop has none (untested: docs/deploy.md)
+            signal.signal(sig, lambda *_: loop.call_soon_threadsafe(on_signal))
     clean = await service.run_until(stop)
     if not clean:
         # Threads still busy (a morning load) would hold up the interpreter's exit.

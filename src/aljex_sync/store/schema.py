@@ -6,7 +6,8 @@ System tables, all named ``_aljex_*``:
 - ``_aljex_tables``: each synced table and the key it was created with;
 - ``_aljex_columns``: each field Aljex sent and the column that holds it;
 - ``_aljex_tombstones``: keys deleted by live sync, so a morning file cannot bring them back;
-- ``_aljex_files``: each Morning Sync file, what it did, and how far the live feed was off.
+- ``_aljex_files``: each Morning Sync file, what it did, and how far the live feed was off;
+- ``_aljex_meta``: the schema version of these tables (``migrations.py`` upgrades them).
 
 A synced table has one text column per field, created the first time the field is seen,
 plus ``_aljex_synced_at``, ``_aljex_source``, ``_aljex_event_id`` and ``_aljex_deleted_at``.
@@ -50,6 +51,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.types import TypeEngine
 
 from ..clock import utcnow
+from . import migrations
 from .database import reading
 from .identifiers import column_for
 
@@ -276,15 +278,14 @@ class Schema:
         self.on_columns_added: Callable[[str], None] | None = None
 
     def install(self) -> None:
-        """Create the system tables if missing and load what is known of synced tables.
+        """Create or upgrade the system tables, and load what is known of synced tables.
 
-        Looks before it writes, so that once they exist (the usual case) it takes no lock.
+        Looks before it writes, so that once they are current (the usual case) it takes no
+        lock. A database of a newer aljex-sync raises DatabaseTooNew (``migrations``).
         """
-        with reading(self.engine) as conn:
-            present = set(inspect(conn).get_table_names())
-        if not present.issuperset(SYSTEM.tables):
-            with self.engine.begin() as conn:
-                SYSTEM.create_all(conn)
+        found, present = migrations.current(self.engine)
+        if found != migrations.LATEST or not present.issuperset(SYSTEM.tables):
+            migrations.upgrade(self.engine, SYSTEM)
         self.reload()
 
     def reload(self) -> None:
