@@ -9,6 +9,10 @@ then writes, skipping any statement the counts show would change nothing: on SQL
 and ``INSERT ... SELECT`` (PostgreSQL's upsert locks each row before it updates it, which
 made it a fifth slower there), and for a full file a DELETE of the rows it no longer holds.
 
+A row whose values the file leaves as they are is not rewritten (it keeps its synced-at
+time and source): equal row hashes (``ROW_HASH``) settle that at once, else the values are
+compared. On SQLite such a row is not even staged with its values (:data:`KEPT`).
+
 How each database is staged, the costly part of a load:
 
 - SQLite: executemany of the parsed rows, in one deferred transaction that touches only the
