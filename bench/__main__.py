@@ -80,35 +80,53 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def _previous(part: str) -> Any:
+    """A part's results from the last run, kept when this run measures only the other."""
+    try:
+        return json.loads((RESULTS / "results.json").read_text()).get(part)
+    except (OSError, ValueError):
+        return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="make bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small counts, no 1 GB file")
+    parser.add_argument(
+        "--only",
+        choices=("live", "morning"),
+        help="measure one part; the other's figures are kept from the last run",
+    )
+    parser.add_argument("--no-big", action="store_true", help="skip the 1 GB Morning Sync file")
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
-    if args.quick:
-        live_results = live.run(brokerage_records, sequential=300, concurrent=900, repeats=1)
-        morning_results = morning.run(20_000, big_gb=0, postgres=_postgres_reachable(), repeats=1)
-    else:
-        live_results = live.run(brokerage_records)
-        morning_results = morning.run(postgres=_postgres_reachable())
+    big_gb = 0 if args.quick or args.no_big else 1.0
+    live_results = _previous("live") if args.only == "morning" else None
+    morning_results = _previous("morning") if args.only == "live" else None
+    if args.only != "morning":
+        if args.quick:
+            live_results = live.run(brokerage_records, sequential=300, concurrent=900, repeats=1)
+        else:
+            live_results = live.run(brokerage_records)
+    if args.only != "live":
+        rows, repeats = (20_000, 1) if args.quick else (200_000, 3)
+        morning_results = morning.run(
+            rows, big_gb=big_gb, postgres=_postgres_reachable(), repeats=repeats
+        )
     lines = [
         f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.machine()},"
         f" Python {platform.python_version()}.",
         "",
-        "### Live Sync",
-        "",
-        *live.table(live_results),
-        "",
-        "### Morning Sync",
-        "",
-        *morning.table(morning_results),
-        "",
     ]
+    if live_results:
+        lines += ["### Live Sync", "", *live.table(live_results), ""]
+    if morning_results:
+        lines += ["### Morning Sync", "", *morning.table(morning_results), ""]
     (RESULTS / "results.md").write_text("\n".join(lines))
     (RESULTS / "results.json").write_text(
         json.dumps({"live": live_results, "morning": morning_results}, indent=1)
     )
-    plot(live_results, RESULTS / "latency.png")
+    if live_results:
+        plot(live_results, RESULTS / "latency.png")
     print("\n".join(lines))
     print(f"Written: {RESULTS / 'results.md'}, results.json, latency.png")
 

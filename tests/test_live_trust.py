@@ -18,6 +18,7 @@ import pytest
 from sqlalchemy import Engine, inspect, text
 
 from aljex_sync.clock import utcnow
+from aljex_sync.journal import Journal
 from aljex_sync.morning import MorningLoader
 from aljex_sync.store.database import open_engine
 
@@ -206,3 +207,49 @@ def test_a_live_delete_before_its_table_exists_keeps_the_record_out_of_a_snapsho
     engine = service.engine()
     assert rows(engine, "SELECT id FROM quotes") == [{"id": "Q2"}]
     engine.dispose()
+
+
+# -- replay against rows a morning file confirmed -------------------------------------------
+
+
+def test_a_replayed_change_older_than_a_file_that_confirmed_its_row_is_superseded(
+    database_url, tmp_path
+):
+    """A file leaves an unchanged row alone, yet confirms it as of its export time."""
+    settings = make_settings(
+        database_url,
+        tmp_path,
+        live={"accept_tables": ["customers"]},
+        morning={"snapshot_margin": 0.0},
+    )
+    with RunningService(settings) as running:
+        loader = MorningLoader(running.service.engine, settings, running.service.schema)
+
+        def morning_file(name: str, *rows_: list[str]) -> None:
+            path = tmp_path / name
+            with path.open("w", newline="") as f:
+                csv.writer(f).writerows([["id", "status"], *rows_])
+            assert loader.load(path, started_at=utcnow()).status == "loaded"
+
+        morning_file("Loads.csv", ["L1", "OPEN"])
+        # Refused (loads is not accepted yet) and journaled, to be replayed later.
+        assert (
+            post(running, record("loads", "update", id="L1", status="COVERED")).status_code == 403
+        )
+        # The next export still says OPEN: the change was undone in Aljex before it.
+        morning_file("Loads_2.csv", ["L1", "OPEN"], ["L2", "OPEN"])
+    settings = make_settings(database_url, tmp_path, morning={"snapshot_margin": 0.0})
+    engine = open_engine(database_url)
+    try:
+        journal_ = Journal(engine, settings)
+        try:
+            (outcome,) = list(journal_.replay(include_rejected=True))
+        finally:
+            journal_.close()
+        assert outcome.status == "superseded"
+        assert rows(engine, "SELECT id, status FROM loads ORDER BY id") == [
+            {"id": "L1", "status": "OPEN"},
+            {"id": "L2", "status": "OPEN"},
+        ]
+    finally:
+        engine.dispose()

@@ -971,3 +971,71 @@ def test_a_partial_upload_loads_on_its_rename_not_before(service, tmp_path, how)
     engine = service.engine()
     assert table_rows(engine, "SELECT id, status FROM loads") == [{"id": "1", "status": "OPEN"}]
     engine.dispose()
+
+
+# -- rows a file leaves as they are -------------------------------------------------------
+
+
+def test_a_file_does_not_rewrite_the_rows_it_leaves_unchanged(receiver, tmp_path):
+    header = ["id", "name", "city"]
+    yesterday, today = utcnow() - timedelta(days=1), utcnow()
+    receiver.load(write_csv(tmp_path / "Customers.csv", header, customers(5)), started_at=yesterday)
+    second = customers(5)
+    second[3][2] = "Camden"
+    report = receiver.load(write_csv(tmp_path / "Customers.csv", header, second), started_at=today)
+    assert (report.counts.updated, report.counts.differing) == (5, 1)
+    rows = table_rows(receiver.engine, "SELECT id, city, _aljex_synced_at FROM customers")
+    as_of = {r["id"]: r["_aljex_synced_at"] for r in rows}  # C0 keeps yesterday's time
+    assert {key for key, synced_at in as_of.items() if synced_at != as_of["C0"]} == {"C3"}
+    assert {r["id"]: r["city"] for r in rows}["C3"] == "Camden"
+
+
+def test_a_row_live_sync_changed_before_the_export_is_rewritten_with_the_files_values(
+    service, tmp_path
+):
+    """Live sync's write clears the row's hash: the same file again must still win."""
+    header = ["id", "name", "city"]
+    loader = loader_of(service)
+    loader.load(write_csv(tmp_path / "Customers.csv", header, customers(3)))
+    live_post(
+        service, web_sync_table_name="customers", web_sync_action="update", id="C1", city="Trenton"
+    )
+    later = utcnow() + timedelta(hours=1)
+    report = loader.load(tmp_path / "Customers.csv", force=True, started_at=later)
+    assert report.status == "loaded" and report.counts.differing == 1
+    engine = service.engine()
+    assert table_rows(engine, "SELECT city FROM customers WHERE id = 'C1'") == [{"city": "Newark"}]
+    engine.dispose()
+
+
+def test_a_row_live_sync_changes_while_the_file_is_staged_gets_the_files_values(
+    service, tmp_path, caplog
+):
+    """On SQLite the row was staged as unchanged: the loader stages the file again."""
+    header = ["id", "name", "city"]
+    loader = loader_of(service)
+    path = write_csv(tmp_path / "Customers.csv", header, customers(1200))
+    loader.load(path, started_at=utcnow() - timedelta(days=1))
+    posted: list[int] = []
+
+    def progress(bytes_read: int, rows: int) -> None:
+        if not posted:  # the first batch, with C0, is staged: live sync changes C0 now
+            live_post(
+                service,
+                web_sync_table_name="customers",
+                web_sync_action="update",
+                id="C0",
+                city="X",
+            )
+            posted.append(rows)
+
+    caplog.set_level(logging.INFO, logger="aljex_sync.morning")
+    report = loader.load(
+        path, force=True, started_at=utcnow() + timedelta(hours=1), progress=progress
+    )
+    assert report.status == "loaded" and report.rows_read == 1200 and report.counts.differing == 1
+    engine = service.engine()
+    assert table_rows(engine, "SELECT city FROM customers WHERE id = 'C0'") == [{"city": "Newark"}]
+    engine.dispose()
+    if service.settings.database.url.startswith("sqlite"):
+        assert "staging every row again" in caplog.text

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import Column, Engine, MetaData, String, inspect, select, text
+from sqlalchemy import Column, Engine, MetaData, String, Table, inspect, select, text
 
 from aljex_sync.errors import DatabaseTooNew
 from aljex_sync.store import migrations
 from aljex_sync.store.database import open_engine
 from aljex_sync.store.migrations import LATEST, Step, add_column
-from aljex_sync.store.schema import SYSTEM, Schema, SyncedTable, events
+from aljex_sync.store.schema import ROW_HASH, SYSTEM, Schema, SyncedTable, events
 
 from .support import TEST_PASSWORD, RunningService, make_settings
 from .test_serve import assert_one_error_line, serving
@@ -42,8 +42,14 @@ def make_version_1(engine: Engine) -> None:
         for statement in statements:
             lines = [line for line in statement.splitlines() if not line.startswith("--")]
             conn.exec_driver_sql("\n".join(lines))
-        # A synced table is not a bookkeeping table: it is made today as it was then.
-        SyncedTable("loads", ("id",), ("id",), {"id": "id", "status": "status"}).table.create(conn)
+        # A synced table as 0.1.0 made it: today's shape less the row hash (version 3).
+        today = SyncedTable("loads", ("id",), ("id",), {"id": "id", "status": "status"}).table
+        then = [c for c in today.columns if c.name != ROW_HASH]
+        Table(
+            "loads",
+            MetaData(),
+            *(Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable) for c in then),
+        ).create(conn)
         tables = MetaData()
         tables.reflect(conn)
         conn.execute(tables.tables["loads"].insert(), {"id": "1001", "status": "OPEN"})
@@ -126,6 +132,13 @@ def test_serve_upgrades_a_0_1_0_database_and_keeps_its_rows(engine, database_url
             ("applied", "203.0.113.10"),
             ("applied", "127.0.0.1"),
         ]
+
+
+def test_an_upgrade_adds_the_row_hash_to_synced_tables(engine):
+    make_version_1(engine)
+    assert ROW_HASH not in {c["name"] for c in inspect(engine).get_columns("loads")}
+    Schema(engine).install()
+    assert ROW_HASH in {c["name"] for c in inspect(engine).get_columns("loads")}
 
 
 def test_an_upgraded_database_has_the_shape_of_a_fresh_one(engine):

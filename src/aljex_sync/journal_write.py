@@ -19,7 +19,7 @@ from .journal_plan import Plan, Planner
 from .messages import Outcome
 from .store.prepared import Prepared
 from .store.rows import RowMeta, RowWriter
-from .store.schema import SyncedTable, events
+from .store.schema import SyncedTable, events, files
 
 LIVE = "live"
 # The widths of the journal's fixed-width columns (store/schema.py).
@@ -114,7 +114,9 @@ class EventWriter:
         if plan.status == "applied" and plan.change is not None:
             meta = RowMeta(received.received_at, LIVE, event_id)
             if plan.replay_of is not None and plan.synced is not None:
-                newer = self.rows.synced_at(conn, plan.synced, plan.key_values)
+                newer = _confirmed_at(
+                    conn, plan.synced, self.rows.synced_at(conn, plan.synced, plan.key_values)
+                )
                 if newer is not None and newer > received.received_at:
                     plan.status = "superseded"
                     plan.reason = f"the row already holds a change from {newer:%Y-%m-%d %H:%M:%S}"
@@ -209,3 +211,24 @@ class EventWriter:
         )
 
     # -- replay -------------------------------------------------------------------------
+
+
+def _confirmed_at(
+    conn: Connection, synced: SyncedTable, synced_at: datetime | None
+) -> datetime | None:
+    """When the row's values were last known true: its own ``_aljex_synced_at``, or the
+    export time of the latest morning file loaded into its table, whichever is later.
+
+    A morning file leaves the rows it does not change alone (their ``_aljex_synced_at``
+    stays), yet it confirms them as of its export time: a held change replayed later that is
+    older than that time must be superseded, as it would be had the row been rewritten.
+    None when the row does not exist.
+    """
+    if synced_at is None:
+        return None
+    loaded = conn.execute(
+        select(func.max(files.c.snapshot_at)).where(
+            files.c.table_name == synced.name, files.c.status == "loaded"
+        )
+    ).scalar()
+    return max(synced_at, loaded) if loaded is not None else synced_at

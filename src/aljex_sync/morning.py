@@ -44,7 +44,15 @@ from .csvfile import (
 from .errors import DatabaseUnavailable, MorningFileError
 from .folders import clashes
 from .store.database import reading, translate
-from .store.merge import CsvRefused, MergeCounts, Stage, apply, copies_csv, survey
+from .store.merge import (
+    CsvRefused,
+    MergeCounts,
+    Stage,
+    StageOutdated,
+    apply,
+    copies_csv,
+    survey,
+)
 from .store.schema import Schema, SyncedTable, files
 from .store.views import TypedViews
 
@@ -234,10 +242,36 @@ class MorningLoader:
         dry_run: bool,
         progress: Progress | None,
     ) -> None:
+        try:
+            self._stage_and_merge(
+                path, facts, report, force=force, dry_run=dry_run, progress=progress
+            )
+        except StageOutdated as e:
+            # Live sync changed a row staged as unchanged: stage every row's values this time.
+            log.info("%s: staging every row again (%s)", path.name, e)
+            report.rows_read = 0
+            self._stage_and_merge(
+                path, facts, report, force=force, dry_run=dry_run, progress=progress, skip=False
+            )
+
+    def _stage_and_merge(
+        self,
+        path: Path,
+        facts: FileFacts,
+        report: FileReport,
+        *,
+        force: bool,
+        dry_run: bool,
+        progress: Progress | None,
+        skip: bool = True,
+    ) -> None:
+        """Stage the file and merge it; with ``skip``, rows the table holds as they are are
+        staged as kept (key and hash only), which may raise StageOutdated at the merge."""
         assert report.table is not None and report.snapshot_at is not None
         table_settings = self.settings.table(report.table)
         # The journal's writer and other loads grow tables from other processes.
         self.schema.reload()
+        known = self.schema.tables.get(report.table) if skip else None
         with self.engine.connect() as conn:
             stage: Stage | None = None
             # COPY reads the file's own bytes when they are UTF-8 and plain CSV; if they
@@ -253,7 +287,13 @@ class MorningLoader:
                     planned = self.schema.plan(report.table, table_settings.key, header)
                     columns = [planned[f] for f in header]
                     keys = [planned[k] for k in table_settings.key]
-                    stage = Stage(conn, keys, columns, delimiter=facts.delimiter)
+                    stage = Stage(
+                        conn,
+                        keys,
+                        columns,
+                        delimiter=facts.delimiter,
+                        target=None if known is None else known.table,
+                    )
                     positions = [header.index(k) for k in table_settings.key]
                     try:
                         _stage_file(stage, reader, positions, report, progress, csv=csv)

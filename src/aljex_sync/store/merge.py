@@ -9,6 +9,10 @@ then writes, skipping any statement the counts show would change nothing: on SQL
 and ``INSERT ... SELECT`` (PostgreSQL's upsert locks each row before it updates it, which
 made it a fifth slower there), and for a full file a DELETE of the rows it no longer holds.
 
+A row whose values the file leaves as they are is not rewritten (it keeps its synced-at
+time and source): equal row hashes (``ROW_HASH``) settle that at once, else the values are
+compared. On SQLite such a row is not even staged with its values (:data:`KEPT`).
+
 How each database is staged, the costly part of a load:
 
 - SQLite: executemany of the parsed rows, in one deferred transaction that touches only the
@@ -32,6 +36,7 @@ same file wrote are its own, not newer, whatever T that load took.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 from collections.abc import Iterator, Sequence
@@ -50,6 +55,7 @@ from sqlalchemy import (
     MetaData,
     Table,
     and_,
+    bindparam,
     case,
     delete,
     exc,
@@ -61,7 +67,6 @@ from sqlalchemy import (
     null,
     or_,
     select,
-    true,
     update,
 )
 from sqlalchemy.engine import RootTransaction
@@ -74,6 +79,7 @@ from .schema import (
     DELETED_AT,
     EVENT_ID,
     MYSQL_TABLE,
+    ROW_HASH,
     SOURCE,
     SYNCED_AT,
     KeyText,
@@ -87,7 +93,14 @@ ROW = "_aljex_row"
 """The stage's row number, in file order (SQLite, PostgreSQL). No column made from a field
 can take this name: those start with a letter."""
 
+KEPT = "_aljex_kept"
+"""1 on a stage row that holds only the key and the row hash: the table held the same
+values when the row was staged (SQLite), so its values were not staged, nor will be written."""
+
 _MYSQL = ("mysql", "mariadb")
+LOOKUP_TRIAL_ROWS = 10_000
+"""Rows staged before the stage judges whether looking up the table's hashes pays: in a file
+where nearly every row changed, each look-up costs more than staging the row's values."""
 # COPY's DELIMITER for each delimiter csvfile accepts, as SQL literals.
 _COPY_DELIMITERS = {",": "','", "|": "'|'", "\t": "E'\\t'"}
 
@@ -113,6 +126,37 @@ class MergeCounts:
     extra_in_db: int = 0
     differing: int = 0
     existing: int = 0  # alive rows before the merge; counted for full files only
+    rewritten: int = 0  # updated rows whose values change, or that the file revives
+
+
+class StageOutdated(Exception):
+    """A row staged as unchanged (key and hash only) changed in the table since: stage again.
+
+    Live sync wrote the row between the look-up and the merge, with a time no later than the
+    file's snapshot, so the file's values must be written, and the stage lacks them.
+    """
+
+
+def row_hasher(columns: Sequence[str]) -> Any:
+    """A function from a batch of rows to their 64-bit hashes, as signed integers.
+
+    BLAKE2b of the values joined by NUL (which no value holds: files with one are refused),
+    keyed by the columns' names, so that a file with other columns never matches a row.
+    """
+    key = hashlib.blake2b("\0".join(columns).encode()).digest()
+    blake2b = hashlib.blake2b
+    from_bytes = int.from_bytes
+    join = "\0".join
+
+    def hashes(rows: list[list[str]]) -> list[int]:
+        return [
+            from_bytes(
+                blake2b(join(row).encode(), digest_size=8, key=key).digest(), "little", signed=True
+            )
+            for row in rows
+        ]
+
+    return hashes
 
 
 class Stage:
@@ -121,6 +165,10 @@ class Stage:
     Use: ``open()``, then ``add()`` each batch of parsed rows (or ``add_csv()`` the file's
     bytes, after ``open(csv=True)``), then ``close()``; ``abort()`` on any error. ``drop()``
     when the merge is over.
+
+    On SQLite each row is staged with its hash, and given ``target`` (the synced table as it
+    stands, single key), a row whose hash the table already holds is staged as kept: key
+    and hash only, which is most of what a daily full file brings.
     """
 
     def __init__(
@@ -130,6 +178,7 @@ class Stage:
         columns: Sequence[str],
         *,
         delimiter: str = ",",
+        target: Table | None = None,
     ) -> None:
         self.conn = conn
         self.dialect = conn.dialect.name
@@ -147,6 +196,7 @@ class Stage:
             Column(c, KeyText, primary_key=keyed) if c in keys else Column(c, ValueText)
             for c in self.columns
         ]
+        cols += [Column(ROW_HASH, BigInteger), Column(KEPT, Integer)]
         name = f"{STAGE_PREFIX}{secrets.token_hex(6)}"
         self.table = Table(name, MetaData(), *cols, prefixes=["TEMPORARY"], **MYSQL_TABLE)
         with conn.begin():
@@ -159,8 +209,14 @@ class Stage:
             values = {c: stmt.inserted[c] for c in self.columns if c not in keys}
             first = self.key_columns[0]
             stmt = stmt.on_duplicate_key_update(values or {first: stmt.inserted[first]})
-        self._insert = Prepared.compile(stmt, conn.dialect, self.columns)
-        self._positional = self._insert.order == self.columns
+        # SQLite stages each row's hash; elsewhere the merge compares values (NULL hash).
+        self.hashes = row_hasher(self.columns) if self.dialect == "sqlite" else None
+        staged = (*self.columns, ROW_HASH) if self.hashes else self.columns
+        self._insert = Prepared.compile(stmt, conn.dialect, staged)
+        self._positional = self._insert.order == staged
+        self._lookup: _Lookup | None = None
+        if self.hashes and target is not None and len(self.key_columns) == 1:
+            self._lookup = _Lookup(conn, self.table, target, self.key_columns[0], self.columns)
         self._open = False
         self._csv = False
         self._transaction: RootTransaction | None = None
@@ -201,9 +257,22 @@ class Stage:
             raise
 
     def add(self, rows: list[list[str]]) -> None:
-        """Stage a batch of parsed rows, given in the file's column order."""
+        """Stage a batch of parsed rows, given in the file's column order.
+
+        On SQLite each row gets its hash appended, in place.
+        """
         if not rows:
             return
+        if self.hashes is not None:
+            hashes = self.hashes(rows)
+            if self._lookup is not None:
+                rows, hashes = self._lookup.stage_kept(rows, hashes)
+                if self._lookup.done:
+                    self._lookup = None
+            for row, row_hash in zip(rows, hashes, strict=False):
+                row.append(row_hash)
+            if not rows:
+                return
         if self.dialect == "postgresql":
             write_row = self._copy.write_row
             with _on_driver(self.conn, "COPY"):
@@ -342,6 +411,66 @@ class Stage:
             self.conn.exec_driver_sql(f"ANALYZE {quote(st.name)} ({names})")
 
 
+class _Lookup:
+    """Stages as kept the rows of each batch whose hash the table holds (SQLite, one key).
+
+    One indexed query per batch, in the stage's own transaction: a read of the main
+    database, which in WAL mode holds up no writer. A row live sync changes after the
+    look-up is caught by :func:`survey` (:class:`StageOutdated`). Gives up when the first
+    :data:`LOOKUP_TRIAL_ROWS` rows show that nearly all rows changed.
+    """
+
+    def __init__(
+        self, conn: Connection, stage: Table, target: Table, key: str, columns: Sequence[str]
+    ) -> None:
+        self.conn = conn
+        self.target = target
+        self.key = key
+        self.key_at = list(columns).index(key)
+        self._kept = Prepared.compile(insert(stage), conn.dialect, (key, ROW_HASH, KEPT))
+        self._queries: dict[int, str] = {}
+        self.looked = self.kept = 0
+        self.done = False
+
+    def _query(self, size: int) -> str:
+        sql = self._queries.get(size)
+        if sql is None:
+            t = self.target
+            stmt = select(t.c[self.key], t.c[ROW_HASH]).where(
+                t.c[DELETED_AT].is_(None),
+                t.c[self.key].in_([bindparam(f"k{i}") for i in range(size)]),
+            )
+            sql = self._queries[size] = stmt.compile(dialect=self.conn.dialect).string
+        return sql
+
+    def stage_kept(
+        self, rows: list[list[str]], hashes: list[int]
+    ) -> tuple[list[list[str]], list[int]]:
+        """Stage the unchanged rows as kept; return the others and their hashes."""
+        keys = [row[self.key_at] for row in rows]
+        cursor = run_on_driver(self.conn, self._query(len(keys)), keys)
+        try:
+            known = dict(cursor.fetchall())
+        finally:
+            cursor.close()
+        changed: list[list[str]] = []
+        changed_hashes: list[int] = []
+        kept: list[tuple[str, int, int]] = []
+        for key, row, row_hash in zip(keys, rows, hashes, strict=True):
+            if known.get(key) == row_hash:
+                kept.append((key, row_hash, 1))
+            else:
+                changed.append(row)
+                changed_hashes.append(row_hash)
+        if kept:
+            self._kept.execute_values(self.conn, kept)
+        self.looked += len(rows)
+        self.kept += len(kept)
+        if self.looked >= LOOKUP_TRIAL_ROWS and self.kept * 10 < self.looked:
+            self.done = True
+        return changed, changed_hashes
+
+
 def copies_csv(conn: Connection) -> bool:
     """Whether a stage on this connection can take a file's CSV bytes (PostgreSQL's COPY)."""
     return conn.dialect.name == "postgresql"
@@ -412,9 +541,8 @@ def survey(
     alive = target.c[DELETED_AT].is_(None)
     not_newer = _not_newer(target, snapshot_at, own)
     values = [c for c in stage.columns if c not in set(synced.key_columns)]
-    differs: ColumnElement[bool] = (
-        or_(*(target.c[c].is_distinct_from(st.c[c]) for c in values)) if values else false()
-    )
+    changed = _changes(target, st.c, values)
+    kept = st.c[KEPT].is_not(None)
     same_key = and_(*(target.c[k] == st.c[k] for k in synced.key_columns))
     one_pass = full and conn.dialect.name == "postgresql"
     alive_rows = alive_not_newer = 0
@@ -428,7 +556,10 @@ def survey(
         _count_if(and_(in_file, in_table, ~not_newer)),
         _count_if(and_(found, alive)),
         _count_if(and_(found, alive, not_newer)),
-        _count_if(and_(found, alive, differs)),
+        _count_if(and_(found, alive, changed)),
+        _count_if(and_(found, not_newer, or_(~alive, changed))),
+        # Kept rows the merge would now have to write: changed (or gone) since the look-up.
+        _count_if(and_(kept, or_(~in_table, and_(not_newer, or_(~alive, changed))))),
     ]
     if one_pass:
         aggregates += [
@@ -438,8 +569,11 @@ def survey(
     joined = st.outerjoin(target, same_key, full=one_pass)
     row = [int(n) for n in conn.execute(select(*aggregates).select_from(joined)).one()]
     staged, matched, newer, found_alive, found_alive_not_newer, differing = row[:6]
+    counts.rewritten, outdated = row[6:8]
+    if outdated:
+        raise StageOutdated(f"{outdated} rows staged as unchanged changed in the table since")
     if one_pass:
-        alive_rows, alive_not_newer = row[6:]
+        alive_rows, alive_not_newer = row[8:]
     counts.staged = staged
     counts.inserted = staged - matched
     counts.updated = matched - newer
@@ -473,29 +607,34 @@ def apply(
     not_newer = _not_newer(target, snapshot_at, own)
     values = [c for c in stage.columns if c not in set(synced.key_columns)]
     meta = {SYNCED_AT: snapshot_at, SOURCE: source, EVENT_ID: None, DELETED_AT: None}
-    rows = select(*(st.c[c] for c in stage.columns), *(_literal(v) for v in meta.values()))
+    written = [*stage.columns, ROW_HASH, *meta]
+    rows = select(
+        *(st.c[c] for c in [*stage.columns, ROW_HASH]), *(_literal(v) for v in meta.values())
+    )
+    # A row is written when it is new, revived, or its values change; kept rows never are.
+    rewrite = and_(not_newer, or_(~alive, _changes(target, st.c, values)))
     if conn.dialect.name == "sqlite":
-        if counts.inserted or counts.updated:
+        if counts.inserted or counts.rewritten:
             from sqlalchemy.dialects import sqlite
 
-            # The WHERE keeps SQLite from reading ON CONFLICT as a join's ON.
-            upsert = sqlite.insert(target).from_select([*stage.columns, *meta], rows.where(true()))
+            # The WHERE also keeps SQLite from reading ON CONFLICT as a join's ON.
+            upsert = sqlite.insert(target).from_select(written, rows.where(st.c[KEPT].is_(None)))
             upsert = upsert.on_conflict_do_update(
                 index_elements=[target.c[k] for k in synced.key_columns],
-                set_={c: upsert.excluded[c] for c in [*values, *meta]},
-                where=not_newer,
+                set_={c: upsert.excluded[c] for c in [*values, ROW_HASH, *meta]},
+                where=and_(not_newer, or_(~alive, _changes(target, upsert.excluded, values))),
             )
             conn.execute(upsert)
     else:
-        if counts.updated:
+        if counts.rewritten:
             conn.execute(
                 update(target)
-                .where(same_key, not_newer)
-                .values({**{c: st.c[c] for c in values}, **meta})
+                .where(same_key, rewrite)
+                .values({**{c: st.c[c] for c in [*values, ROW_HASH]}, **meta})
             )
         if counts.inserted:
             missing = ~exists().where(same_key)
-            conn.execute(insert(target).from_select([*stage.columns, *meta], rows.where(missing)))
+            conn.execute(insert(target).from_select(written, rows.where(missing)))
     if full and counts.deleted:
         gone = and_(alive, ~exists().where(same_key), not_newer)
         if soft_delete:
@@ -506,6 +645,19 @@ def apply(
             )
         else:
             conn.execute(delete(target).where(gone))
+
+
+def _changes(target: Table, source: Any, values: Sequence[str]) -> ColumnElement[bool]:
+    """Whether the ``source`` row (stage or ``excluded``) changes the values of ``target``'s.
+
+    Equal hashes settle it; else (a hash NULL or different) the values are compared, and
+    AND evaluates them only then.
+    """
+    if not values:
+        return false()
+    mine, theirs = target.c[ROW_HASH], source[ROW_HASH]
+    unsettled = or_(mine.is_(None), theirs.is_(None), mine != theirs)
+    return and_(unsettled, or_(*(target.c[c].is_distinct_from(source[c]) for c in values)))
 
 
 def _drop_tombstoned(

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Column,
     Connection,
     Engine,
@@ -73,9 +74,20 @@ def _record_the_version(conn: Connection) -> None:
     meta.create(conn, checkfirst=True)
 
 
+def _add_row_hashes(conn: Connection) -> None:
+    """Every synced table gets ``_aljex_row_hash`` (NULL: compare the values), which lets a
+    morning file leave the rows it does not change alone (store/merge.py)."""
+    synced = Table("_aljex_tables", MetaData(), Column("table_name", String(64)))
+    present = set(inspect(conn).get_table_names())
+    for (name,) in conn.execute(select(synced.c.table_name)):
+        if name in present:
+            add_column(conn, Table(name, MetaData()), Column("_aljex_row_hash", BigInteger))
+
+
 STEPS: tuple[Step, ...] = (
     Step(2, "record the schema version in _aljex_meta", _record_the_version),
-    # Next: Step(3, "what it does", a_function_of_conn), e.g. add_column(conn, table, Column).
+    Step(3, "add _aljex_row_hash to every synced table", _add_row_hashes),
+    # Next: Step(4, "what it does", a_function_of_conn), e.g. add_column(conn, table, Column).
 )
 LATEST = STEPS[-1].version
 

@@ -20,13 +20,16 @@ from .prepared import Prepared
 from .schema import (
     DELETED_AT,
     EVENT_ID,
+    ROW_HASH,
     SOURCE,
     SYNCED_AT,
     SyncedTable,
     tombstones,
 )
 
-META = (SYNCED_AT, SOURCE, EVENT_ID, DELETED_AT)  # upsert() fills them in this order
+# upsert() fills them in this order. A live write clears the row hash: the row no longer
+# holds what the last morning file did, and that file's hash must not say it does.
+META = (SYNCED_AT, SOURCE, EVENT_ID, DELETED_AT, ROW_HASH)
 
 
 @dataclass(frozen=True)
@@ -98,7 +101,10 @@ class RowWriter:
         prepared = self.upsert_statement(synced, columns)
         prepared.execute_values(
             conn,
-            [(*values, meta.synced_at, meta.source, meta.event_id, None) for values, meta in rows],
+            [
+                (*values, meta.synced_at, meta.source, meta.event_id, None, None)
+                for values, meta in rows
+            ],
         )
 
     def delete(

@@ -10,7 +10,8 @@ System tables, all named ``_aljex_*``:
 - ``_aljex_meta``: the schema version of these tables (``migrations.py`` upgrades them).
 
 A synced table has one text column per field, created the first time the field is seen,
-plus ``_aljex_synced_at``, ``_aljex_source``, ``_aljex_event_id`` and ``_aljex_deleted_at``.
+plus ``_aljex_synced_at``, ``_aljex_source``, ``_aljex_event_id``, ``_aljex_deleted_at`` and
+``_aljex_row_hash``.
 Field names are case-insensitive: ``Osd``, ``osd`` and ``OSD`` are one field, kept in
 ``_aljex_columns`` as first sent. A table never grows past the column limit of its
 database (``MAX_COLUMNS``): the field that would take it there is refused before any DDL.
@@ -76,7 +77,11 @@ SYNCED_AT = "_aljex_synced_at"
 SOURCE = "_aljex_source"
 EVENT_ID = "_aljex_event_id"
 DELETED_AT = "_aljex_deleted_at"
-META_COLUMNS = (SYNCED_AT, SOURCE, EVENT_ID, DELETED_AT)
+ROW_HASH = "_aljex_row_hash"
+"""A 64-bit hash of the values a Morning Sync file last wrote to the row (and of their
+columns' names), so that the next file can tell an unchanged row without comparing its
+values; NULL when live sync wrote the row since, or where the loader does not hash."""
+META_COLUMNS = (SYNCED_AT, SOURCE, EVENT_ID, DELETED_AT, ROW_HASH)
 
 # Columns per table, metadata columns included: SQLite's default SQLITE_MAX_COLUMN,
 # PostgreSQL's MaxHeapAttributeNumber, InnoDB's limit on MariaDB and MySQL.
@@ -237,6 +242,7 @@ class SyncedTable:
             Column(SOURCE, String(255)),
             Column(EVENT_ID, BigInteger),
             Column(DELETED_AT, Timestamp),
+            Column(ROW_HASH, BigInteger),
         ]
         self.table = Table(self.name, MetaData(), *cols, **MYSQL_TABLE)
 
