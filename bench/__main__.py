@@ -63,14 +63,15 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     for r in results:
         if r["connections"] != 1:
             continue
-        for who, style in (("sqlite", "-"), ("ceiling", ":")):
-            label = "aljex-sync (SQLite, FULL)" if who == "sqlite" else "parse-only ceiling"
-            ax.plot(r[who]["quantiles_ms"], percent, style, label=f"{r['fields']} fields, {label}")
+        for who, style in (("sqlite", "-"), ("naive", "--"), ("ceiling", ":")):
+            if who in r:
+                label = f"{r['fields']} fields, {live.LABELS[who]}"
+                ax.plot(r[who]["quantiles_ms"], percent, style, label=label)
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.set_xlabel("latency per request, ms (one connection)")
     ax.set_ylabel("% of requests at or below")
-    ax.axvline(2.0, color="grey", linewidth=0.5)
+    ax.axvline(1.5, color="grey", linewidth=0.5)
     ax.axvline(5.0, color="grey", linewidth=0.5)
     ax.grid(True, which="both", linewidth=0.3)
     ax.legend(fontsize=8)
@@ -83,14 +84,24 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="make bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small counts, no 1 GB file")
+    parser.add_argument("--live-only", action="store_true", help="Live Sync, 40 fields only")
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
+    postgres = _postgres_reachable()
+    counts: dict[str, Any] = {"sequential": 300, "concurrent": 900, "repeats": 1}
+    live_results = live.run(
+        brokerage_records,
+        postgres=postgres,
+        field_counts=(40,) if args.live_only else (40, 400),
+        **(counts if args.quick else {}),
+    )
+    if args.live_only:  # a quick look while working: nothing written to bench/results
+        print("\n".join(live.table(live_results)))
+        return
     if args.quick:
-        live_results = live.run(brokerage_records, sequential=300, concurrent=900, repeats=1)
-        morning_results = morning.run(20_000, big_gb=0, postgres=_postgres_reachable(), repeats=1)
+        morning_results = morning.run(20_000, big_gb=0, postgres=postgres, repeats=1)
     else:
-        live_results = live.run(brokerage_records)
-        morning_results = morning.run(postgres=_postgres_reachable())
+        morning_results = morning.run(postgres=postgres)
     lines = [
         f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.machine()},"
         f" Python {platform.python_version()}.",
