@@ -63,14 +63,15 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     for r in results:
         if r["connections"] != 1:
             continue
-        for who, style in (("sqlite", "-"), ("ceiling", ":")):
-            label = "aljex-sync (SQLite, FULL)" if who == "sqlite" else "parse-only ceiling"
-            ax.plot(r[who]["quantiles_ms"], percent, style, label=f"{r['fields']} fields, {label}")
+        for who, style in (("sqlite", "-"), ("naive", "--"), ("ceiling", ":")):
+            if who in r:
+                label = f"{r['fields']} fields, {live.LABELS[who]}"
+                ax.plot(r[who]["quantiles_ms"], percent, style, label=label)
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.set_xlabel("latency per request, ms (one connection)")
     ax.set_ylabel("% of requests at or below")
-    ax.axvline(2.0, color="grey", linewidth=0.5)
+    ax.axvline(1.5, color="grey", linewidth=0.5)
     ax.axvline(5.0, color="grey", linewidth=0.5)
     ax.grid(True, which="both", linewidth=0.3)
     ax.legend(fontsize=8)
@@ -97,21 +98,29 @@ def main() -> None:
         help="measure one part; the other's figures are kept from the last run",
     )
     parser.add_argument("--no-big", action="store_true", help="skip the 1 GB Morning Sync file")
+    parser.add_argument(
+        "--live-only", action="store_true", help="Live Sync, 40 fields only, nothing written"
+    )
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
+    postgres = _postgres_reachable()
     big_gb = 0 if args.quick or args.no_big else 1.0
+    counts: dict[str, Any] = {"sequential": 300, "concurrent": 900, "repeats": 1}
     live_results = _previous("live") if args.only == "morning" else None
     morning_results = _previous("morning") if args.only == "live" else None
     if args.only != "morning":
-        if args.quick:
-            live_results = live.run(brokerage_records, sequential=300, concurrent=900, repeats=1)
-        else:
-            live_results = live.run(brokerage_records)
+        live_results = live.run(
+            brokerage_records,
+            postgres=postgres,
+            field_counts=(40,) if args.live_only else (40, 400),
+            **(counts if args.quick else {}),
+        )
+        if args.live_only:  # a quick look while working: nothing written to bench/results
+            print("\n".join(live.table(live_results)))
+            return
     if args.only != "live":
         rows, repeats = (20_000, 1) if args.quick else (200_000, 3)
-        morning_results = morning.run(
-            rows, big_gb=big_gb, postgres=_postgres_reachable(), repeats=repeats
-        )
+        morning_results = morning.run(rows, big_gb=big_gb, postgres=postgres, repeats=repeats)
     lines = [
         f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.machine()},"
         f" Python {platform.python_version()}.",

@@ -58,9 +58,12 @@ _RequestToWrite = tuple[Received, int | None]
 class Journal:
     """Writes requests and their effects, one transaction per group of waiting requests."""
 
-    def __init__(self, engine: Engine, settings: Settings) -> None:
+    def __init__(self, engine: Engine, settings: Settings, *, hands_off: bool = False) -> None:
         self.engine = engine
         self.settings = settings
+        # An inline journal (journal_inline) hands a request it finds the write lock taken
+        # for to the journal process: that is no failure, and not logged as one.
+        self.hands_off = hands_off
         self.schema = Schema(engine)
         self.schema.on_columns_added = TypedViews(engine, settings.field_types).columns_added
         self.planner = Planner(self.schema, settings)
@@ -176,6 +179,9 @@ class Journal:
         self._release()
         error = _classify(error)
         if isinstance(error, DatabaseUnavailable):
+            if self.hands_off and locked(error):
+                log.debug("the write lock is taken, handing %d request(s) on: %s", count, error)
+                return error
             log.error("database unavailable, %d request(s) not acknowledged: %s", count, error)
         else:  # a bug: fail the requests, keep the writer alive
             log.error("journal writer failed", exc_info=error)
@@ -357,6 +363,14 @@ class Journal:
             if isinstance(result, BaseException):
                 raise result
             yield result
+
+
+def locked(error: BaseException) -> bool:
+    """True for SQLite's refusal to wait for a write lock held elsewhere (SQLITE_BUSY).
+
+    It comes at BEGIN IMMEDIATE or at DDL, before anything of the transaction is written.
+    """
+    return isinstance(error, DatabaseUnavailable) and "database is locked" in str(error)
 
 
 def _classify(error: BaseException) -> Exception:

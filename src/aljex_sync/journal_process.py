@@ -119,6 +119,10 @@ class _Link(asyncio.Protocol):
     def open(self) -> bool:
         return self.transport is not None and not self.closed.done()
 
+    @property
+    def outbox_full(self) -> bool:
+        return bool(self._outbox)
+
     def send(self, frame: bytes) -> None:
         """Send a frame: at once to an idle child, else with the rest of this loop turn's.
 
@@ -261,6 +265,15 @@ class JournalProcess:
             finally:
                 link.pending.pop(rid, None)
                 metrics.set_queue(len(link.pending))
+
+    @property
+    def idle(self) -> bool:
+        """True while the writer runs with no request in hand (nor one on its way to it).
+
+        A writer that is gone is not idle: the next request starts a new one.
+        """
+        link = self._link
+        return link is not None and link.open and not (link.pending or link.outbox_full)
 
     async def close(self) -> None:
         """Let the child finish what it was sent, then stop it."""

@@ -30,6 +30,7 @@ from .chores import Chores
 from .config import Settings
 from .credentials import PasswordCheck
 from .inbox import FolderWatch, LoadQueue, left_over
+from .journal_inline import InlineFirst
 from .journal_process import JournalProcess
 from .live import LiveEndpoint, database_probe
 from .morning import MorningLoader
@@ -51,6 +52,7 @@ class Service:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.journal = JournalProcess(settings)
+        self.writer = InlineFirst(settings, self.journal)  # Live Sync's: inline when idle
         self.engine = open_engine(settings.database.url, timeout=settings.database.timeout)
         self.schema = Schema(self.engine)
         self.chores = Chores(settings, self.engine)  # feed health, webhook, daily prune
@@ -86,6 +88,7 @@ class Service:
             self._sockets.append(sock)
             self.http_port = sock.getsockname()[1]
         await self.journal.start()  # which creates the system tables
+        await asyncio.to_thread(self.writer.start)
         self._journal_ready = True
         log.info("database %s ready", display_url(self.settings.database.url))
         # The typed views: built or brought up to date (cheap when none changed).
@@ -97,7 +100,7 @@ class Service:
                 self.journal.healthy,
             )
             self.live = LiveEndpoint(
-                live, self.journal, probes=probes, details=self.chores.health.lines
+                live, self.writer, probes=probes, details=self.chores.health.lines
             )
             extra = admin_routes(self.settings, self.engine, health=self.chores.health)
             config = http_server.config(self.live.app(extra_routes=extra), live, context)
@@ -203,6 +206,7 @@ class Service:
         if not self._journal_ready:  # a start cut short: it was sent nothing, let it go
             _kill_child(self.journal.pid)
         await self.journal.close()
+        await asyncio.to_thread(self.writer.close)
         await asyncio.to_thread(self.engine.dispose)
 
     async def run_until(self, stop: asyncio.Event) -> bool:
