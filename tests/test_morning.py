@@ -553,6 +553,42 @@ def test_dry_run_reports_and_changes_nothing(receiver, tmp_path):
     assert len(file_log(receiver.engine)) == 1
 
 
+def test_dry_run_of_a_file_with_new_columns_adds_none_and_counts_as_a_load_would(
+    receiver, tmp_path
+):
+    header = ["id", "name", "city"]
+    receiver.load(write_csv(tmp_path / "Customers.csv", header, customers(5)))
+    wider = [[*row, "NJ"] for row in customers(4)]
+    report = receiver.load(
+        write_csv(tmp_path / "Customers.csv", [*header, "state"], wider), dry_run=True
+    )
+    assert report.status == "dry-run"
+    assert report.counts.deleted == 1 and report.counts.updated == 4
+    columns = {c["name"] for c in inspect(receiver.engine).get_columns("customers")}
+    assert "state" not in columns
+    assert table_rows(
+        receiver.engine, "SELECT COUNT(*) AS n FROM _aljex_columns WHERE field_name = 'state'"
+    ) == [{"n": 0}]
+    assert len(file_log(receiver.engine)) == 1
+
+
+def test_dry_run_of_a_file_for_a_new_table_makes_no_table(receiver, tmp_path):
+    report = receiver.load(
+        write_csv(tmp_path / "Carriers.csv", ["id", "name"], [["K1", "Acme"], ["K2", "Bolt"]]),
+        dry_run=True,
+    )
+    assert report.status == "dry-run" and report.counts.inserted == 2
+    assert "carriers" not in inspect(receiver.engine).get_table_names()
+    assert table_rows(
+        receiver.engine, "SELECT COUNT(*) AS n FROM _aljex_tables WHERE table_name = 'carriers'"
+    ) == [{"n": 0}]
+    # Nothing was left behind: the same file then loads as a first file does.
+    loaded = receiver.load(
+        write_csv(tmp_path / "Carriers.csv", ["id", "name"], [["K1", "Acme"], ["K2", "Bolt"]])
+    )
+    assert loaded.status == "loaded" and loaded.counts.inserted == 2
+
+
 # -- over SFTP, through the service --------------------------------------------------------
 
 

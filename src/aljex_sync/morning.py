@@ -44,16 +44,16 @@ from .csvfile import (
 from .errors import DatabaseUnavailable, MorningFileError
 from .folders import clashes
 from .store.database import reading, translate
-from .store.merge import (
+from .store.merge import MergeCounts, apply, survey
+from .store.schema import Schema, SyncedTable, files
+from .store.stage import (
     CsvRefused,
-    MergeCounts,
     Stage,
     StageOutdated,
-    apply,
     copies_csv,
-    survey,
+    drop_scratch,
+    scratch_copy,
 )
-from .store.schema import Schema, SyncedTable, files
 from .store.views import TypedViews
 
 FileStatus = Literal["loaded", "dry-run", "duplicate", "held", "failed", "unmatched"]
@@ -274,6 +274,7 @@ class MorningLoader:
         known = self.schema.tables.get(report.table) if skip else None
         with self.engine.connect() as conn:
             stage: Stage | None = None
+            scratch: SyncedTable | None = None
             # COPY reads the file's own bytes when they are UTF-8 and plain CSV; if they
             # turn out not to be, or COPY disagrees, the parsed rows go instead.
             csv = copies_csv(conn) and facts.encoding == "utf-8"
@@ -307,11 +308,23 @@ class MorningLoader:
                     if reason:
                         report.status, report.error = "held", reason
                         return
-                synced = self.schema.ensure(report.table, table_settings.key, header)
-                if [synced.columns[f] for f in header] != columns:
-                    raise MorningFileError("the table changed while the file was read; retry")
+                current = self.schema.tables.get(report.table)
+                if dry_run and (current is None or any(f not in current.columns for f in header)):
+                    # A dry run makes no table and no column: it merges into a scratch copy.
+                    planned_table = SyncedTable(
+                        report.table, tuple(table_settings.key), tuple(keys), planned
+                    )
+                    existing = None if current is None else current.table
+                    scratch = scratch_copy(conn, planned_table, existing)
+                    synced = scratch
+                else:
+                    synced = self.schema.ensure(report.table, table_settings.key, header)
+                    if [synced.columns[f] for f in header] != columns:
+                        raise MorningFileError("the table changed while the file was read; retry")
                 self._merge(conn, stage, synced, report, force=force, dry_run=dry_run)
             finally:
+                if scratch is not None:
+                    drop_scratch(conn, scratch)
                 if stage is not None:
                     stage.drop()
 

@@ -176,7 +176,10 @@ class Service:
             log.info("stopped")
             return True
         stopping.cancel()
-        log.error("not stopped after %.0f s; abandoning what is still running", timeout)
+        if self._hurry.is_set():
+            log.error("stop cut short; abandoning what is still running")
+        else:
+            log.error("not stopped after %.0f s; abandoning what is still running", timeout)
         _kill_child(child)
         return False
 

@@ -8,6 +8,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import time
 
 import click
 
@@ -15,6 +16,8 @@ from ..config import Settings
 from ..errors import AljexSyncError
 from ..service import Service
 from .common import Context, fail
+
+log = logging.getLogger("aljex_sync.service")
 
 
 @click.command()
@@ -38,22 +41,38 @@ def serve(obj: Context) -> None:
         sys.exit(1)
 
 
+SAME_SIGNAL = 1.0
+"""Seconds within which signals count as one: Ctrl-C under `make serve` or `timeout`
+reaches this process twice (from the terminal or the group, and from its parent)."""
+
+
 async def _serve(settings: Settings) -> bool:
-    """Serve until a signal; a second signal cuts the stop short."""
+    """Serve until a signal; a second signal, a second or more later, cuts the stop short."""
     stop = asyncio.Event()
-    service = Service(settings)
+    services: list[Service] = []
+    first = 0.0
 
     def on_signal() -> None:
-        if stop.is_set():
-            service.hurry()
-        stop.set()
+        nonlocal first
+        if not stop.is_set():
+            first = time.monotonic()
+            stop.set()
+        elif time.monotonic() - first >= SAME_SIGNAL:
+            log.warning("a second signal: cutting the stop short")
+            for service in services:
+                service.hurry()
 
+    # The handlers first, before anything starts a process or opens a database.
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
             loop.add_signal_handler(sig, on_signal)
         except NotImplementedError:  # Windows' event loop has none (untested: docs/deploy.md)
             signal.signal(sig, lambda *_: loop.call_soon_threadsafe(on_signal))
+    service = Service(settings)
+    services.append(service)
+    if stop.is_set():
+        return True  # stopped before anything started
     clean = await service.run_until(stop)
     if not clean:
         # Threads still busy (a morning load) would hold up the interpreter's exit.
