@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from urllib.parse import urlencode
 
@@ -157,3 +158,18 @@ def _config(tmp_path, url):
         f'[database]\nurl = "{url}"\n[live]\nenabled = false\n[morning]\nenabled = false\n'
     )
     return path
+
+
+def test_an_unreachable_nats_is_retried_and_shows_in_status(sqlite_url, tmp_path):
+    with socket.socket() as sock:  # a port nothing listens on: connections are refused
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    notify = {"nats": f"nats://127.0.0.1:{port}", **FAST}
+    settings = make_settings(sqlite_url, tmp_path, notify=notify)
+    with RunningService(settings) as running:
+        assert post(running, "loads", "create", id="3").status_code == 200
+        engine = running.engine()
+        wait_until("two failed tries", lambda: sink_states(engine)[0].failing >= 2)
+        [state] = sink_states(engine)
+        assert state.sink == "nats" and state.lag == 1 and state.last_error
+        engine.dispose()

@@ -147,11 +147,17 @@ class NatsSink:
         import nats  # imported here: only a service that publishes to NATS needs it
         from nats.js.errors import NotFoundError
 
-        nc = await nats.connect(
-            self.url,
-            connect_timeout=self.timeout,
-            allow_reconnect=False,
-            max_reconnect_attempts=0,
+        # One try per send (0 would mean "for ever"); the failure is ours to log and retry.
+        nc = await asyncio.wait_for(
+            nats.connect(
+                self.url,
+                connect_timeout=self.timeout,
+                allow_reconnect=False,
+                max_reconnect_attempts=1,
+                reconnect_time_wait=0.1,
+                error_cb=_ignore,
+            ),
+            timeout=self.timeout * 2,
         )
         try:
             js = nc.jetstream(timeout=self.timeout)
@@ -186,6 +192,10 @@ class NatsSink:
                 await nc.close()
             except Exception:  # a broken connection: nothing more to do with it
                 return
+
+
+async def _ignore(error: Exception) -> None:
+    """nats-py's error callback: errors reach ``send``'s caller, which logs them once."""
 
 
 class DeliveryFailed(Exception):
