@@ -124,6 +124,23 @@ class JournalSettings:
 
 
 @dataclass(frozen=True)
+class NotifySettings:
+    """Where each applied change is sent (``notify.py``); off while both sinks are empty."""
+
+    webhook: str = ""
+    secret: str = ""
+    nats: str = ""
+    nats_stream: str = "ALJEX"
+    nats_prefix: str = "aljex"
+    poll_seconds: float = 1.0
+    max_backoff_seconds: float = 300.0
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.webhook or self.nats)
+
+
+@dataclass(frozen=True)
 class TableSettings:
     """A table's settings, with the catalog filled in where the file is silent."""
 
@@ -147,6 +164,7 @@ class Settings:
     admin: AdminSettings = AdminSettings()
     alerts: AlertSettings = AlertSettings()
     journal: JournalSettings = JournalSettings()
+    notify: NotifySettings = NotifySettings()
 
     def table(self, name: str) -> TableSettings:
         """The settings of a table, from ``[tables.NAME]`` or else the catalog."""
@@ -324,7 +342,17 @@ def _parse(
     if values["journal"]["keep_days"] < 0:
         raise ConfigError("journal.keep_days", "must not be negative")
     journal = JournalSettings(values["journal"]["keep_days"])
-    return Settings(database, live_settings, morning_settings, tables, path, admin, alerts, journal)
+    return Settings(
+        database,
+        live_settings,
+        morning_settings,
+        tables,
+        path,
+        admin,
+        alerts,
+        journal,
+        notify=_notify(values["notify"]),
+    )
 
 
 def _section(name: str, raw: Any, env: Mapping[str, str]) -> dict[str, Any]:
@@ -446,6 +474,37 @@ def _alerts(values: Mapping[str, Any]) -> AlertSettings:
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise ConfigError("alerts.webhook", "must be an http:// or https:// URL")
     return AlertSettings(values["live_quiet_minutes"], morning_by, zone, webhook)
+
+
+def _notify(values: Mapping[str, Any]) -> NotifySettings:
+    """The notification sinks, checked: URLs of the right kind, a secret for the webhook."""
+    webhook, nats = values["webhook"].strip(), values["nats"].strip()
+    if webhook:
+        parsed = urlsplit(webhook)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ConfigError("notify.webhook", "must be an http:// or https:// URL")
+        if not values["secret"]:
+            raise ConfigError("notify.secret", "is needed to sign what the webhook is sent")
+    if nats:
+        parsed = urlsplit(nats)
+        if parsed.scheme not in ("nats", "tls") or not parsed.hostname:
+            raise ConfigError("notify.nats", "must be a nats:// or tls:// URL")
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", values["nats_stream"]):
+        raise ConfigError("notify.nats_stream", "must be letters, digits, - or _")
+    if not re.fullmatch(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*", values["nats_prefix"]):
+        raise ConfigError("notify.nats_prefix", "must be words of letters, digits, - or _ and dots")
+    for key in ("poll_seconds", "max_backoff_seconds"):
+        if values[key] <= 0:
+            raise ConfigError(f"notify.{key}", "must be more than 0")
+    return NotifySettings(
+        webhook,
+        values["secret"],
+        nats,
+        values["nats_stream"],
+        values["nats_prefix"],
+        values["poll_seconds"],
+        values["max_backoff_seconds"],
+    )
 
 
 def _check_charset(dotted: str, name: str) -> None:

@@ -81,6 +81,17 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "journal": {
         "keep_days": Key(int, 30, "days applied events are kept; 0: forever"),
     },
+    "notify": {
+        "webhook": Key(str, "", "URL that gets each applied change as a signed JSON POST"),
+        "secret": Key(str, "", "key of the webhook's HMAC-SHA256 signature (needed with webhook)"),
+        "nats": Key(str, "", "NATS URL (nats://HOST:4222): publish each change to JetStream"),
+        "nats_stream": Key(str, "ALJEX", "JetStream stream of the subjects, made if missing"),
+        "nats_prefix": Key(str, "aljex", "first part of the subjects: PREFIX.<table>.<action>"),
+        "poll_seconds": Key(float, 1.0, "seconds between two looks at the journal for changes"),
+        "max_backoff_seconds": Key(
+            float, 300.0, "longest pause between two tries of a failing sink"
+        ),
+    },
 }
 
 TABLE_SCHEMA: dict[str, Key] = {

@@ -5,8 +5,9 @@ Two kinds, in one exposition (``/metrics``, behind the admin credentials):
 - **hooks**, kept in this process and updated by the parts as they work:
   :func:`observe_request` (the HTTP edge, once per Live Sync request),
   :func:`observe_group` (the journal's writer, once per committed group),
-  :func:`set_queue` (requests sent to the writer and not yet answered) and
-  :func:`set_feed_health` (``alerts``, each watched feed's health at each check);
+  :func:`set_queue` (requests sent to the writer and not yet answered),
+  :func:`set_feed_health` (``alerts``, each watched feed's health at each check) and
+  :func:`set_notify_lag` / :func:`count_notify_failure` (``notify``, per sink);
 - **the database**, read at each scrape by :class:`DatabaseCollector`: journal events by
   table, action and status, held records, morning files by status and rows by outcome,
   the feed health of each table's last morning file, and the times of the last live event
@@ -88,6 +89,21 @@ FEED_HEALTHY = Gauge(
     registry=HOOKS,
 )
 
+NOTIFY_LAG = Gauge(
+    "notify_lag_events",
+    "Applied changes not yet delivered to a notification sink ([notify]), by sink",
+    ["sink"],
+    namespace=NAMESPACE,
+    registry=HOOKS,
+)
+NOTIFY_FAILURES = Counter(
+    "notify_failures",
+    "Failed tries to deliver to a notification sink, by sink",
+    ["sink"],
+    namespace=NAMESPACE,
+    registry=HOOKS,
+)
+
 _tables_seen: set[str] = set()
 _tables_lock = threading.Lock()
 
@@ -129,6 +145,16 @@ def set_queue(depth: int) -> None:
 def set_feed_health(feed: str, healthy: bool) -> None:
     """Set a watched feed's health (``alerts.HealthWatch``, at each check)."""
     FEED_HEALTHY.labels(feed).set(1 if healthy else 0)
+
+
+def set_notify_lag(sink: str, events: int) -> None:
+    """Set how many applied changes a notification sink is behind (``notify``)."""
+    NOTIFY_LAG.labels(sink).set(events)
+
+
+def count_notify_failure(sink: str) -> None:
+    """Count one failed try to deliver to a notification sink (``notify``)."""
+    NOTIFY_FAILURES.labels(sink).inc()
 
 
 class _Hooks(Collector):

@@ -34,6 +34,7 @@ from .journal_inline import InlineFirst
 from .journal_process import JournalProcess
 from .live import LiveEndpoint, database_probe
 from .morning import MorningLoader
+from .notify import Notifier
 from .sftp import SftpInbox
 from .sftp_settings import SftpSettings
 from .store.database import display_url, open_engine
@@ -56,6 +57,7 @@ class Service:
         self.engine = open_engine(settings.database.url, timeout=settings.database.timeout)
         self.schema = Schema(self.engine)
         self.chores = Chores(settings, self.engine)  # feed health, webhook, daily prune
+        self.notifier = Notifier(settings, self.engine)  # [notify]: each change, sent on
         self.live: LiveEndpoint | None = None
         self.loads: LoadQueue | None = None
         self.sftp: SftpInbox | None = None
@@ -121,6 +123,7 @@ class Service:
         if self.settings.morning.enabled:
             await self._start_morning()
         self.chores.start()
+        self.notifier.start()
 
     async def _start_morning(self) -> None:
         """The load queue, then the SFTP server or the folder watch that feeds it."""
@@ -189,6 +192,7 @@ class Service:
 
     async def _stop(self) -> None:
         await self.chores.close()
+        await self.notifier.close()
         if self.sftp is not None:
             await self.sftp.close()
             self.sftp = None

@@ -7,6 +7,7 @@ import json
 import click
 
 from .. import overview
+from ..notify import sink_states
 from ..overview import Summary
 from ..store.database import display_url
 from ..store.views import Misfits, TypedViews
@@ -24,8 +25,10 @@ def status(obj: Context, as_json: bool, types: bool) -> None:
     with database(settings) as engine:
         found = overview.read(engine)
         misfits = TypedViews(engine).misfits() if types else None
+        sinks = sink_states(engine)
     if as_json:
         extra = {"types": [vars(m) for m in misfits or []]} if types else {}
+        extra["notify"] = [vars(s) for s in sinks]
         click.echo(json.dumps({**_overview_dict(found), **extra}, indent=2, default=str))
         return
     summary = found.summary
@@ -82,6 +85,8 @@ def status(obj: Context, as_json: bool, types: bool) -> None:
         console.print(recent)
     if types:
         _print_misfits(misfits)
+    for sink in sinks:  # [notify]: how far each sink is delivered
+        console.print(f"Notifications to {sink.line()}", highlight=False, overflow="fold")
 
 
 def _print_misfits(misfits: list[Misfits] | None) -> None:
