@@ -8,10 +8,8 @@ bookkeeping tables are made once however many processes start at the same moment
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
-import re
 import signal
 import subprocess
 import sys
@@ -29,6 +27,7 @@ from aljex_sync.journal import Journal
 from aljex_sync.messages import Outcome, Received
 from aljex_sync.store.database import open_engine
 
+from .receivers_support import Lines, aljex_sync, write_config
 from .support import TEST_PASSWORD, make_settings
 
 SERVERS = ["postgresql", "mariadb"]
@@ -144,93 +143,6 @@ def test_concurrent_writers_on_one_key_never_interleave_and_the_latest_wins(data
 
 
 # -- separate processes ----------------------------------------------------------------------
-
-
-def write_config(tmp_path: Path, url: str, name: str = "aljex-sync.toml", **morning: str) -> Path:
-    path = tmp_path / name
-    extra = "".join(f'{key} = "{value}"\n' for key, value in morning.items())
-    path.write_text(
-        f"""[database]
-url = "{url}"
-[live]
-listen = "127.0.0.1:0"
-password = "{TEST_PASSWORD}"
-[morning]
-enabled = {"true" if morning else "false"}
-{extra}"""
-    )
-    return path
-
-
-def aljex_sync(config: Path, *args: str, level: str = "info") -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "aljex_sync.cli", "--log-level", level, "-c", str(config), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-
-
-class Lines:
-    """A process's output, read as it comes."""
-
-    def __init__(self, process: subprocess.Popen[str]) -> None:
-        self.process = process
-        self.seen: list[str] = []
-        self.changed = threading.Condition()
-        self.ended = False
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            with self.changed:
-                self.seen.append(line.rstrip("\n"))
-                self.changed.notify_all()
-        with self.changed:
-            self.ended = True
-            self.changed.notify_all()
-
-    def wait_for(self, pattern: str, after: int = 0) -> re.Match[str]:
-        """The first line from ``after`` on that matches; fails if the process ends first."""
-        with self.changed:
-            while True:
-                for line in self.seen[after:]:
-                    if found := re.search(pattern, line):
-                        return found
-                assert not self.ended, f"ended before {pattern!r}: {self.seen}"
-                assert self.changed.wait(90), f"no {pattern!r} in 90 s: {self.seen}"
-
-    def stop(self) -> int:
-        os.kill(self.process.pid, signal.SIGTERM)
-        try:
-            return self.process.wait(60)
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        """Kill what is left of its process group, then close its output."""
-        kill_group(self.process)
-        with self.changed:
-            self.changed.wait_for(lambda: self.ended, 10)
-        assert self.process.stdout is not None
-        self.process.stdout.close()
-
-    def mark(self) -> int:
-        """Where the lines seen so far end, for ``wait_for(after=...)``."""
-        with self.changed:
-            return len(self.seen)
-
-    def count(self, text: str) -> int:
-        with self.changed:
-            return sum(text in line for line in self.seen)
-
-
-def kill_group(process: subprocess.Popen[str]) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
 
 
 def test_serve_refuses_several_workers_on_sqlite(tmp_path):
