@@ -23,6 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from ..errors import DatabaseUnavailable
 
 POLL = 0.05  # seconds between tries on PostgreSQL
+DDL_WAIT = 300.0  # seconds to wait while another process changes the schema
 
 
 def lock_key(name: str) -> int:

@@ -46,7 +46,6 @@ from .database import reading
 log = logging.getLogger("aljex_sync.store")
 
 VERSION_KEY = "schema_version"
-INSTALL_WAIT = 300.0  # seconds to wait for another process's install or upgrade
 
 meta = Table(
     "_aljex_meta",
@@ -134,7 +133,7 @@ def upgrade(engine: Engine, system: MetaData, steps: Sequence[Step] = STEPS) -> 
     try:
         # Receivers on several hosts may all start at once: one installs, the others
         # wait, then find the tables made.
-        with locks.held(engine, "install", wait=INSTALL_WAIT):
+        with locks.held(engine, "install", wait=locks.DDL_WAIT):
             return _upgrade(engine, system, steps, latest)
     except SQLAlchemyError:
         # Another process (the journal's writer, a `load`) upgraded it meanwhile.

@@ -87,8 +87,6 @@ META_COLUMNS = (SYNCED_AT, SOURCE, EVENT_ID, DELETED_AT, ROW_HASH)
 # PostgreSQL's MaxHeapAttributeNumber, InnoDB's limit on MariaDB and MySQL.
 MAX_COLUMNS = {"sqlite": 2000, "postgresql": 1600, "mysql": 1017, "mariadb": 1017}
 
-SCHEMA_WAIT = 60.0  # seconds to wait while another process changes a table
-
 SYSTEM = MetaData()
 
 events = Table(
@@ -330,7 +328,7 @@ class Schema:
             if synced is not None and all(f in synced.columns for f in fields):
                 return synced
             # Receivers on other hosts grow the same tables: one at a time, in turn.
-            with locks.held(self.engine, f"schema {name}", wait=SCHEMA_WAIT):
+            with locks.held(self.engine, f"schema {name}", wait=locks.DDL_WAIT):
                 try:
                     return self._ensure(name, key_fields, fields)
                 except SQLAlchemyError:
