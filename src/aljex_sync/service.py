@@ -284,14 +284,8 @@ class BackgroundService:
     stops it the way SIGTERM stops ``serve``.
     """
 
-    def __init__(
-        self, settings: Settings, *, sock: socket.socket | None = None, chores: bool = True
-    ) -> None:
-        """``sock``: a listening socket for Live Sync, bound by a parent (``workers.py``);
-        ``chores``: whether this process runs the background chores (one process should)."""
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._given_socket = sock
-        self._run_chores = chores
         self.service = Service(settings)
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
