@@ -43,6 +43,7 @@ from .csvfile import (
 )
 from .errors import DatabaseUnavailable, MorningFileError
 from .folders import clashes
+from .store import locks
 from .store.database import reading, translate
 from .store.merge import MergeCounts, apply, survey
 from .store.schema import Schema, SyncedTable, files
@@ -60,6 +61,7 @@ FileStatus = Literal["loaded", "dry-run", "duplicate", "held", "failed", "unmatc
 Progress = Callable[[int, int], None]  # bytes read so far, rows read so far
 
 GUARD_MIN_ROWS = 100
+MERGE_WAIT = 3600.0  # seconds a load waits for another process's load of its table
 PARSE_ROWS = 500
 """Rows parsed and staged at a time. Small batches die young: with 2000, the garbage
 collector's passes over the rows still alive cost a quarter of the parsing time."""
@@ -86,6 +88,7 @@ class FileReport:
     warnings: list[str] = field(default_factory=list)  # accepted, but worth a look
     legacy_bytes: int = 0  # bytes outside UTF-8, read by the legacy charset
     legacy_charset: str = ""
+    begun: datetime | None = None  # when loading it began
 
     def summary(self) -> str:
         """One line for the log."""
@@ -170,7 +173,7 @@ class MorningLoader:
         """
         begun = utcnow()
         report = FileReport(
-            path.name, "failed", table=(table or table_for(path.name, self.settings))
+            path.name, "failed", table=(table or table_for(path.name, self.settings)), begun=begun
         )
         if clashes(path.name):
             report.table = None
@@ -218,19 +221,22 @@ class MorningLoader:
         return self._finish(report, utcnow(), dry_run=False)
 
     def _finish(self, report: FileReport, begun: datetime, *, dry_run: bool) -> FileReport:
-        if not dry_run and report.status != "dry-run":
-            self._record(report, begun)
+        report.begun = report.begun or begun
+        if not dry_run and report.status != "dry-run" and report.file_id is None:
+            self._record(report)  # a loaded file's row was written with its merge
         if report.status == "loaded" and report.table:
             self.views.after_load(report.table)  # typed views: new columns, inferred types
         log.log(report.level, "%s", report.summary())
         return report
 
-    def _already_loaded(self, sha256: str) -> bool:
-        with reading(self.engine) as conn:
-            found = conn.execute(
-                select(files.c.id).where(files.c.sha256 == sha256, files.c.status == "loaded")
-            ).first()
-        return found is not None
+    def _already_loaded(self, sha256: str, conn: Connection | None = None) -> bool:
+        """Whether a file of this content was loaded: read on ``conn`` when given (in the
+        merge's transaction), else on a reading connection of its own."""
+        query = select(files.c.id).where(files.c.sha256 == sha256, files.c.status == "loaded")
+        if conn is not None:
+            return conn.execute(query).first() is not None
+        with reading(self.engine) as reader:
+            return reader.execute(query).first() is not None
 
     def _apply(
         self,
@@ -384,40 +390,56 @@ class MorningLoader:
         force: bool,
         dry_run: bool,
     ) -> None:
+        """Merge the staged file in one transaction, under its table's lock in the database.
+
+        Receivers on several hosts may be given the same file: the one that gets the lock
+        first loads it, the others then find it in the file log, whose row for a loaded file
+        commits with the merge.
+        """
         assert report.table is not None and report.snapshot_at is not None
         table_settings = self.settings.table(report.table)
         full = report.mode == "full"
         transaction = conn.begin()
         try:
-            # Forced, the file's own rows from an earlier load of it give way to it.
-            own = report.name if force else None
-            counts = survey(conn, stage, synced, full=full, snapshot_at=report.snapshot_at, own=own)
-            if full and not force:
-                reason = self._guard(counts, report)
-                if reason:
-                    report.status, report.error = "held", reason
+            with locks.for_transaction(conn, f"morning {report.table}", wait=MERGE_WAIT):
+                if not force and not dry_run and self._already_loaded(report.sha256, conn):
+                    report.status = "duplicate"
+                    report.error = "a file with the same content was loaded meanwhile"
                     transaction.rollback()
                     return
-            apply(
-                conn,
-                stage,
-                synced,
-                counts,
-                full=full,
-                soft_delete=table_settings.delete == "soft",
-                snapshot_at=report.snapshot_at,
-                source=report.name,
-                own=own,
-            )
-            report.counts = counts
-            if dry_run:
-                report.status = "dry-run"
-                transaction.rollback()
-            else:
-                report.status = "loaded"
-                transaction.commit()
+                # Forced, the file's own rows from an earlier load of it give way to it.
+                own = report.name if force else None
+                counts = survey(
+                    conn, stage, synced, full=full, snapshot_at=report.snapshot_at, own=own
+                )
+                if full and not force:
+                    reason = self._guard(counts, report)
+                    if reason:
+                        report.status, report.error = "held", reason
+                        transaction.rollback()
+                        return
+                apply(
+                    conn,
+                    stage,
+                    synced,
+                    counts,
+                    full=full,
+                    soft_delete=table_settings.delete == "soft",
+                    snapshot_at=report.snapshot_at,
+                    source=report.name,
+                    own=own,
+                )
+                report.counts = counts
+                if dry_run:
+                    report.status = "dry-run"
+                    transaction.rollback()
+                else:
+                    report.status = "loaded"
+                    self._record_on(conn, report)
+                    transaction.commit()
         except BaseException:
             transaction.rollback()
+            report.file_id = None  # its row went with the rollback
             raise
 
     def _guard(self, counts: MergeCounts, report: FileReport) -> str:
@@ -433,34 +455,38 @@ class MorningLoader:
             )
         return ""
 
-    def _record(self, report: FileReport, begun: datetime) -> None:
-        c = report.counts
+    def _record(self, report: FileReport) -> None:
         with self.engine.begin() as conn:
-            result = conn.execute(
-                insert(files).values(
-                    name=report.name,
-                    sha256=report.sha256,
-                    size=report.size,
-                    table_name=report.table,
-                    mode=report.mode,
-                    snapshot_at=report.snapshot_at,
-                    rows_read=report.rows_read,
-                    inserted=c.inserted,
-                    updated=c.updated,
-                    deleted=c.deleted,
-                    skipped_newer=c.skipped_newer,
-                    missing_in_db=c.missing_in_db,
-                    extra_in_db=c.extra_in_db,
-                    differing=c.differing,
-                    status=report.status,
-                    # A loaded file's warnings go where a failed file's reason does.
-                    error=report.error or report.warning_text() or None,
-                    started_at=begun,
-                    finished_at=utcnow(),
-                )
+            self._record_on(conn, report)
+
+    def _record_on(self, conn: Connection, report: FileReport) -> None:
+        """The file's row in the file log, in the caller's transaction."""
+        c = report.counts
+        result = conn.execute(
+            insert(files).values(
+                name=report.name,
+                sha256=report.sha256,
+                size=report.size,
+                table_name=report.table,
+                mode=report.mode,
+                snapshot_at=report.snapshot_at,
+                rows_read=report.rows_read,
+                inserted=c.inserted,
+                updated=c.updated,
+                deleted=c.deleted,
+                skipped_newer=c.skipped_newer,
+                missing_in_db=c.missing_in_db,
+                extra_in_db=c.extra_in_db,
+                differing=c.differing,
+                status=report.status,
+                # A loaded file's warnings go where a failed file's reason does.
+                error=report.error or report.warning_text() or None,
+                started_at=report.begun or utcnow(),
+                finished_at=utcnow(),
             )
-            primary_key = result.inserted_primary_key
-            report.file_id = int(primary_key[0]) if primary_key else None
+        )
+        primary_key = result.inserted_primary_key
+        report.file_id = int(primary_key[0]) if primary_key else None
 
 
 def _stage_file(

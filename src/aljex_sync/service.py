@@ -50,8 +50,14 @@ STOP_TIMEOUT = 30.0
 class Service:
     """The whole receiver, started and stopped as one."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self, settings: Settings, *, sock: socket.socket | None = None, chores: bool = True
+    ) -> None:
+        """``sock``: a listening socket for Live Sync, bound by a parent (``workers.py``);
+        ``chores``: whether this process runs the background chores (one process should)."""
         self.settings = settings
+        self._given_socket = sock
+        self._run_chores = chores
         self.journal = JournalProcess(settings)
         self.writer = InlineFirst(settings, self.journal)  # Live Sync's: inline when idle
         self.engine = open_engine(settings.database.url, timeout=settings.database.timeout)
@@ -86,7 +92,7 @@ class Service:
         if live.enabled and live.tls_cert is not None and live.tls_key is not None:
             context = tls.server_context(live.tls_cert, live.tls_key)
         if live.enabled:
-            sock = _bind(live.host, live.port, "Live Sync HTTP")
+            sock = self._given_socket or bind(live.host, live.port, "Live Sync HTTP")
             self._sockets.append(sock)
             self.http_port = sock.getsockname()[1]
         await self.journal.start()  # which creates the system tables
@@ -122,8 +128,9 @@ class Service:
 
         if self.settings.morning.enabled:
             await self._start_morning()
-        self.chores.start()
-        self.notifier.start()
+        if self._run_chores:
+            self.chores.start()
+            self.notifier.start()
 
     async def _start_morning(self) -> None:
         """The load queue, then the SFTP server or the folder watch that feeds it."""
@@ -260,7 +267,7 @@ def _kill_child(pid: int | None) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-def _bind(host: str, port: int, what: str) -> socket.socket:
+def bind(host: str, port: int, what: str) -> socket.socket:
     """A listening socket; binding here lets port 0 be used and known before serving."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY on accepted sockets only when the

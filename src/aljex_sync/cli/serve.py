@@ -15,24 +15,39 @@ import click
 from ..config import Settings
 from ..errors import AljexSyncError
 from ..service import Service
+from ..store.database import normalize_url
+from ..workers import Workers
 from .common import Context, fail
 
 log = logging.getLogger("aljex_sync.service")
 
 
 @click.command()
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Live Sync worker processes on the one port (PostgreSQL or MariaDB only).",
+)
 @click.pass_obj
-def serve(obj: Context) -> None:
+def serve(obj: Context, workers: int) -> None:
     """Run the service until Ctrl-C or SIGTERM, then stop cleanly.
 
     In-flight requests are finished and committed before the database is closed. A
     second signal, or a stop that takes longer than 30 seconds, ends it at once. If it
     cannot start (a port taken, the database unreachable), it exits with status 1 and
     one line saying why.
+
+    With --workers N, N processes answer Live Sync on the one port, each with its own
+    journal writer, and the Morning Sync inbox runs once, in the main process. A worker
+    that dies is started again.
     """
     settings = obj.settings
+    if workers > 1:
+        _check_workers(settings, workers)
     try:
-        clean = asyncio.run(_serve(settings))
+        clean = asyncio.run(_serve(settings, workers))
     except (AljexSyncError, OSError) as e:
         fail(str(e))
     finally:
@@ -41,15 +56,26 @@ def serve(obj: Context) -> None:
         sys.exit(1)
 
 
+def _check_workers(settings: Settings, workers: int) -> None:
+    """Refuse --workers where more processes cannot help."""
+    if not settings.live.enabled:
+        fail(f"--workers {workers}: the workers serve Live Sync, and [live] is not enabled")
+    if normalize_url(settings.database.url).get_backend_name() == "sqlite":
+        fail(
+            f"--workers {workers}: SQLite takes one writer at a time, which one process"
+            " already keeps busy; use PostgreSQL or MariaDB for several workers"
+        )
+
+
 SAME_SIGNAL = 1.0
 """Seconds within which signals count as one: Ctrl-C under `make serve` or `timeout`
 reaches this process twice (from the terminal or the group, and from its parent)."""
 
 
-async def _serve(settings: Settings) -> bool:
+async def _serve(settings: Settings, workers: int = 1) -> bool:
     """Serve until a signal; a second signal, a second or more later, cuts the stop short."""
     stop = asyncio.Event()
-    services: list[Service] = []
+    services: list[Service | Workers] = []
     first = 0.0
 
     def on_signal() -> None:
@@ -69,7 +95,7 @@ async def _serve(settings: Settings) -> bool:
             loop.add_signal_handler(sig, on_signal)
         except NotImplementedError:  # Windows' event loop has none (untested: docs/deploy.md)
             signal.signal(sig, lambda *_: loop.call_soon_threadsafe(on_signal))
-    service = Service(settings)
+    service: Service | Workers = Service(settings) if workers == 1 else Workers(settings, workers)
     services.append(service)
     if stop.is_set():
         return True  # stopped before anything started

@@ -40,6 +40,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .. import __version__
 from ..errors import DatabaseTooNew
+from . import locks
 from .database import reading
 
 log = logging.getLogger("aljex_sync.store")
@@ -130,7 +131,10 @@ def upgrade(engine: Engine, system: MetaData, steps: Sequence[Step] = STEPS) -> 
     """
     latest = steps[-1].version
     try:
-        return _upgrade(engine, system, steps, latest)
+        # Receivers on several hosts may all start at once: one installs, the others
+        # wait, then find the tables made.
+        with locks.held(engine, "install", wait=locks.DDL_WAIT):
+            return _upgrade(engine, system, steps, latest)
     except SQLAlchemyError:
         # Another process (the journal's writer, a `load`) upgraded it meanwhile.
         found, present = current(engine)
@@ -148,6 +152,7 @@ def _upgrade(engine: Engine, system: MetaData, steps: Sequence[Step], latest: in
         meta.create(conn, checkfirst=True)
         if found is None:  # a fresh database: the tables were just made at the latest shape
             _write_version(conn, latest)
+            log.info("bookkeeping tables created, schema version %d", latest)
             return latest
         for step in steps:
             if step.version > found:

@@ -13,7 +13,21 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Dialect, Insert, Table, and_, delete, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Dialect,
+    Insert,
+    Table,
+    and_,
+    case,
+    delete,
+    func,
+    literal_column,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 
 from .prepared import Prepared
@@ -27,6 +41,8 @@ from .schema import (
     tombstones,
 )
 
+LIVE_SQL = "'live'"  # the source of a live change (journal_write.LIVE), as an SQL literal
+
 # upsert() fills them in this order. A live write clears the row hash: the row no longer
 # holds what the last morning file did, and that file's hash must not say it does.
 META = (SYNCED_AT, SOURCE, EVENT_ID, DELETED_AT, ROW_HASH)
@@ -39,6 +55,27 @@ class RowMeta:
     synced_at: datetime
     source: str
     event_id: int | None
+
+
+def not_older(table: Table, change: Any) -> ColumnElement[bool]:
+    """Whether a live change may overwrite the row: the rule for concurrent changes to a key.
+
+    Receivers on several hosts can commit two changes to one key in either order. A row
+    remembers its last live change (``_aljex_synced_at``, when it was received, and
+    ``_aljex_event_id``); a change received earlier, or at the same time with a lower event
+    id, overwrites none of its values (it only fills fields the row never had) and a delete
+    received earlier deletes nothing. Rows a morning file wrote last take any live change.
+    ``change`` holds the change's values: ``excluded`` / ``inserted``, or plain values.
+    """
+    row_time, row_event = table.c[SYNCED_AT], table.c[EVENT_ID]
+    return or_(
+        func.coalesce(table.c[SOURCE], literal_column("''")) != literal_column(LIVE_SQL),
+        row_time.is_(None),
+        row_time < change[SYNCED_AT],
+        and_(
+            row_time == change[SYNCED_AT], or_(row_event.is_(None), row_event <= change[EVENT_ID])
+        ),
+    )
 
 
 def record_key(values: Sequence[str]) -> str:
@@ -55,17 +92,39 @@ class RowWriter:
         self._cache: dict[tuple[int, tuple[str, ...]], Prepared] = {}
         self._tombstone_statement: Prepared | None = None
 
-    def _upsert(self, table: Table, keys: Sequence[str], updated: Sequence[str]) -> Insert:
-        """This dialect's INSERT ... ON CONFLICT / ON DUPLICATE KEY UPDATE of ``updated``."""
+    def _upsert(
+        self, table: Table, keys: Sequence[str], updated: Sequence[str], *, in_order: bool = False
+    ) -> Insert:
+        """This dialect's INSERT ... ON CONFLICT / ON DUPLICATE KEY UPDATE of ``updated``.
+
+        With ``in_order``, a change older than the row's last live change (:func:`not_older`)
+        only fills the row's empty (NULL) fields and leaves its meta columns alone.
+        """
         stmt: Any
-        if self.dialect in ("mysql", "mariadb"):
+        mariadb = self.dialect in ("mysql", "mariadb")
+        if mariadb:
             stmt = mysql.insert(table)
-            return stmt.on_duplicate_key_update({c: stmt.inserted[c] for c in updated})  # type: ignore[no-any-return]
-        dialect_insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
-        stmt = dialect_insert(table)
+            new = stmt.inserted
+        else:
+            stmt = (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(table)
+            new = stmt.excluded
+        sets: list[tuple[str, Any]] = [(c, new[c]) for c in updated]
+        if in_order:
+            # MariaDB assigns left to right, each seeing those before it: the columns the
+            # test reads go last, in the order that keeps its answer (event id, time, source).
+            test = not_older(table, new)
+            last = (EVENT_ID, SYNCED_AT, SOURCE)
+            ordered = [c for c in updated if c not in last] + [c for c in last if c in updated]
+            sets = [
+                (c, case((test, new[c]), else_=table.c[c]))
+                if c in META
+                else (c, func.coalesce(case((test, new[c])), table.c[c], new[c]))
+                for c in ordered
+            ]
+        if mariadb:
+            return stmt.on_duplicate_key_update(sets)  # type: ignore[no-any-return]
         return stmt.on_conflict_do_update(  # type: ignore[no-any-return]
-            index_elements=[table.c[k] for k in keys],
-            set_={c: stmt.excluded[c] for c in updated},
+            index_elements=[table.c[k] for k in keys], set_=dict(sets)
         )
 
     def upsert_statement(self, synced: SyncedTable, columns: tuple[str, ...]) -> Prepared:
@@ -80,7 +139,7 @@ class RowWriter:
             return cached
         keys = set(synced.key_columns)
         updated = [c for c in columns if c not in keys] + list(META)
-        stmt = self._upsert(synced.table, synced.key_columns, updated)
+        stmt = self._upsert(synced.table, synced.key_columns, updated, in_order=True)
         prepared = Prepared.compile(stmt, self.sa_dialect, [*columns, *META])
         self._cache[cache_key] = prepared
         return prepared
@@ -122,7 +181,10 @@ class RowWriter:
         bring the record back.
         """
         table = synced.table
-        where = and_(*(table.c[c] == v for c, v in key.items()))
+        where = and_(
+            *(table.c[c] == v for c, v in key.items()),
+            not_older(table, {SYNCED_AT: meta.synced_at, EVENT_ID: meta.event_id}),
+        )
         if soft:
             result = conn.execute(
                 update(table)

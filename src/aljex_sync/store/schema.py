@@ -52,7 +52,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.types import TypeEngine
 
 from ..clock import utcnow
-from . import migrations
+from . import locks, migrations
 from .database import reading
 from .identifiers import column_for
 
@@ -324,12 +324,17 @@ class Schema:
         """
         fields = tuple(fields)
         with self._lock:
-            try:
-                return self._ensure(name, key_fields, fields)
-            except SQLAlchemyError:
-                # Most likely made meanwhile by another process: catch up and retry once.
-                self.reload()
-                return self._ensure(name, key_fields, fields)
+            synced = self.tables.get(name)
+            if synced is not None and all(f in synced.columns for f in fields):
+                return synced
+            # Receivers on other hosts grow the same tables: one at a time, in turn.
+            with locks.held(self.engine, f"schema {name}", wait=locks.DDL_WAIT):
+                try:
+                    return self._ensure(name, key_fields, fields)
+                except SQLAlchemyError:
+                    # Most likely made meanwhile by another process: catch up, retry once.
+                    self.reload()
+                    return self._ensure(name, key_fields, fields)
 
     def _ensure(self, name: str, key_fields: Sequence[str], fields: Iterable[str]) -> SyncedTable:
         """``ensure`` against this copy of the schema; the caller holds the lock."""

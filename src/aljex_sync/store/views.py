@@ -45,6 +45,7 @@ from sqlalchemy.engine import Dialect
 
 from ..clock import utcnow as _utcnow
 from ..field_types import FIELD_TYPES, INFERRED, FieldType, known_type
+from . import locks
 from .casts import PLACEHOLDER, sql_template
 from .database import reading
 from .identifiers import MAX_IDENTIFIER
@@ -211,8 +212,13 @@ class TypedViews:
         """Bring ``<table>_typed`` up to date; True if it was (re)created.
 
         Raises SQLAlchemy's errors, and ValueError when the view's name is taken by a table.
+        Receivers on several hosts refresh one view in turn (a database lock).
         """
         self._install()
+        with locks.held(self.engine, f"view {table}", wait=locks.DDL_WAIT):
+            return self._refresh(table, infer=infer)
+
+    def _refresh(self, table: str, *, infer: bool) -> bool:
         name = view_name(table)
         with reading(self.engine) as conn:
             inspector = inspect(conn)
@@ -245,7 +251,10 @@ class TypedViews:
 
     def _install(self) -> None:
         if not self._installed:
-            with self.engine.begin() as conn:
+            with (
+                locks.held(self.engine, "install", wait=locks.DDL_WAIT),
+                self.engine.begin() as conn,
+            ):
                 views_table.create(conn, checkfirst=True)
             self._installed = True
 
