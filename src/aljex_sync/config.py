@@ -135,6 +135,7 @@ class TableSettings:
     delimiter: str | None = None
     max_drop_fraction: float | None = None  # None: [morning] max_drop_fraction
     types: tuple[tuple[str, str], ...] = ()  # [tables.X.types]: (field, type) for the views
+    history: bool = False  # keep <table>__history (store/history.py)
 
 
 @dataclass(frozen=True)
@@ -153,7 +154,18 @@ class Settings:
         found = self.tables.get(name)
         if found is not None:
             return found
-        return TableSettings(name, catalog.key_for(name), "hard", catalog.mode_for(name))
+        return TableSettings(
+            name,
+            catalog.key_for(name),
+            "hard",
+            catalog.mode_for(name),
+            history=catalog.history_for(name),
+        )
+
+    def keeps_history(self, name: str) -> bool:
+        """Whether table ``name`` keeps ``<name>__history``: ``[tables.X] history``, else
+        on for the catalog's tables (loads)."""
+        return self.table(name).history
 
     @property
     def field_types(self) -> dict[str, dict[str, str]]:
@@ -515,7 +527,10 @@ def _table(name: str, spec: Any) -> TableSettings:
         raise ConfigError(f"tables.{name}.max_drop_fraction", "must be between 0 and 1")
     files = tuple(values["files"])
     types = _field_types(f"tables.{name}.types", values["types"])
-    return TableSettings(table, key, values["delete"], mode, files, delimiter, drop, types)
+    history = values["history"] if values["history"] is not None else catalog.history_for(table)
+    return TableSettings(
+        table, key, values["delete"], mode, files, delimiter, drop, types, history=history
+    )
 
 
 def _field_types(dotted: str, raw: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:

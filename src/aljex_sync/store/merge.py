@@ -73,6 +73,7 @@ from sqlalchemy.engine import RootTransaction
 from sqlalchemy.pool import SingletonThreadPool, StaticPool
 from sqlalchemy.sql.elements import ColumnElement
 
+from . import history
 from .database import run_on_driver
 from .prepared import Prepared
 from .schema import (
@@ -635,8 +636,12 @@ def apply(
         if counts.inserted:
             missing = ~exists().where(same_key)
             conn.execute(insert(target).from_select(written, rows.where(missing)))
+    if synced.history is not None and (counts.inserted or counts.rewritten):
+        history.merged(conn, st, synced, snapshot_at=snapshot_at, source=source)
     if full and counts.deleted:
         gone = and_(alive, ~exists().where(same_key), not_newer)
+        if synced.history is not None:
+            history.deleting(conn, synced, gone, snapshot_at=snapshot_at, source=source)
         if soft_delete:
             conn.execute(
                 update(target)
