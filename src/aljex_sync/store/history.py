@@ -41,6 +41,7 @@ from sqlalchemy import (
     exists,
     func,
     insert,
+    inspect,
     literal,
     not_,
     null,
@@ -63,6 +64,7 @@ from .schema import (
     VERSION,
     SyncedTable,
     Timestamp,
+    history_table,
 )
 
 MORNING_INSERT, MORNING_UPDATE, DELETE = "insert", "update", "delete"
@@ -288,24 +290,32 @@ class Version:
     event_id: int | None
     fields: dict[str, str | None]  # field name (as first sent) -> value
     changed: list[str]  # the fields whose value differs from the version before
+    was: dict[str, str | None]  # their values in the version before (none for the first)
 
 
-def versions(engine: Engine, synced: SyncedTable, key: Sequence[str]) -> list[Version]:
-    """Every version of the record with this key, oldest first."""
-    history = synced.history
-    assert history is not None
+def versions(engine: Engine, synced: SyncedTable, key: Sequence[str]) -> list[Version] | None:
+    """Every version of the record with this key, oldest first; None without a history table.
+
+    Reads the history table as it is, whatever the configuration says now, and only the
+    columns it has (a table's columns added while its history was off are not there yet).
+    """
+    history = history_table(synced)
     fields = {column: name for name, column in synced.columns.as_sent()}
-    query = (
-        select(history)
-        .where(*(history.c[c] == v for c, v in zip(synced.key_columns, key, strict=True)))
-        .order_by(history.c[VERSION])
-    )
     with reading(engine) as conn:
+        inspector = inspect(conn)
+        if not inspector.has_table(history.name):
+            return None
+        present = {c["name"] for c in inspector.get_columns(history.name)}
+        query = (
+            select(*(c for c in history.columns if c.name in present))
+            .where(*(history.c[c] == v for c, v in zip(synced.key_columns, key, strict=True)))
+            .order_by(history.c[VERSION])
+        )
         rows = [row._mapping for row in conn.execute(query)]
     found: list[Version] = []
     before: dict[str, str | None] = {}
     for row in rows:
-        values = {fields[c]: row[c] for c in fields if c in row}
+        values = {fields[c]: row.get(c) for c in fields}
         # NULL and '' alike: a column added later is NULL in the versions before it.
         changed = [f for f, v in values.items() if (v or "") != (before.get(f) or "")]
         found.append(
@@ -318,6 +328,7 @@ def versions(engine: Engine, synced: SyncedTable, key: Sequence[str]) -> list[Ve
                 row[EVENT_ID],
                 values,
                 changed,
+                {f: before.get(f) for f in changed} if before else {},
             )
         )
         before = values
