@@ -300,7 +300,8 @@ def versions(engine: Engine, synced: SyncedTable, key: Sequence[str]) -> list[Ve
     columns it has (a table's columns added while its history was off are not there yet).
     """
     history = history_table(synced)
-    fields = {column: name for name, column in synced.columns.as_sent()}
+    sent = {column: name for name, column in synced.columns.as_sent()}
+    fields = {c.name: sent[c.name] for c in history.columns if c.name in sent}  # table order
     with reading(engine) as conn:
         inspector = inspect(conn)
         if not inspector.has_table(history.name):
