@@ -25,7 +25,7 @@ from aljex_sync.messages import Outcome, Received
 from aljex_sync.wire import check_table_name
 
 from . import test_morning
-from .support import TEST_PASSWORD, RunningService, make_settings
+from .support import TEST_PASSWORD, make_settings
 from .test_typed_views import write_csv
 
 T0 = datetime(2026, 3, 2, 8, 0)
