@@ -131,3 +131,13 @@ def mode_for(table: str) -> Mode:
     """The catalog morning mode of a table; an unknown table is taken as a window."""
     entry = BY_TABLE.get(table)
     return entry.mode if entry else "window"
+
+
+HISTORY_BY_DEFAULT = frozenset({"loads"})
+"""Tables whose change history is kept unless ``[tables.X] history`` says otherwise: a load
+moves through statuses, and how long it sat in each is what people ask about."""
+
+
+def history_for(table: str) -> bool:
+    """Whether a table keeps ``<table>__history`` by default."""
+    return table in HISTORY_BY_DEFAULT

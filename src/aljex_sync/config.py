@@ -16,167 +16,34 @@ import re
 import tomllib
 import zoneinfo
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlsplit
 
 from . import catalog
-from .catalog import Mode
 from .config_keys import SCHEMA as SCHEMA
 from .config_keys import TABLE_SCHEMA as TABLE_SCHEMA
 from .config_keys import Key as Key
 from .credentials import is_supported_hash
 from .errors import ConfigError
 from .field_types import FIELD_TYPES
+from .settings import AdminSettings as AdminSettings
+from .settings import AlertSettings as AlertSettings
+from .settings import DatabaseSettings as DatabaseSettings
+from .settings import DeleteMode as DeleteMode
+from .settings import JournalSettings as JournalSettings
+from .settings import LiveSettings as LiveSettings
+from .settings import MorningSettings as MorningSettings
+from .settings import Network as Network
+from .settings import NotifySettings as NotifySettings
+from .settings import Settings as Settings
+from .settings import TableSettings as TableSettings
 from .store import database
 
 DEFAULT_CONFIG_NAME = "aljex-sync.toml"
 ENV_CONFIG = "ALJEX_SYNC_CONFIG"
 ENV_PREFIX = "ALJEX_SYNC_"
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-DeleteMode = Literal["hard", "soft"]
-
-
-@dataclass(frozen=True)
-class DatabaseSettings:
-    url: str
-    timeout: float
-
-
-@dataclass(frozen=True)
-class LiveSettings:
-    enabled: bool
-    host: str
-    port: int
-    path: str
-    username: str
-    password: str
-    password_hash: str
-    allow_ips: tuple[Network, ...]
-    trusted_proxies: tuple[Network, ...]
-    max_body_bytes: int
-    max_fields: int
-    legacy_charset: str
-    max_failed_logins: int
-    failed_login_window: float
-    header_timeout: float
-    body_timeout: float
-    max_connections: int
-    accept_tables: frozenset[str] = frozenset()
-    max_tables: int = 200
-    tls_cert: Path | None = None  # with tls_key: HTTPS
-    tls_key: Path | None = None
-
-
-@dataclass(frozen=True)
-class MorningSettings:
-    enabled: bool
-    sftp: bool
-    host: str
-    port: int
-    username: str
-    password: str
-    password_hash: str
-    inbox: Path
-    host_key: Path
-    quiet_seconds: float
-    snapshot_margin: float
-    max_delete_fraction: float
-    legacy_charset: str
-    max_drop_fraction: float = 0.2
-
-
-@dataclass(frozen=True)
-class AdminSettings:
-    """The admin area (``/admin/``, ``/metrics``): off unless a user and a password are set."""
-
-    username: str = ""
-    password: str = ""
-    password_hash: str = ""
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.username and (self.password or self.password_hash))
-
-
-@dataclass(frozen=True)
-class AlertSettings:
-    """When a silent feed counts as unhealthy (``alerts.py``); every rule off by default."""
-
-    live_quiet_minutes: float = 0.0  # 0: off
-    morning_by: time | None = None  # local time of day in time_zone; None: off
-    time_zone: str = ""  # IANA name; "": the machine's own
-    webhook: str = ""
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.live_quiet_minutes or self.morning_by)
-
-
-@dataclass(frozen=True)
-class JournalSettings:
-    """How long the journal keeps what it no longer needs (``retention.py``)."""
-
-    keep_days: int = 30  # 0: forever
-
-
-@dataclass(frozen=True)
-class NotifySettings:
-    """Where each applied change is sent (``notify.py``); off while both sinks are empty."""
-
-    webhook: str = ""
-    secret: str = ""
-    nats: str = ""
-    nats_stream: str = "ALJEX"
-    nats_prefix: str = "aljex"
-    poll_seconds: float = 1.0
-    max_backoff_seconds: float = 300.0
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.webhook or self.nats)
-
-
-@dataclass(frozen=True)
-class TableSettings:
-    """A table's settings, with the catalog filled in where the file is silent."""
-
-    name: str
-    key: tuple[str, ...]
-    delete: DeleteMode
-    mode: Mode
-    files: tuple[str, ...] = ()
-    delimiter: str | None = None
-    max_drop_fraction: float | None = None  # None: [morning] max_drop_fraction
-    types: tuple[tuple[str, str], ...] = ()  # [tables.X.types]: (field, type) for the views
-
-
-@dataclass(frozen=True)
-class Settings:
-    database: DatabaseSettings
-    live: LiveSettings
-    morning: MorningSettings
-    tables: Mapping[str, TableSettings] = field(default_factory=dict)
-    path: Path | None = None
-    admin: AdminSettings = AdminSettings()
-    alerts: AlertSettings = AlertSettings()
-    journal: JournalSettings = JournalSettings()
-    notify: NotifySettings = NotifySettings()
-
-    def table(self, name: str) -> TableSettings:
-        """The settings of a table, from ``[tables.NAME]`` or else the catalog."""
-        found = self.tables.get(name)
-        if found is not None:
-            return found
-        return TableSettings(name, catalog.key_for(name), "hard", catalog.mode_for(name))
-
-    @property
-    def field_types(self) -> dict[str, dict[str, str]]:
-        """``[tables.X.types]`` of every table that has one: table to field to type."""
-        return {name: dict(t.types) for name, t in self.tables.items() if t.types}
 
 
 def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
@@ -574,7 +441,10 @@ def _table(name: str, spec: Any) -> TableSettings:
         raise ConfigError(f"tables.{name}.max_drop_fraction", "must be between 0 and 1")
     files = tuple(values["files"])
     types = _field_types(f"tables.{name}.types", values["types"])
-    return TableSettings(table, key, values["delete"], mode, files, delimiter, drop, types)
+    history = values["history"] if values["history"] is not None else catalog.history_for(table)
+    return TableSettings(
+        table, key, values["delete"], mode, files, delimiter, drop, types, history=history
+    )
 
 
 def _field_types(dotted: str, raw: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:

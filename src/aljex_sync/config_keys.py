@@ -102,4 +102,5 @@ TABLE_SCHEMA: dict[str, Key] = {
     "delimiter": Key(str, None, "CSV delimiter of this table's morning files"),
     "max_drop_fraction": Key(float, None, "this table's [morning] max_drop_fraction"),
     "types": Key(dict, {}, "field = type in the typed view: date, time, money, int, bool, text"),
+    "history": Key(bool, None, "keep <table>__history, every version of each record (loads: on)"),
 }

@@ -66,6 +66,7 @@ class Journal:
         self.hands_off = hands_off
         self.schema = Schema(engine)
         self.schema.on_columns_added = TypedViews(engine, settings.field_types).columns_added
+        self.schema.keeps_history = settings.keeps_history
         self.planner = Planner(self.schema, settings)
         self.writer = EventWriter(engine, self.planner)
         # The writer's connection; the lock serializes groups from more than one thread.

@@ -112,7 +112,7 @@ class EventWriter:
         received = plan.received
         event_id = self._write_event(conn, plan)
         if plan.status == "applied" and plan.change is not None:
-            meta = RowMeta(received.received_at, LIVE, event_id)
+            meta = RowMeta(received.received_at, LIVE, event_id, plan.change.action)
             if plan.replay_of is not None and plan.synced is not None:
                 newer = _confirmed_at(
                     conn, plan.synced, self.rows.synced_at(conn, plan.synced, plan.key_values)
@@ -161,7 +161,7 @@ class EventWriter:
             synced, change = plan.synced, plan.change
             if plan.status != "applied" or change is None:
                 continue
-            meta = RowMeta(plan.received.received_at, LIVE, event_id)
+            meta = RowMeta(plan.received.received_at, LIVE, event_id, change.action)
             if change.action != "delete":
                 assert synced is not None
                 if run_of is None or run_of[0] is not synced or run_of[1] is not plan.columns:

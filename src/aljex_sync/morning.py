@@ -152,6 +152,7 @@ class MorningLoader:
         self.engine = engine
         self.settings = settings
         self.schema = schema
+        schema.keeps_history = settings.keeps_history  # it makes and writes history tables
         self.views = TypedViews(engine, settings.field_types)
 
     def load(

@@ -17,6 +17,7 @@ from ..emulate.commands import emulate
 from .check import check
 from .common import Context
 from .demo import demo
+from .history import history
 from .init import init
 from .journal_lists import events, files
 from .load import load
@@ -63,5 +64,18 @@ def main(ctx: click.Context, config_path: Path | None, log_level: str, log_forma
     ctx.obj = Context(config.config_path(config_path))
 
 
-for command in (init, serve, check, status, events, files, load, replay, prune, demo, emulate):
+for command in (
+    init,
+    serve,
+    check,
+    status,
+    events,
+    files,
+    load,
+    replay,
+    prune,
+    demo,
+    emulate,
+    history,
+):
     main.add_command(command)

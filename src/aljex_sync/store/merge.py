@@ -52,6 +52,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql.elements import ColumnElement
 
+from . import history
 from .schema import (
     DELETED_AT,
     EVENT_ID,
@@ -213,8 +214,12 @@ def apply(
         if counts.inserted:
             missing = ~exists().where(same_key)
             conn.execute(insert(target).from_select(written, rows.where(missing)))
+    if synced.history is not None and (counts.inserted or counts.rewritten):
+        history.merged(conn, st, synced, snapshot_at=snapshot_at, source=source)
     if full and counts.deleted:
         gone = and_(alive, ~exists().where(same_key), not_newer)
+        if synced.history is not None:
+            history.deleting(conn, synced, gone, snapshot_at=snapshot_at, source=source)
         if soft_delete:
             conn.execute(
                 update(target)

@@ -30,6 +30,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 
+from .history import LiveHistory, LiveVersion, unique_runs
 from .prepared import Prepared
 from .schema import (
     DELETED_AT,
@@ -55,6 +56,7 @@ class RowMeta:
     synced_at: datetime
     source: str
     event_id: int | None
+    action: str = "update"  # the change's action, for the table's history
 
 
 def not_older(table: Table, change: Any) -> ColumnElement[bool]:
@@ -91,6 +93,7 @@ class RowWriter:
         self.dialect = dialect.name
         self._cache: dict[tuple[int, tuple[str, ...]], Prepared] = {}
         self._tombstone_statement: Prepared | None = None
+        self.history = LiveHistory(dialect)
 
     def _upsert(
         self, table: Table, keys: Sequence[str], updated: Sequence[str], *, in_order: bool = False
@@ -153,18 +156,29 @@ class RowWriter:
     ) -> None:
         """Upsert rows given as values in ``columns`` order (keys included), each with its meta.
 
-        One executemany, in the order given, so a later row for a key wins.
+        One executemany, in the order given, so a later row for a key wins. For a table
+        that keeps its history, one per run of rows with distinct keys, each followed by
+        the two statements that version its rows.
         """
         if not rows:
             return
         prepared = self.upsert_statement(synced, columns)
-        prepared.execute_values(
-            conn,
-            [
-                (*values, meta.synced_at, meta.source, meta.event_id, None, None)
-                for values, meta in rows
-            ],
-        )
+        params = [
+            (*values, meta.synced_at, meta.source, meta.event_id, None, None)
+            for values, meta in rows
+        ]
+        if synced.history is None:
+            prepared.execute_values(conn, params)
+            return
+        at = [columns.index(k) for k in synced.key_columns]
+        keys = [[values[i] for i in at] for values, _ in rows]
+        for start, end in unique_runs(keys):
+            prepared.execute_values(conn, params[start:end])
+            changes = [
+                LiveVersion(key, meta.synced_at, meta.source, meta.event_id, meta.action)
+                for key, (_, meta) in zip(keys[start:end], rows[start:end], strict=True)
+            ]
+            self.history.changed(conn, synced, changes)
 
     def delete(
         self,
@@ -185,6 +199,11 @@ class RowWriter:
             *(table.c[c] == v for c, v in key.items()),
             not_older(table, {SYNCED_AT: meta.synced_at, EVENT_ID: meta.event_id}),
         )
+        change = LiveVersion(
+            [key[c] for c in synced.key_columns], meta.synced_at, meta.source, meta.event_id, ""
+        )
+        if synced.history is not None and not soft:  # the version copies the row: first
+            self.history.deleted(conn, synced, change)
         if soft:
             result = conn.execute(
                 update(table)
@@ -198,6 +217,8 @@ class RowWriter:
                     }
                 )
             )
+            if synced.history is not None:
+                self.history.deleted(conn, synced, change)
         else:
             result = conn.execute(delete(table).where(where))
         self.tombstone(conn, synced.name, record_key(list(key.values())), meta)

@@ -11,7 +11,9 @@ System tables, all named ``_aljex_*``:
 
 A synced table has one text column per field, created the first time the field is seen,
 plus ``_aljex_synced_at``, ``_aljex_source``, ``_aljex_event_id``, ``_aljex_deleted_at`` and
-``_aljex_row_hash``.
+``_aljex_row_hash``. A table that keeps its history also has ``<table>__history``
+(:func:`history_table`; written by ``history.py``), made with the table, grown with it,
+and for a table that had rows before, seeded with them when history is first turned on.
 Field names are case-insensitive: ``Osd``, ``osd`` and ``OSD`` are one field, kept in
 ``_aljex_columns`` as first sent. A table never grows past the column limit of its
 database (``MAX_COLUMNS``): the field that would take it there is refused before any DDL.
@@ -23,7 +25,9 @@ transaction then fails.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -43,8 +47,11 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    func,
     insert,
     inspect,
+    literal,
+    null,
     select,
 )
 from sqlalchemy.dialects import mysql
@@ -54,7 +61,9 @@ from sqlalchemy.types import TypeEngine
 from ..clock import utcnow
 from . import locks, migrations
 from .database import reading
-from .identifiers import column_for
+from .identifiers import MAX_IDENTIFIER, column_for
+
+log = logging.getLogger("aljex_sync.store")
 
 _MYSQL = ("mysql", "mariadb")
 
@@ -82,6 +91,16 @@ ROW_HASH = "_aljex_row_hash"
 columns' names), so that the next file can tell an unchanged row without comparing its
 values; NULL when live sync wrote the row since, or where the loader does not hash."""
 META_COLUMNS = (SYNCED_AT, SOURCE, EVENT_ID, DELETED_AT, ROW_HASH)
+
+# A history table's own columns; the others are the synced table's, less the row hash.
+HISTORY_SUFFIX = "__history"
+VERSION = "_aljex_version"
+VALID_FROM = "_aljex_valid_from"
+VALID_TO = "_aljex_valid_to"
+ACTION = "_aljex_action"
+HISTORY_EXTRA = 3  # columns a history table has beyond its table's: 4 of its own, no hash
+SEEDED = "existing"
+"""The action of the versions a table's rows get when history is turned on for it."""
 
 # Columns per table, metadata columns included: SQLite's default SQLITE_MAX_COLUMN,
 # PostgreSQL's MaxHeapAttributeNumber, InnoDB's limit on MariaDB and MySQL.
@@ -223,7 +242,9 @@ class SyncedTable:
     key_fields: tuple[str, ...]
     key_columns: tuple[str, ...]
     columns: FieldColumns = field(default_factory=FieldColumns)  # field name -> column
+    keeps_history: bool = False
     table: Table = field(init=False)
+    history: Table | None = field(init=False, default=None)  # <table>__history, if kept
 
     def __post_init__(self) -> None:
         if not isinstance(self.columns, FieldColumns):
@@ -245,6 +266,7 @@ class SyncedTable:
             Column(ROW_HASH, BigInteger),
         ]
         self.table = Table(self.name, MetaData(), *cols, **MYSQL_TABLE)
+        self.history = history_table(self) if self.keeps_history else None
 
     @property
     def taken(self) -> set[str]:
@@ -265,6 +287,40 @@ class SyncedTable:
         return next((n for n in names if n.lower() == lowered), None)
 
 
+def history_name(table: str) -> str:
+    """``<table>__history``, shortened with a hash of the table's name past 63 characters."""
+    name = f"{table}{HISTORY_SUFFIX}"
+    if len(name) <= MAX_IDENTIFIER:
+        return name
+    digest = hashlib.sha256(table.encode()).hexdigest()[:8]
+    return f"{table[: MAX_IDENTIFIER - len(HISTORY_SUFFIX) - 9]}_{digest}{HISTORY_SUFFIX}"
+
+
+def history_table(synced: SyncedTable) -> Table:
+    """The history table of a synced table: a version number, the table's columns (its row
+    hash aside), then when the version was true (``VALID_FROM`` up to ``VALID_TO``, NULL
+    while current) and the ``ACTION`` that made it. Indexed by the record's key."""
+    name = history_name(synced.name)
+    key_set = set(synced.key_columns)
+    cols: list[Column[Any]] = [Column(VERSION, EventId, primary_key=True, autoincrement=True)]
+    cols += [
+        Column(c.name, KeyText if c.name in key_set else c.type)
+        for c in synced.table.columns
+        if c.name != ROW_HASH
+    ]
+    cols += [
+        Column(VALID_FROM, Timestamp, nullable=False),
+        Column(VALID_TO, Timestamp),
+        Column(ACTION, String(16), nullable=False),
+    ]
+    index = f"{name}_key" if len(name) <= MAX_IDENTIFIER - 4 else f"ix_{name[-40:]}_key"
+    return Table(name, MetaData(), *cols, Index(index, *synced.key_columns), **MYSQL_TABLE)
+
+
+def _never(_: str) -> bool:
+    return False
+
+
 class Schema:
     """The synced tables, kept in memory and grown in the database as fields arrive.
 
@@ -282,6 +338,9 @@ class Schema:
         # Hook: called with a table's name after its columns were created or added, e.g.
         # TypedViews.columns_added; it must not raise. Column additions are rare.
         self.on_columns_added: Callable[[str], None] | None = None
+        # Which tables keep <table>__history (Settings.keeps_history). Only the writers
+        # (the journal, the morning loader) set it: they make and grow the history tables.
+        self.keeps_history: Callable[[str], bool] = _never
 
     def install(self) -> None:
         """Create or upgrade the system tables, and load what is known of synced tables.
@@ -302,6 +361,7 @@ class Schema:
                     row.table_name,
                     tuple(json.loads(row.key_fields)),
                     tuple(json.loads(row.key_columns)),
+                    keeps_history=self.keeps_history(row.table_name),
                 )
             for row in conn.execute(select(columns_table).order_by(columns_table.c.first_seen_at)):
                 synced = known.get(row.table_name)
@@ -314,6 +374,8 @@ class Schema:
                     synced.columns[row.field_name] = row.column_name
             for synced in known.values():
                 synced.rebuild()
+        if any(synced.keeps_history for synced in known.values()):
+            self._make_histories(known)
         with self._lock:
             self.tables = known
 
@@ -361,6 +423,8 @@ class Schema:
             synced = self.tables.get(name)
             known: Iterable[str] = synced.columns if synced is not None else ()
             width = synced.width if synced is not None else len(META_COLUMNS)
+            if self.keeps_history(name):  # the history table is the wider one
+                width += HISTORY_EXTRA
             new = {f.lower() for f in (*key_fields, *fields)} - set(known)
         if width + len(new) <= self.max_columns:
             return ""
@@ -387,15 +451,19 @@ class Schema:
     def _create(self, name: str, key_fields: Sequence[str], fields: Iterable[str]) -> SyncedTable:
         columns = self.plan(name, key_fields, fields)
         key_columns = tuple(columns[k] for k in key_fields)
-        synced = SyncedTable(name, tuple(key_fields), key_columns, columns)
+        keeps_history = self.keeps_history(name) and history_name(name) not in self.tables
+        synced = SyncedTable(name, tuple(key_fields), key_columns, columns, keeps_history)
         now = utcnow()
         with self.engine.begin() as conn:
-            if not inspect(conn).has_table(name):
-                synced.table.create(conn)
-            else:  # made by another process, or by hand: adopt what is there
-                existing = {c["name"] for c in inspect(conn).get_columns(name)}
-                missing = [c for c in synced.table.columns if c.name not in existing]
-                self._alter_add(conn, name, missing)
+            for table in (synced.table, synced.history):
+                if table is None:
+                    continue
+                if not inspect(conn).has_table(table.name):
+                    table.create(conn)
+                else:  # made by another process, or by hand: adopt what is there
+                    existing = {c["name"] for c in inspect(conn).get_columns(table.name)}
+                    missing = [c for c in table.columns if c.name not in existing]
+                    self._alter_add(conn, table.name, missing)
             conn.execute(
                 insert(tables_table),
                 {
@@ -416,16 +484,64 @@ class Schema:
         added = FieldColumns((f, planned[f]) for f in new_fields)
         now = utcnow()
         with self.engine.begin() as conn:
-            existing = {c["name"] for c in inspect(conn).get_columns(synced.name)}
-            to_create = [
-                Column(c, ValueText) for c in dict.fromkeys(added.values()) if c not in existing
-            ]
-            self._alter_add(conn, synced.name, to_create)
+            names = [synced.name] if synced.history is None else [synced.name, synced.history.name]
+            for name in names:  # the history table grows with its table
+                existing = {c["name"] for c in inspect(conn).get_columns(name)}
+                to_create = [
+                    Column(c, ValueText) for c in dict.fromkeys(added.values()) if c not in existing
+                ]
+                self._alter_add(conn, name, to_create)
             self._record_columns(conn, synced.name, added.as_sent(), now)
         synced.columns.update(added)
         synced.rebuild()
         if self.on_columns_added is not None:
             self.on_columns_added(synced.name)
+
+    def _make_histories(self, known: dict[str, SyncedTable]) -> None:
+        """Make the history tables that are missing, each seeded with its table's rows.
+
+        Looks first, so that once they exist (the usual case) it takes no lock. The rows
+        a table holds when its history begins each get a version (action ``existing``)
+        true from their ``_aljex_synced_at``; a history table made earlier gets the columns
+        its table gained while its history was off. A history table that cannot be made (its
+        name taken by a synced table, or refused by the database) is logged, and its table
+        goes on without history: history is for the readers, and never holds up a record.
+        """
+        lacking: dict[str, list[Column[Any]]] = {}
+        with reading(self.engine) as conn:
+            inspector = inspect(conn)
+            present = set(inspector.get_table_names())
+            for synced in known.values():
+                if synced.history is not None and synced.history.name in present:
+                    have = {c["name"] for c in inspector.get_columns(synced.history.name)}
+                    lacking[synced.history.name] = [
+                        c for c in synced.history.columns if c.name not in have
+                    ]
+        for synced in known.values():
+            history = synced.history
+            if history is not None and lacking.get(history.name):
+                # Columns added while its history was turned off: the history catches up.
+                with self.engine.begin() as conn:
+                    self._alter_add(conn, history.name, lacking[history.name])
+            if history is None or history.name in present:
+                continue
+            try:
+                if history.name in known:
+                    raise ValueError(f"a synced table is named {history.name}")
+                with self.engine.begin() as conn:
+                    history.create(conn)
+                    conn.execute(seed(synced, history))
+                log.info("%s: history begins, with the rows it holds", synced.name)
+            except (SQLAlchemyError, ValueError) as e:
+                if self._history_exists(history.name):
+                    continue  # made meanwhile by another process, which seeded it
+                log.error("%s: no history kept: %s", synced.name, str(e).splitlines()[0])
+                synced.keeps_history = False
+                synced.rebuild()
+
+    def _history_exists(self, name: str) -> bool:
+        with reading(self.engine) as conn:
+            return inspect(conn).has_table(name)
 
     def _alter_add(self, conn: Connection, table: str, columns: Sequence[Column[Any]]) -> None:
         """ALTER TABLE ... ADD COLUMN for checked column names, quoted by the dialect.
@@ -457,3 +573,14 @@ class Schema:
         ]
         if rows:
             conn.execute(insert(columns_table), rows)
+
+
+def seed(synced: SyncedTable, history: Table) -> Any:
+    """INSERT of a version of each row alive in the table, as it stands, for its history."""
+    table = synced.table
+    copied = [c.name for c in table.columns if c.name != ROW_HASH]
+    since = func.coalesce(table.c[SYNCED_AT], literal(utcnow(), Timestamp))
+    rows = select(*(table.c[c] for c in copied), since, null(), literal(SEEDED, String(16))).where(
+        table.c[DELETED_AT].is_(None)
+    )
+    return insert(history).from_select([*copied, VALID_FROM, VALID_TO, ACTION], rows)
