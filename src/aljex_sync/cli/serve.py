@@ -13,7 +13,7 @@ import click
 
 from ..config import Settings
 from ..errors import AljexSyncError
-from ..service import Service
+from ..service import Service, new_event_loop
 from .common import Context, fail
 
 
@@ -29,7 +29,8 @@ def serve(obj: Context) -> None:
     """
     settings = obj.settings
     try:
-        clean = asyncio.run(_serve(settings))
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
+            clean = runner.run(_serve(settings))
     except (AljexSyncError, OSError) as e:
         fail(str(e))
     finally:
