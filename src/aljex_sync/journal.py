@@ -109,7 +109,7 @@ class Journal:
         """
         results = self._process([(r, None) for r in received])
         if self._checkpointer is not None:
-            self._checkpointer.committed()
+            self._checkpointer.committed(len(received))
         return results
 
     def _process(self, batch: Sequence[_RequestToWrite]) -> list[Outcome | BaseException]:

@@ -51,6 +51,7 @@ class InlineFirst:
             engine = open_engine(settings.database.url, timeout=0)
             self.journal = Journal(engine, settings, hands_off=True)
         self.in_flight = 0
+        self._deciding = 0  # requests waiting a turn of the loop before they decide
         self.written_inline = 0  # counted for tests and the curious: which path was taken
         self.handed_off = 0
         self._locked_until = 0.0
@@ -68,10 +69,16 @@ class InlineFirst:
         """The request's outcome, once committed here or by the writer process."""
         self.in_flight += 1
         try:
-            if self.journal is not None:
+            if self.journal is not None and (self._deciding or self._alone()):
                 # Requests that arrived with this one start in this turn of the loop:
-                # let them, so that they are counted before this one decides.
-                await asyncio.sleep(0)
+                # let them, so that they are counted before this one decides. Under load
+                # the writer process is busy and a request goes there at once, unless
+                # one before it is still deciding: the requests keep their order.
+                self._deciding += 1
+                try:
+                    await asyncio.sleep(0)
+                finally:
+                    self._deciding -= 1
                 if self._alone():
                     outcome = self._write_here(received)
                     if outcome is not None:

@@ -284,6 +284,19 @@ def bind(host: str, port: int, what: str) -> socket.socket:
     return sock
 
 
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """The service's event loop: uvloop's where it is installed, else asyncio's own.
+
+    uvloop runs the same protocols with less CPU per request, and the event loop's CPU
+    is what limits Live Sync under load (docs/benchmarks.md). It has no Windows build.
+    """
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
 class BackgroundService:
     """A Service on its own event loop in a background thread, for tests, demo and bench.
 
@@ -294,7 +307,7 @@ class BackgroundService:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.service = Service(settings)
-        self.loop = asyncio.new_event_loop()
+        self.loop = new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
     def __enter__(self) -> BackgroundService:

@@ -35,7 +35,7 @@ from multiprocessing.process import BaseProcess
 from . import logs
 from .config import Settings
 from .errors import AljexSyncError
-from .service import STOP_TIMEOUT, Service, bind
+from .service import STOP_TIMEOUT, Service, bind, new_event_loop
 
 log = logging.getLogger("aljex_sync.workers")
 
@@ -207,7 +207,8 @@ def _worker_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logs.setup(logging.getLevelName(level).lower(), log_format)
     try:
-        clean = asyncio.run(_serve_worker(number, sock, settings, ready))
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
+            clean = runner.run(_serve_worker(number, sock, settings, ready))
     finally:
         for child in multiprocessing.active_children():  # a journal writer left behind
             child.kill()

@@ -14,7 +14,7 @@ import click
 
 from ..config import Settings
 from ..errors import AljexSyncError
-from ..service import Service
+from ..service import Service, new_event_loop
 from ..store.database import normalize_url
 from ..workers import Workers
 from .common import Context, fail
@@ -47,7 +47,8 @@ def serve(obj: Context, workers: int) -> None:
     if workers > 1:
         _check_workers(settings, workers)
     try:
-        clean = asyncio.run(_serve(settings, workers))
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
+            clean = runner.run(_serve(settings, workers))
     except (AljexSyncError, OSError) as e:
         fail(str(e))
     finally:
