@@ -181,7 +181,7 @@ def test_sigterm_while_running_stops_cleanly(tmp_path):
 
 
 def test_a_signal_delivered_twice_at_once_still_stops_cleanly(tmp_path):
-    """Ctrl-C under `make serve` or `timeout` reaches serve twice in the same instant."""
+    """`timeout make serve` signals the process group and then serve: two signals, one stop."""
     with serving(write_config(tmp_path), level="info") as serve:
         serve.wait_for_line("SFTP inbox")
         serve.process.send_signal(signal.SIGTERM)

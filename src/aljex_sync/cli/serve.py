@@ -69,8 +69,8 @@ def _check_workers(settings: Settings, workers: int) -> None:
 
 
 SAME_SIGNAL = 1.0
-"""Seconds within which signals count as one: Ctrl-C under `make serve` or `timeout`
-reaches this process twice (from the terminal or the group, and from its parent)."""
+"""Seconds within which signals count as one: `timeout make serve`, for one, signals the
+process group and then the child, so serve gets two signals for one stop."""
 
 
 async def _serve(settings: Settings, workers: int = 1) -> bool:
