@@ -69,6 +69,10 @@ views_table = Table(
 )
 
 
+INFER_SAMPLE = 2000
+"""Rows a column's values are first checked on, to rule types out before the full pass."""
+
+
 def view_name(table: str) -> str:
     """``<table>_typed``, shortened with a hash of the table's name past 63 characters."""
     name = f"{table}{VIEW_SUFFIX}"
@@ -152,10 +156,15 @@ def view_sql(
 
 
 def aggregate_sql(
-    table: str, checks: Sequence[tuple[str, str, FieldType]], dialect: Dialect
+    table: str,
+    checks: Sequence[tuple[str, str, FieldType]],
+    dialect: Dialect,
+    *,
+    sample: int | None = None,
 ) -> str:
     """One SELECT over ``table`` of ``(function, column, type)`` checks: ``count`` counts
-    the non-empty values, ``sum`` the values that do not fit the type."""
+    the non-empty values, ``sum`` the values that do not fit the type. With ``sample``,
+    over only that many of its rows."""
     quote = dialect.identifier_preparer.quote
     parts = []
     for function, column, kind in checks:
@@ -164,7 +173,11 @@ def aggregate_sql(
         else:
             misfits = sql_template("misfit", kind, dialect).replace(PLACEHOLDER, quote(column))
             parts.append(f"SUM({misfits})")
-    return f"SELECT {', '.join(parts)} FROM {quote(table)}"
+    source = quote(table)
+    if sample is not None:
+        columns = ", ".join(quote(c) for c in dict.fromkeys(column for _, column, _ in checks))
+        source = f"(SELECT {columns} FROM {quote(table)} LIMIT {int(sample)}) AS sampled"
+    return f"SELECT {', '.join(parts)} FROM {source}"
 
 
 class TypedViews:
@@ -313,13 +326,27 @@ class TypedViews:
         filled = [c for c, n in zip(waiting, counts, strict=True) if n]
         if not filled:
             return columns
+        # A sample rules out most types of most columns cheaply (a text column fails them
+        # all in its first rows); only the types that survive it are checked on every row.
         checks = [("sum", c.column, kind) for c in filled for kind in INFERRED]
-        row = conn.exec_driver_sql(aggregate_sql(table, checks, conn.dialect)).one()
+        sampled = conn.exec_driver_sql(
+            aggregate_sql(table, checks, conn.dialect, sample=INFER_SAMPLE)
+        ).one()
+        candidates = [
+            (c, kind)
+            for (_, _, kind), c, n in zip(checks, _each(filled), sampled, strict=True)
+            if not n
+        ]
+        misfits: dict[tuple[str, FieldType], int] = {}
+        if candidates:
+            full = [("sum", c.column, kind) for c, kind in candidates]
+            row = conn.exec_driver_sql(aggregate_sql(table, full, conn.dialect)).one()
+            misfits = {(c.column, kind): n for (c, kind), n in zip(candidates, row, strict=True)}
         found: dict[str, ViewColumn] = {}
-        for i, c in enumerate(filled):
-            misfits = row[i * len(INFERRED) : (i + 1) * len(INFERRED)]
+        for c in filled:
             kind: FieldType = next(
-                (k for k, n in zip(INFERRED, misfits, strict=True) if not n), "text"
+                (k for k in INFERRED if (c.column, k) in misfits and not misfits[c.column, k]),
+                "text",
             )
             found[c.column] = ViewColumn(c.column, c.name, kind, INFERRED_FROM_VALUES)
         return [found.get(c.column, c) for c in columns]
@@ -395,6 +422,11 @@ def _create_view(conn: Connection, name: str, sql: str) -> None:
             savepoint.rollback()
     conn.exec_driver_sql(f"DROP VIEW IF EXISTS {quoted}")
     conn.exec_driver_sql(f"CREATE VIEW {quoted} AS {sql}")
+
+
+def _each(columns: Sequence[ViewColumn]) -> list[ViewColumn]:
+    """Each column once per inferred type, in the order the checks list them."""
+    return [c for c in columns for _ in INFERRED]
 
 
 def _decode(encoded: str) -> list[ViewColumn]:
