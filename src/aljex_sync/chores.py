@@ -31,6 +31,37 @@ async def every(interval: float, what: str, job: Callable[[], Awaitable[object]]
         await asyncio.sleep(interval)
 
 
+class BackgroundTasks:
+    """Tasks on the service's loop, cancelled together; one that dies says so at ERROR."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self.log = logger
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def spawn(self, work: Awaitable[None], name: str) -> None:
+        """Run ``work`` as a task named after ``name``, logging it if it ever ends in error."""
+
+        async def guarded() -> None:
+            try:
+                await work
+            except asyncio.CancelledError:
+                raise
+            except BaseException:
+                self.log.exception("%s stopped unexpectedly", name)
+                raise
+
+        self._tasks.append(asyncio.create_task(guarded(), name=f"aljex-sync {name}"))
+
+    async def close(self) -> None:
+        """Cancel every task and wait for them to end."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+
+
 class Chores:
     """What ``serve`` does besides serving; ``health`` is shared with /healthz and the page."""
 
@@ -48,37 +79,20 @@ class Chores:
         )
         self.check_interval = CHECK_INTERVAL
         self.prune_interval = DAY
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks = BackgroundTasks(log)
 
     def start(self) -> None:
         """Start the chores the settings ask for; call on the service's loop."""
         if self.webhook is not None:
-            self._spawn(self.webhook.run(), "webhook")
+            self._tasks.spawn(self.webhook.run(), "webhook")
         if self.health.enabled:
             self.health.started_at = self.health.clock()
-            self._spawn(self.health.run(self.check_interval), "feed health")
+            self._tasks.spawn(self.health.run(self.check_interval), "feed health")
         keep_days = self.settings.journal.keep_days
         if keep_days:
             job = lambda: asyncio.to_thread(prune_and_log, self.engine, keep_days)  # noqa: E731
-            self._spawn(every(self.prune_interval, "journal prune", job), "journal prune")
-
-    def _spawn(self, work: Awaitable[None], name: str) -> None:
-        async def guarded() -> None:
-            try:
-                await work
-            except asyncio.CancelledError:
-                raise
-            except BaseException:
-                log.exception("%s stopped unexpectedly", name)
-                raise
-
-        self._tasks.append(asyncio.create_task(guarded(), name=f"aljex-sync {name}"))
+            self._tasks.spawn(every(self.prune_interval, "journal prune", job), "journal prune")
 
     async def close(self) -> None:
         """Cancel every chore and wait for them to end."""
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        self._tasks.clear()
+        await self._tasks.close()

@@ -17,6 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql.elements import ColumnElement
 
 from .clock import utcnow
+from .overview import held_reasons
 from .store.database import reading
 from .store.schema import events, files, tables_table
 
@@ -139,16 +140,7 @@ def read_overview(engine: Engine, now: datetime | None = None) -> Overview:
         problem = file_rows(conn, files.c.status.in_(PROBLEM_STATUSES), MAX_FILES)
         recent = file_rows(conn, None, MAX_FILES)
         latest = [_event_row(row) for row in conn.execute(_event_query().limit(MAX_EVENTS))]
-        held = [
-            (str(t or "-"), str(e or ""), int(n))
-            for t, e, n in conn.execute(
-                select(events.c.table_name, events.c.error, func.count())
-                .where(events.c.status == "held")
-                .group_by(events.c.table_name, events.c.error)
-                .order_by(func.count().desc(), events.c.table_name)
-                .limit(MAX_REASONS)
-            )
-        ]
+        held = held_reasons(conn, MAX_REASONS)
         tables = _tables(conn)
     return Overview(now, tables, feeds, files_by_status, problem, recent, latest, held, by_status)
 

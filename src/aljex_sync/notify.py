@@ -45,6 +45,7 @@ from sqlalchemy import Connection, Engine, func, inspect, select, update
 from sqlalchemy.exc import IntegrityError
 
 from . import metrics, wire
+from .chores import BackgroundTasks
 from .clock import utcnow
 from .config import Settings
 from .errors import WireError
@@ -414,32 +415,16 @@ class Notifier:
             )
             for sink in sinks_for(settings)
         ]
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks = BackgroundTasks(log)
 
     def start(self) -> None:
         """Start one task per sink; call on the service's loop."""
         for delivery in self.deliveries:
-            name = f"aljex-sync notify {delivery.sink.name}"
-            self._tasks.append(asyncio.create_task(_guarded(delivery), name=name))
+            self._tasks.spawn(delivery.run(), f"notifications to {delivery.sink.name}")
 
     async def close(self) -> None:
         """Stop delivering; what was not acknowledged is sent after the next start."""
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        self._tasks.clear()
-
-
-async def _guarded(delivery: Delivery) -> None:
-    try:
-        await delivery.run()
-    except asyncio.CancelledError:
-        raise
-    except BaseException:
-        log.exception("notifications to %s stopped unexpectedly", delivery.sink.name)
-        raise
+        await self._tasks.close()
 
 
 def sink_states(engine: Engine) -> list[SinkState]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import Engine, and_, exists, func, inspect, select
+from sqlalchemy import Connection, Engine, and_, exists, func, inspect, select
 from sqlalchemy.orm import aliased
 
 from .morning import recent_files
@@ -66,16 +66,7 @@ def summarize(engine: Engine) -> Summary:
                 .order_by(events.c.table_name, events.c.status)
             )
         ]
-        held = [
-            (str(t or "-"), str(e or ""), int(n))
-            for t, e, n in conn.execute(
-                select(events.c.table_name, events.c.error, func.count())
-                .where(events.c.status == "held")
-                .group_by(events.c.table_name, events.c.error)
-                .order_by(func.count().desc())
-                .limit(10)
-            )
-        ]
+        held = held_reasons(conn, 10)
         last = conn.execute(select(func.max(events.c.received_at))).scalar()
     return Summary(by_status, by_table, held, last)
 
@@ -88,6 +79,20 @@ class Overview:
     rejected: list[tuple[str, int]]  # reason, requests
     problems: list[FileProblem]
     recent: list[dict[str, object]]
+
+
+def held_reasons(conn: Connection, limit: int) -> list[tuple[str, str, int]]:
+    """Held records counted by table and reason, most first (``status``, the admin page)."""
+    return [
+        (str(t or "-"), str(e or ""), int(n))
+        for t, e, n in conn.execute(
+            select(events.c.table_name, events.c.error, func.count())
+            .where(events.c.status == "held")
+            .group_by(events.c.table_name, events.c.error)
+            .order_by(func.count().desc(), events.c.table_name)
+            .limit(limit)
+        )
+    ]
 
 
 def database_file_missing(url: str) -> bool:
