@@ -61,3 +61,13 @@ def column_for(field: str, taken: Collection[str]) -> str:
         candidate = f"{stem[: MAX_IDENTIFIER - 12]}_{digest}{n:02d}"
         n += 1
     return candidate
+
+
+def suffixed(table: str, suffix: str) -> str:
+    """``<table><suffix>`` (a view, a history table), shortened with a hash of the table's
+    name where it would pass the identifier limit."""
+    name = f"{table}{suffix}"
+    if len(name) <= MAX_IDENTIFIER:
+        return name
+    digest = hashlib.sha256(table.encode()).hexdigest()[:8]
+    return f"{table[: MAX_IDENTIFIER - len(suffix) - 9]}_{digest}{suffix}"

@@ -25,7 +25,6 @@ transaction then fails.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import threading
@@ -61,7 +60,7 @@ from sqlalchemy.types import TypeEngine
 from ..clock import utcnow
 from . import locks, migrations
 from .database import reading
-from .identifiers import MAX_IDENTIFIER, column_for
+from .identifiers import MAX_IDENTIFIER, column_for, suffixed
 
 log = logging.getLogger("aljex_sync.store")
 
@@ -289,11 +288,7 @@ class SyncedTable:
 
 def history_name(table: str) -> str:
     """``<table>__history``, shortened with a hash of the table's name past 63 characters."""
-    name = f"{table}{HISTORY_SUFFIX}"
-    if len(name) <= MAX_IDENTIFIER:
-        return name
-    digest = hashlib.sha256(table.encode()).hexdigest()[:8]
-    return f"{table[: MAX_IDENTIFIER - len(HISTORY_SUFFIX) - 9]}_{digest}{HISTORY_SUFFIX}"
+    return suffixed(table, HISTORY_SUFFIX)
 
 
 def history_table(synced: SyncedTable) -> Table:

@@ -48,7 +48,7 @@ from ..field_types import FIELD_TYPES, INFERRED, FieldType, known_type
 from . import locks
 from .casts import PLACEHOLDER, sql_template
 from .database import reading
-from .identifiers import MAX_IDENTIFIER
+from .identifiers import MAX_IDENTIFIER, suffixed
 from .schema import META_COLUMNS, MYSQL_TABLE, Name, Timestamp, columns_table, tables_table
 
 log = logging.getLogger("aljex_sync.views")
@@ -75,11 +75,7 @@ INFER_SAMPLE = 2000
 
 def view_name(table: str) -> str:
     """``<table>_typed``, shortened with a hash of the table's name past 63 characters."""
-    name = f"{table}{VIEW_SUFFIX}"
-    if len(name) <= MAX_IDENTIFIER:
-        return name
-    digest = hashlib.sha256(table.encode()).hexdigest()[:8]
-    return f"{table[: MAX_IDENTIFIER - len(VIEW_SUFFIX) - 9]}_{digest}{VIEW_SUFFIX}"
+    return suffixed(table, VIEW_SUFFIX)
 
 
 def readable_name(field: str) -> str:
