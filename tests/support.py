@@ -11,7 +11,9 @@ import subprocess
 import threading
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
+import httpx
 from sqlalchemy import Engine
 
 from aljex_sync import config
@@ -49,6 +51,18 @@ class RunningService(BackgroundService):
 
     def engine(self) -> Engine:
         return open_engine(self.settings.database.url)
+
+
+def post_note(running: RunningService, key: str = "1", *, timeout: float = 30.0) -> int:
+    """Live Sync: create record ``key`` of table ``notes``; the reply's status code."""
+    body = urlencode({"web_sync_table_name": "notes", "web_sync_action": "create", "id": key})
+    return httpx.post(
+        running.url,
+        content=body,
+        auth=("aljex", TEST_PASSWORD),
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+        timeout=timeout,
+    ).status_code
 
 
 def sftp_upload(

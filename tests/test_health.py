@@ -8,7 +8,6 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Iterator
-from urllib.parse import urlencode
 
 import httpx
 import pytest
@@ -17,7 +16,7 @@ from sqlalchemy import create_engine, text
 from aljex_sync.store.database import normalize_url
 
 from .conftest import MY_SERVER, PG_SERVER
-from .support import TEST_PASSWORD, RunningService, make_settings
+from .support import RunningService, make_settings, post_note
 
 
 def health(running: RunningService) -> httpx.Response:
@@ -32,17 +31,6 @@ def health_until(running: RunningService, status: int) -> httpx.Response:
             return response
         time.sleep(0.1)
     return response
-
-
-def post(running: RunningService, key: str) -> int:
-    body = urlencode({"web_sync_table_name": "notes", "web_sync_action": "create", "id": key})
-    return httpx.post(
-        running.url,
-        content=body,
-        auth=("aljex", TEST_PASSWORD),
-        headers={"Content-Type": "application/x-www-form-urlencoded"},
-        timeout=30,
-    ).status_code
 
 
 def test_health_is_ok_while_the_database_and_the_writer_answer(service):
@@ -63,7 +51,7 @@ def test_health_is_503_once_the_writer_is_killed_and_ok_when_a_request_restarts_
         assert response.status_code == 503
         assert response.text.startswith("the journal writer is not running")
         assert len(response.text.splitlines()) == 1
-        assert post(running, "1") == 200  # which starts a new writer
+        assert post_note(running, "1") == 200  # which starts a new writer
         assert health(running).status_code == 200
 
 

@@ -18,7 +18,7 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 
-from .support import TEST_PASSWORD, RunningService, make_settings
+from .support import TEST_PASSWORD, RunningService, make_settings, post_note
 
 BODY = urlencode({"web_sync_table_name": "notes", "web_sync_action": "create", "id": "1"})
 AUTH = base64.b64encode(f"aljex:{TEST_PASSWORD}".encode()).decode()
@@ -43,14 +43,7 @@ def connect(running: RunningService) -> socket.socket:
 
 
 def normal_post(running: RunningService, key: str = "1") -> int:
-    body = urlencode({"web_sync_table_name": "notes", "web_sync_action": "create", "id": key})
-    return httpx.post(
-        running.url,
-        content=body,
-        auth=("aljex", TEST_PASSWORD),
-        headers={"Content-Type": "application/x-www-form-urlencoded"},
-        timeout=10,
-    ).status_code
+    return post_note(running, key, timeout=10)
 
 
 def read_until_closed(sock: socket.socket) -> bytes:
