@@ -403,7 +403,7 @@ class MorningLoader:
         full = report.mode == "full"
         transaction = conn.begin()
         try:
-            with locks.for_transaction(conn, f"morning {report.table}", wait=MERGE_WAIT):
+            with locks.for_transaction(conn, locks.morning_load(report.table), wait=MERGE_WAIT):
                 if not force and not dry_run and self._already_loaded(report.sha256, conn):
                     report.status = "duplicate"
                     report.error = "a file with the same content was loaded meanwhile"

@@ -30,6 +30,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.elements import ColumnElement
 
 from .clock import utcnow
+from .store import locks
 from .store.database import reading
 from .store.migrations import meta
 from .store.schema import events, tombstones
@@ -38,6 +39,7 @@ log = logging.getLogger("aljex_sync.retention")
 
 RESOLVED = ("applied", "superseded")
 BATCH = 1000
+LOAD_WAIT = 3600.0  # seconds a batch of tombstones waits for a load of their table
 # _aljex_meta: deletes before this moment may have lost their tombstone (naive UTC, as text
 # of one fixed width, so that the database compares two of them as it would the times).
 FORGOTTEN = "tombstones_pruned_before"
@@ -136,18 +138,37 @@ def prune_tombstones(
             if not marked:
                 _make_mark(engine)
                 marked = True
-            with engine.begin() as conn:  # re-checked: a new delete may have renewed one
-                _mark_forgotten(conn, cutoff)
-                result = conn.execute(
-                    delete(tombstones).where(
-                        tombstones.c.table_name == name, tombstones.c.record_key.in_(keys), old
-                    )
-                )
-            removed += int(result.rowcount or 0)
+            removed += _remove(engine, name, keys, cutoff)
             if len(keys) < batch:
                 break
             after = keys[-1]
     return PruneReport(removed, cutoff)
+
+
+def _remove(engine: Engine, table: str, keys: list[str], cutoff: datetime) -> int:
+    """Remove these tombstones of ``table`` if still older than ``cutoff``, and mark it.
+
+    In turn with a load of the table (its lock, held until the commit), which reads the
+    tombstones and then the mark: on MariaDB the first read of a transaction fixes what its
+    later plain reads see, so a batch committed in between could go unseen by the second.
+    """
+    with engine.connect() as conn:
+        transaction = conn.begin()
+        with locks.for_transaction(conn, locks.morning_load(table), wait=LOAD_WAIT):
+            try:
+                _mark_forgotten(conn, cutoff)
+                result = conn.execute(  # re-checked: a new delete may have renewed one
+                    delete(tombstones).where(
+                        tombstones.c.table_name == table,
+                        tombstones.c.record_key.in_(keys),
+                        tombstones.c.deleted_at < cutoff,
+                    )
+                )
+                transaction.commit()
+            except BaseException:
+                transaction.rollback()
+                raise
+    return int(result.rowcount or 0)
 
 
 def forgotten_before(conn: Connection) -> datetime | None:

@@ -13,7 +13,9 @@ from .common import Context, console, database, fail
 @click.command()
 @click.option("--keep-days", type=click.IntRange(min=1), help="Default: [journal] keep_days.")
 @click.option(
-    "--tombstone-days", type=click.IntRange(min=1), help="Default: [journal] tombstone_days."
+    "--tombstone-days",
+    type=click.IntRange(min=1),
+    help="Default: [journal] tombstone_days (at least 2).",
 )
 @click.option("--dry-run", is_flag=True, help="Count what would go; remove nothing.")
 @click.pass_obj
