@@ -88,9 +88,10 @@ class Chores:
         if self.health.enabled:
             self.health.started_at = self.health.clock()
             self._tasks.spawn(self.health.run(self.check_interval), "feed health")
-        keep_days = self.settings.journal.keep_days
-        if keep_days:
-            job = lambda: asyncio.to_thread(prune_and_log, self.engine, keep_days)  # noqa: E731
+        journal = self.settings.journal
+        if journal.keep_days or journal.tombstone_days:
+            days = (journal.keep_days, journal.tombstone_days)
+            job = lambda: asyncio.to_thread(prune_and_log, self.engine, *days)  # noqa: E731
             self._tasks.spawn(every(self.prune_interval, "journal prune", job), "journal prune")
 
     async def close(self) -> None:

@@ -206,9 +206,7 @@ def _parse(
     tables = {name.lower(): _table(name, spec) for name, spec in tables_raw.items()}
     admin = _admin(values["admin"])
     alerts = _alerts(values["alerts"])
-    if values["journal"]["keep_days"] < 0:
-        raise ConfigError("journal.keep_days", "must not be negative")
-    journal = JournalSettings(values["journal"]["keep_days"])
+    journal = _journal(values["journal"], morning_settings.snapshot_margin)
     return Settings(
         database,
         live_settings,
@@ -341,6 +339,33 @@ def _alerts(values: Mapping[str, Any]) -> AlertSettings:
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise ConfigError("alerts.webhook", "must be an http:// or https:// URL")
     return AlertSettings(values["live_quiet_minutes"], morning_by, zone, webhook)
+
+
+def min_tombstone_days(snapshot_margin: float) -> int:
+    """The fewest days a tombstone may be kept: more than a day plus ``snapshot_margin``
+    (minutes), so that it outlives the snapshot of any morning file that is on time."""
+    return int((24 * 60 + snapshot_margin) // (24 * 60)) + 1
+
+
+def tombstone_days_problem(days: int, snapshot_margin: float) -> str:
+    """Why ``days`` cannot be [journal] tombstone_days, or '' when it can (0: forever)."""
+    least = min_tombstone_days(snapshot_margin)
+    if days == 0 or days >= least:
+        return ""
+    return (
+        f"must be 0 (keep forever) or at least {least} days: more than a day plus"
+        f" morning.snapshot_margin ({snapshot_margin:g} minutes)"
+    )
+
+
+def _journal(values: Mapping[str, Any], snapshot_margin: float) -> JournalSettings:
+    """How long the journal keeps events and tombstones, checked."""
+    if values["keep_days"] < 0:
+        raise ConfigError("journal.keep_days", "must not be negative")
+    problem = tombstone_days_problem(values["tombstone_days"], snapshot_margin)
+    if problem:
+        raise ConfigError("journal.tombstone_days", problem)
+    return JournalSettings(values["keep_days"], values["tombstone_days"])
 
 
 def _notify(values: Mapping[str, Any]) -> NotifySettings:

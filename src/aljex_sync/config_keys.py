@@ -80,6 +80,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "journal": {
         "keep_days": Key(int, 30, "days applied events are kept; 0: forever"),
+        "tombstone_days": Key(int, 30, "days the keys live sync deleted are kept; 0: forever"),
     },
     "notify": {
         "webhook": Key(str, "", "URL that gets each applied change as a signed JSON POST"),

@@ -8,7 +8,8 @@ one transaction (``store.merge``) with full or window semantics. Every file gets
 A file is applied only on good evidence that it is whole, as an interrupted upload can
 still be closed cleanly (OpenSSH ``sftp`` does so on Ctrl-C): one that does not end with a
 line break, or ends inside a record, is held as possibly truncated, and so is a full file
-with sharply fewer rows than the last full file of its table (``max_drop_fraction``).
+with sharply fewer rows than the last full file of its table (``max_drop_fraction``), or a
+file that would insert rows but is older than the tombstones pruned (``retention``).
 
 The export time T of a file is estimated conservatively, as the earlier of the file's own
 modification time (when the client set it) and the moment its upload started, less
@@ -30,7 +31,7 @@ from typing import BinaryIO, Literal
 from sqlalchemy import Connection, Engine, insert, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import catalog
+from . import catalog, retention
 from .clock import utcnow
 from .config import Settings
 from .csvfile import (
@@ -402,7 +403,7 @@ class MorningLoader:
         full = report.mode == "full"
         transaction = conn.begin()
         try:
-            with locks.for_transaction(conn, f"morning {report.table}", wait=MERGE_WAIT):
+            with locks.for_transaction(conn, locks.morning_load(report.table), wait=MERGE_WAIT):
                 if not force and not dry_run and self._already_loaded(report.sha256, conn):
                     report.status = "duplicate"
                     report.error = "a file with the same content was loaded meanwhile"
@@ -413,8 +414,8 @@ class MorningLoader:
                 counts = survey(
                     conn, stage, synced, full=full, snapshot_at=report.snapshot_at, own=own
                 )
-                if full and not force:
-                    reason = self._guard(counts, report)
+                if not force:
+                    reason = self._guard(conn, counts, report, full=full)
                     if reason:
                         report.status, report.error = "held", reason
                         transaction.rollback()
@@ -443,8 +444,14 @@ class MorningLoader:
             report.file_id = None  # its row went with the rollback
             raise
 
-    def _guard(self, counts: MergeCounts, report: FileReport) -> str:
-        """Why a full file must not be applied without --force, or '' when it may."""
+    def _guard(
+        self, conn: Connection, counts: MergeCounts, report: FileReport, *, full: bool
+    ) -> str:
+        """Why a file must not be applied without --force, or '' when it may."""
+        assert report.snapshot_at is not None
+        reason = retention.resurrection_risk(conn, report.snapshot_at, counts.inserted)
+        if reason or not full:
+            return reason
         if report.rows_read == 0:
             return "the full file is empty; it would delete the whole table (use --force)"
         existing, deleting = counts.existing, counts.deleted

@@ -98,6 +98,7 @@ class JournalSettings:
     """How long the journal keeps what it no longer needs (``retention.py``)."""
 
     keep_days: int = 30  # 0: forever
+    tombstone_days: int = 30  # 0: forever; else at least ``config.min_tombstone_days``
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,12 @@ POLL = 0.05  # seconds between tries on PostgreSQL
 DDL_WAIT = 300.0  # seconds to wait while another process changes the schema
 
 
+def morning_load(table: str) -> str:
+    """The lock a morning file's merge into ``table`` holds, and a tombstone prune of the
+    table's keys takes in turn (``retention``)."""
+    return f"morning {table}"
+
+
 def lock_key(name: str) -> int:
     """A signed 64-bit key for ``name``, as PostgreSQL's advisory locks want."""
     return int.from_bytes(hashlib.sha256(f"aljex-sync {name}".encode()).digest()[:8], signed=True)

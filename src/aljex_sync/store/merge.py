@@ -23,7 +23,9 @@ Reconciliation with live sync: the file is a snapshot taken at ``snapshot_at`` (
 changed after T (``_aljex_synced_at > T``) keeps its newer values and is not deleted; a key
 live sync deleted after T (a tombstone newer than T) is not brought back. The exception is
 ``own``, a file loaded again on purpose (``load --force``): the rows an earlier load of that
-same file wrote are its own, not newer, whatever T that load took.
+same file wrote are its own, not newer, whatever T that load took. Tombstones are pruned
+after ``[journal] tombstone_days``; a file older than the pruned ones that would insert
+rows is held before it gets here (``retention.resurrection_risk``).
 """
 
 from __future__ import annotations
