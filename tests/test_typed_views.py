@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from contextlib import ExitStack
 from datetime import date, time, timedelta
 from decimal import Decimal
@@ -379,7 +380,10 @@ def arrival(path: Path) -> Arrival:
 
 
 @pytest.mark.parametrize("database_url", ["postgresql", "mariadb"], indirect=True)
-def test_a_slow_view_refresh_holds_up_neither_live_sync_nor_the_next_file(database_url, tmp_path):
+def test_a_slow_view_refresh_holds_up_neither_live_sync_nor_the_next_file(
+    database_url, tmp_path, caplog
+):
+    caplog.set_level(logging.DEBUG, logger="aljex_sync.views")
     r = Receiver(database_url, tmp_path)
     r.load(write_csv(tmp_path / "Loads.csv", ["id", "miles"], [["1", "12"]]))
     r.engine.dispose()
@@ -394,16 +398,23 @@ def test_a_slow_view_refresh_holds_up_neither_live_sync_nor_the_next_file(databa
             with RunningService(settings) as running:
                 service = running.service
                 assert post_note(running) == 200
-                loads = write_csv(inbox / "Loads.csv", ["id", "miles", "stops"], [["1", "2", "4"]])
-                service.loads.put(arrival(loads))
+                header = ["id", "miles", "stops"]
+                for miles in ("1", "2"):  # two files of one table, then another table's
+                    loads = write_csv(inbox / f"Loads_{miles}.csv", header, [["1", miles, "4"]])
+                    service.loads.put(arrival(loads))
                 service.loads.put(arrival(write_csv(inbox / "Employees.csv", ["id"], [["E1"]])))
                 assert service.loads.wait_idle(30)
-                assert [r.status for r in service.loads.reports] == ["loaded", "loaded"]
+                assert [r.status for r in service.loads.reports] == ["loaded"] * 3
                 assert not service.views.ready.is_set()  # the start-up refresh still waits
                 assert "stops" not in view_columns(engine, "loads_typed")
                 view_lock.close()
                 assert service.views.ready.wait(60)
-                assert service.views.wait_idle(60)  # then the loaded tables' views
+                assert service.views.wait_idle(60)  # then the loaded tables' views, once each
+                checked = [r.getMessage() for r in caplog.records if "checked" in r.getMessage()]
+                assert [line.split(",")[0] for line in checked] == [
+                    "typed views: 1 table checked",
+                    "typed views: 2 tables checked",
+                ]
                 assert rows(engine, "SELECT miles, stops FROM loads_typed") == [
                     {"miles": 2, "stops": 4}
                 ]

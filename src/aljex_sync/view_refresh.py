@@ -7,11 +7,11 @@ every view once; after that, the loader hands it each table it loaded instead of
 refreshing the view itself. A table asked for while it already waits is refreshed once.
 
 One task on the service's loop (``chores.BackgroundTasks``, so it cannot die silently)
-runs the refreshes, one table at a time, in a thread. A view that fails is logged at
+runs the refreshes, one table at a time, in a daemon thread. A view that fails is logged at
 WARNING and kept in ``_aljex_view_errors`` by ``TypedViews`` (``status`` shows it), and
 added to the lines of ``/healthz``; a refresh that fails as a whole (the database is down)
-is logged at ERROR and tried again ``RETRY`` seconds later. Stopping lets the table being
-refreshed finish and starts no other.
+is logged at ERROR and tried again ``RETRY`` seconds later. Stopping starts no other
+table; the one being refreshed is left to its thread, which does not hold up the exit.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from sqlalchemy import Engine
 
@@ -83,7 +83,8 @@ class ViewRefresher:
         return lines
 
     async def close(self) -> None:
-        """Start no other refresh, and stop the task (a table being refreshed finishes)."""
+        """Start no other refresh, and stop the task (a table being refreshed is left to
+        its thread)."""
         self._stopping.set()
         await self._tasks.close()
 
@@ -108,7 +109,7 @@ class ViewRefresher:
                 self._everything, self._tables = False, {}
             if everything or tables:
                 try:
-                    await asyncio.to_thread(self._refresh, everything, tables)
+                    await _in_daemon_thread(self._refresh, everything, tables)
                 except Exception as e:
                     self.failure = " ".join(str(e).split())[:300] or type(e).__name__
                     log.error("typed views not refreshed: %s; trying again in %g s", e, RETRY)
@@ -130,7 +131,7 @@ class ViewRefresher:
         begun = time.monotonic()
         if everything:
             tables = self.views.tables()
-            log.info("typed views: checking the views of %d tables", len(tables))
+            log.info("typed views: bringing %s up to date", _tables(len(tables)))
         rebuilt = 0
         for table in tables:
             if self._stopping.is_set():
@@ -142,9 +143,44 @@ class ViewRefresher:
         failed = f", {len(self.errors)} not refreshed" if self.errors else ""
         log.log(
             level,
-            "typed views: %d tables checked, %d views rebuilt%s, in %.1f s",
-            len(tables),
+            "typed views: %s checked, %d rebuilt%s, in %.1f s",
+            _tables(len(tables)),
             rebuilt,
             failed,
             took,
         )
+
+
+def _tables(count: int) -> str:
+    return f"{count} table{'s' if count != 1 else ''}"
+
+
+async def _in_daemon_thread(work: Callable[..., None], *args: object) -> None:
+    """Run ``work`` in a daemon thread of its own and wait for it.
+
+    Not asyncio's executor: the process waits for its threads as it exits, and a refresh
+    may wait minutes for another receiver's lock on a view. A daemon thread is abandoned
+    at exit; what it had not committed is rolled back by the database.
+    """
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def settle(error: BaseException | None) -> None:
+        if done.done():  # cancelled: the service is stopping
+            return
+        if error is None:
+            done.set_result(None)
+        else:
+            done.set_exception(error)
+
+    def run() -> None:
+        error: BaseException | None = None
+        try:
+            work(*args)
+        except BaseException as e:  # handed to the task, which logs it
+            error = e
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(settle, error)
+
+    threading.Thread(target=run, name="aljex-views", daemon=True).start()
+    await done
