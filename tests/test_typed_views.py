@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
+from contextlib import ExitStack
 from datetime import date, time, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -20,14 +22,18 @@ from click.testing import CliRunner
 from sqlalchemy import Engine, inspect, text
 
 from aljex_sync.cli import main
+from aljex_sync.clock import utcnow
 from aljex_sync.emulate.brokerage import Brokerage
 from aljex_sync.emulate.morning import write_morning_csvs
 from aljex_sync.field_types import known_type
+from aljex_sync.inbox import Arrival
+from aljex_sync.store import locks
 from aljex_sync.store.casts import FALSE_WORDS, TRUE_WORDS
+from aljex_sync.store.database import open_engine
 from aljex_sync.store.views import TypedViews, readable_names, view_name
 
 from . import test_morning
-from .support import TEST_PASSWORD, RunningService, make_settings
+from .support import TEST_PASSWORD, RunningService, make_settings, post_note
 
 DAY = date(2026, 9, 16)
 
@@ -330,6 +336,7 @@ def post(service: RunningService, fields: list[tuple[str, str]]) -> None:
 
 
 def test_a_live_record_with_new_fields_refreshes_the_view(service):
+    assert service.service.views.ready.wait(30)  # the start-up refresh, done with
     record = [("web_sync_table_name", "loads"), ("web_sync_action", "create"), ("id", "1")]
     post(service, [*record, ("status", "OPEN")])
     engine = service.engine()
@@ -359,11 +366,95 @@ def test_start_up_builds_missing_views_for_every_table(database_url, tmp_path):
     finally:
         r.engine.dispose()
     with RunningService(make_settings(database_url, tmp_path)) as running:
+        assert running.service.views.ready.wait(60)  # built in the background, once serving
         engine = running.engine()
         try:
             assert rows(engine, "SELECT miles FROM loads_typed") == [{"miles": 12}]
         finally:
             engine.dispose()
+
+
+def arrival(path: Path) -> Arrival:
+    """A file in the inbox, complete, as the SFTP server or the folder watch hands it on."""
+    return Arrival(path, utcnow(), None)
+
+
+@pytest.mark.parametrize("database_url", ["postgresql", "mariadb"], indirect=True)
+def test_a_slow_view_refresh_holds_up_neither_live_sync_nor_the_next_file(
+    database_url, tmp_path, caplog
+):
+    caplog.set_level(logging.DEBUG, logger="aljex_sync.views")
+    r = Receiver(database_url, tmp_path)
+    r.load(write_csv(tmp_path / "Loads.csv", ["id", "miles"], [["1", "12"]]))
+    r.engine.dispose()
+    settings = make_settings(database_url, tmp_path)
+    inbox = settings.morning.inbox
+    engine = open_engine(database_url)
+    try:
+        with ExitStack() as view_lock:
+            # Refreshing the view of loads waits while this lock is held, as it waits for
+            # another receiver's refresh of the same view.
+            view_lock.enter_context(locks.held(engine, "view loads", wait=5))
+            with RunningService(settings) as running:
+                service = running.service
+                assert post_note(running) == 200
+                header = ["id", "miles", "stops"]
+                for miles in ("1", "2"):  # two files of one table, then another table's
+                    loads = write_csv(inbox / f"Loads_{miles}.csv", header, [["1", miles, "4"]])
+                    service.loads.put(arrival(loads))
+                service.loads.put(arrival(write_csv(inbox / "Employees.csv", ["id"], [["E1"]])))
+                assert service.loads.wait_idle(30)
+                assert [r.status for r in service.loads.reports] == ["loaded"] * 3
+                assert not service.views.ready.is_set()  # the start-up refresh still waits
+                assert "stops" not in view_columns(engine, "loads_typed")
+                view_lock.close()
+                assert service.views.ready.wait(60)
+                assert service.views.wait_idle(60)  # then the loaded tables' views, once each
+                checked = [r.getMessage() for r in caplog.records if "checked" in r.getMessage()]
+                assert [line.split(",")[0] for line in checked] == [
+                    "typed views: 1 table checked",
+                    "typed views: 2 tables checked",
+                ]
+                assert rows(engine, "SELECT miles, stops FROM loads_typed") == [
+                    {"miles": 2, "stops": 4}
+                ]
+                assert view_columns(engine, "employees_typed")[0] == "id"
+    finally:
+        engine.dispose()
+
+
+def test_a_view_that_cannot_be_refreshed_shows_in_status_and_healthz(database_url, tmp_path):
+    r = Receiver(database_url, tmp_path)
+    r.load(write_csv(tmp_path / "w.csv", ["id", "size"], [["W1", "3"]]), table="widgets")
+    with r.engine.begin() as conn:  # a table of someone's takes the view's name
+        conn.execute(text("DROP VIEW widgets_typed"))
+        conn.execute(text("CREATE TABLE widgets_typed (note VARCHAR(10))"))
+    r.engine.dispose()
+    why = "widgets_typed is a table, so the view cannot have that name"
+    with RunningService(make_settings(database_url, tmp_path)) as running:
+        assert running.service.views.ready.wait(60)
+        health = httpx.get(f"http://127.0.0.1:{running.service.http_port}/healthz", timeout=30)
+        assert health.text == f"ok\nviews: widgets_typed not refreshed: {why}\n"
+    config = tmp_path / "aljex-sync.toml"
+    config.write_text(
+        f'[database]\nurl = "{database_url}"\n[live]\npassword = "x"\n[morning]\npassword = "x"\n'
+    )
+    shown = CliRunner().invoke(main, ["-c", str(config), "status"])
+    assert shown.exit_code == 0, shown.output
+    table = shown.output.split("Typed views not refreshed")[1]
+    assert "│ widgets_typed │ widgets_typed is a table" in table
+    as_json = json.loads(CliRunner().invoke(main, ["-c", str(config), "status", "--json"]).output)
+    [kept] = as_json["views_not_refreshed"]
+    assert (kept["table"], kept["view"], kept["error"]) == ("widgets", "widgets_typed", why)
+
+    engine = open_engine(database_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("DROP TABLE widgets_typed"))
+        assert TypedViews(engine).refresh_all() == ["widgets"]
+        assert TypedViews(engine).errors() == []  # a refresh that succeeds clears it
+    finally:
+        engine.dispose()
 
 
 def test_status_types_counts_the_values_that_do_not_fit(sqlite_url, tmp_path):

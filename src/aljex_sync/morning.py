@@ -149,12 +149,21 @@ def export_time(started_at: datetime, mtime: datetime | None, margin_minutes: fl
 class MorningLoader:
     """Loads Morning Sync files into the synced tables, one file at a time."""
 
-    def __init__(self, engine: Engine, settings: Settings, schema: Schema) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Settings,
+        schema: Schema,
+        *,
+        refresh_view: Callable[[str], object] | None = None,
+    ) -> None:
+        """``refresh_view(table)`` brings a loaded table's typed view up to date: by default
+        at once, in this thread; ``serve`` passes its background refresher's."""
         self.engine = engine
         self.settings = settings
         self.schema = schema
         schema.keeps_history = settings.keeps_history  # it makes and writes history tables
-        self.views = TypedViews(engine, settings.field_types)
+        self.refresh_view = refresh_view or TypedViews(engine, settings.field_types).after_load
 
     def load(
         self,
@@ -227,7 +236,7 @@ class MorningLoader:
         if not dry_run and report.status != "dry-run" and report.file_id is None:
             self._record(report)  # a loaded file's row was written with its merge
         if report.status == "loaded" and report.table:
-            self.views.after_load(report.table)  # typed views: new columns, inferred types
+            self.refresh_view(report.table)  # typed views: new columns, inferred types
         log.log(report.level, "%s", report.summary())
         return report
 
@@ -566,28 +575,3 @@ def _with_key_names(header: list[str], key: tuple[str, ...], path: Path) -> list
 
 def _naive_utc(timestamp: float) -> datetime:
     return datetime.fromtimestamp(timestamp, UTC).replace(tzinfo=None)
-
-
-def recent_files(engine: Engine, limit: int = 10) -> list[dict[str, object]]:
-    """The last morning files and what became of them, newest first, for ``status``."""
-    query = (
-        select(
-            files.c.name,
-            files.c.table_name,
-            files.c.status,
-            files.c.rows_read,
-            files.c.inserted,
-            files.c.updated,
-            files.c.deleted,
-            files.c.skipped_newer,
-            files.c.missing_in_db,
-            files.c.extra_in_db,
-            files.c.differing,
-            files.c.error,
-            files.c.finished_at,
-        )
-        .order_by(files.c.id.desc())
-        .limit(limit)
-    )
-    with reading(engine) as conn:
-        return [dict(row._mapping) for row in conn.execute(query)]

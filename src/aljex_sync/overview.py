@@ -15,7 +15,6 @@ from pathlib import Path
 from sqlalchemy import Connection, Engine, and_, exists, func, inspect, select
 from sqlalchemy.orm import aliased
 
-from .morning import recent_files
 from .store.database import normalize_url, reading
 from .store.schema import events, files
 
@@ -153,3 +152,28 @@ def read(engine: Engine, *, limit: int = 10) -> Overview:
             )
         ]
     return Overview(summary, rejected, problems, recent_files(engine, limit))
+
+
+def recent_files(engine: Engine, limit: int = 10) -> list[dict[str, object]]:
+    """The last morning files and what became of them, newest first, for ``status``."""
+    query = (
+        select(
+            files.c.name,
+            files.c.table_name,
+            files.c.status,
+            files.c.rows_read,
+            files.c.inserted,
+            files.c.updated,
+            files.c.deleted,
+            files.c.skipped_newer,
+            files.c.missing_in_db,
+            files.c.extra_in_db,
+            files.c.differing,
+            files.c.error,
+            files.c.finished_at,
+        )
+        .order_by(files.c.id.desc())
+        .limit(limit)
+    )
+    with reading(engine) as conn:
+        return [dict(row._mapping) for row in conn.execute(query)]

@@ -7,7 +7,8 @@ Stopping drains in-flight HTTP requests first, then lets the journal commit what
 then closes the database. A stop never takes longer than ``STOP_TIMEOUT``: what is still
 running then is abandoned (the journal's writer is killed; nothing it had not committed
 was acknowledged), so a service manager can always restart the service. A start that
-fails stops whatever had already started, so the error reaches the caller at once.
+fails stops whatever had already started, so the error reaches the caller at once. The
+typed views are brought up to date in the background once the rest runs (``view_refresh``).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from .sftp import SftpInbox
 from .sftp_settings import SftpSettings
 from .store.database import display_url, open_engine
 from .store.schema import Schema
-from .store.views import TypedViews
+from .view_refresh import ViewRefresher
 
 log = logging.getLogger("aljex_sync.service")
 
@@ -54,7 +55,8 @@ class Service:
         self, settings: Settings, *, sock: socket.socket | None = None, chores: bool = True
     ) -> None:
         """``sock``: a listening socket for Live Sync, bound by a parent (``workers.py``);
-        ``chores``: whether this process runs the background chores (one process should)."""
+        ``chores``: whether this process runs the background chores and refreshes the typed
+        views (one process should)."""
         self.settings = settings
         self._given_socket = sock
         self._run_chores = chores
@@ -64,6 +66,7 @@ class Service:
         self.schema = Schema(self.engine)
         self.chores = Chores(settings, self.engine)  # feed health, webhook, daily prune
         self.notifier = Notifier(settings, self.engine)  # [notify]: each change, sent on
+        self.views = ViewRefresher(self.engine, settings.field_types)  # typed views, later
         self.live: LiveEndpoint | None = None
         self.loads: LoadQueue | None = None
         self.sftp: SftpInbox | None = None
@@ -99,17 +102,13 @@ class Service:
         await asyncio.to_thread(self.writer.start)
         self._journal_ready = True
         log.info("database %s ready", display_url(self.settings.database.url))
-        # The typed views: built or brought up to date (cheap when none changed).
-        await asyncio.to_thread(TypedViews(self.engine, self.settings.field_types).refresh_all)
         if live.enabled:
             sock = self._sockets[0]
             probes = (
                 database_probe(self.engine, self.settings.database.timeout),
                 self.journal.healthy,
             )
-            self.live = LiveEndpoint(
-                live, self.writer, probes=probes, details=self.chores.health.lines
-            )
+            self.live = LiveEndpoint(live, self.writer, probes=probes, details=self._health_lines)
             extra = admin_routes(self.settings, self.engine, health=self.chores.health)
             config = http_server.config(self.live.app(extra_routes=extra), live, context)
             self._server = _Server(config)
@@ -131,11 +130,19 @@ class Service:
         if self._run_chores:
             self.chores.start()
             self.notifier.start()
+            # The typed views, once Aljex is answered: a first start may take a minute.
+            self.views.start()
+
+    def _health_lines(self) -> list[str]:
+        """/healthz's lines after "ok": the feeds' health, the views not refreshed."""
+        return [*self.chores.health.lines(), *self.views.lines()]
 
     async def _start_morning(self) -> None:
         """The load queue, then the SFTP server or the folder watch that feeds it."""
         morning = self.settings.morning
-        loader = MorningLoader(self.engine, self.settings, self.schema)
+        # The view of a loaded table is refreshed by self.views, not in the loader's thread.
+        refresh_view = self.views.after_load if self._run_chores else None
+        loader = MorningLoader(self.engine, self.settings, self.schema, refresh_view=refresh_view)
         self.loads = LoadQueue(loader, morning.inbox)
         self.loads.start()
         if morning.sftp:
@@ -200,6 +207,7 @@ class Service:
     async def _stop(self) -> None:
         await self.chores.close()
         await self.notifier.close()
+        await self.views.close()
         if self.sftp is not None:
             await self.sftp.close()
             self.sftp = None

@@ -24,11 +24,14 @@ def status(obj: Context, as_json: bool, types: bool) -> None:
     settings = obj.settings
     with database(settings) as engine:
         found = overview.read(engine)
-        misfits = TypedViews(engine).misfits() if types else None
+        views = TypedViews(engine)
+        misfits = views.misfits() if types else None
+        view_errors = views.errors()
         sinks = sink_states(engine)
     if as_json:
         extra = {"types": [vars(m) for m in misfits or []]} if types else {}
         extra["notify"] = [vars(s) for s in sinks]
+        extra["views_not_refreshed"] = [vars(e) for e in view_errors]
         click.echo(json.dumps({**_overview_dict(found), **extra}, indent=2, default=str))
         return
     summary = found.summary
@@ -83,6 +86,12 @@ def status(obj: Context, as_json: bool, types: bool) -> None:
                 f"{f['finished_at']:%m-%d %H:%M}",
             )
         console.print(recent)
+    if view_errors:
+        stale = fitting_table("Typed views not refreshed", "view", "why", "failed (UTC)")
+        for e in view_errors:
+            stale.add_row(e.view, e.error, f"{e.failed_at:%m-%d %H:%M}")
+        console.print(stale)
+        console.print("The view stays as it was; a start, or the next load, tries again.")
     if types:
         _print_misfits(misfits)
     for sink in sinks:  # [notify]: how far each sink is delivered

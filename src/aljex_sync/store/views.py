@@ -11,12 +11,14 @@ definition changes. A type inferred from values sticks: later values that do not
 become NULL (``status --types`` counts them) rather than change the view under the
 dashboards built on it. A column with no values yet is text until values arrive.
 
-Views are (re)built at start-up (:meth:`TypedViews.refresh_all`), when the live feed adds
-columns (:meth:`TypedViews.columns_added`: no scan of the data, new columns take their
-catalog or configured type, or wait as text) and after each morning load
-(:meth:`TypedViews.after_load`: infers the columns that wait, one aggregate query for the
-table). A view that cannot be built is logged and left as it was: the views are for the
-readers, and never hold up a record.
+Views are (re)built by :meth:`TypedViews.refresh_all` (``serve`` runs it in the background
+once it answers, ``view_refresh.py``), when the live feed adds columns
+(:meth:`TypedViews.columns_added`: no scan of the data, new columns take their catalog or
+configured type, or wait as text) and after each morning load (:meth:`TypedViews.after_load`:
+infers the columns that wait, ``inference.py``; ``serve`` does it off the loader's path).
+A view that cannot be built is logged and left as it was, and why is kept in
+``_aljex_view_errors`` until a refresh succeeds (``status`` shows it): the views are for
+the readers, and never hold up a record.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from datetime import datetime
 
 from sqlalchemy import (
     Column,
@@ -37,18 +40,21 @@ from sqlalchemy import (
     Table,
     Text,
     delete,
+    exists,
     insert,
     inspect,
     select,
 )
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DBAPIError
 
 from ..clock import utcnow as _utcnow
-from ..field_types import FIELD_TYPES, INFERRED, FieldType, known_type
+from ..field_types import FIELD_TYPES, FieldType, known_type
 from . import locks
 from .casts import PLACEHOLDER, sql_template
 from .database import reading
 from .identifiers import MAX_IDENTIFIER, suffixed
+from .inference import Check, aggregate, infer_types
 from .schema import META_COLUMNS, MYSQL_TABLE, Name, Timestamp, columns_table, tables_table
 
 log = logging.getLogger("aljex_sync.views")
@@ -69,8 +75,19 @@ views_table = Table(
 )
 
 
-INFER_SAMPLE = 2000
-"""Rows a column's values are first checked on, to rule types out before the full pass."""
+view_errors = Table(
+    "_aljex_view_errors",
+    VIEWS,
+    Column("table_name", Name, primary_key=True),
+    Column("view_name", Name, nullable=False),
+    Column("error", Text, nullable=False),
+    Column("failed_at", Timestamp, nullable=False),
+    **MYSQL_TABLE,
+)
+"""The views whose last refresh failed, and why; a refresh that succeeds deletes the row."""
+
+REFRESH_TRIES = 3
+"""Times a refresh starts again when the table changed while its view was being planned."""
 
 
 def view_name(table: str) -> str:
@@ -120,6 +137,20 @@ class ViewColumn:
 
 
 @dataclass(frozen=True)
+class ViewError:
+    """A view that its last refresh failed to bring up to date (``status`` shows it)."""
+
+    table: str
+    view: str
+    error: str
+    failed_at: datetime
+
+
+class _TableChanged(Exception):
+    """The table gained columns between the planning of its view and its writing."""
+
+
+@dataclass(frozen=True)
 class Misfits:
     """Stored values of one typed column that do not fit its type (NULL in the view)."""
 
@@ -151,31 +182,6 @@ def view_sql(
     return f"SELECT {', '.join(selected)} FROM {quote(table)}"
 
 
-def aggregate_sql(
-    table: str,
-    checks: Sequence[tuple[str, str, FieldType]],
-    dialect: Dialect,
-    *,
-    sample: int | None = None,
-) -> str:
-    """One SELECT over ``table`` of ``(function, column, type)`` checks: ``count`` counts
-    the non-empty values, ``sum`` the values that do not fit the type. With ``sample``,
-    over only that many of its rows."""
-    quote = dialect.identifier_preparer.quote
-    parts = []
-    for function, column, kind in checks:
-        if function == "count":
-            parts.append(f"COUNT(NULLIF({quote(column)}, ''))")
-        else:
-            misfits = sql_template("misfit", kind, dialect).replace(PLACEHOLDER, quote(column))
-            parts.append(f"SUM({misfits})")
-    source = quote(table)
-    if sample is not None:
-        columns = ", ".join(quote(c) for c in dict.fromkeys(column for _, column, _ in checks))
-        source = f"(SELECT {columns} FROM {quote(table)} LIMIT {int(sample)}) AS sampled"
-    return f"SELECT {', '.join(parts)} FROM {source}"
-
-
 class TypedViews:
     """Builds and refreshes the typed views of one database.
 
@@ -198,21 +204,29 @@ class TypedViews:
         """After the live feed added columns: show them, without reading the data."""
         self._safely(table, infer=False)
 
-    def after_load(self, table: str) -> None:
-        """After a morning load: show new columns, and infer those that had no values."""
-        self._safely(table, infer=True)
+    def after_load(self, table: str) -> bool:
+        """After a morning load: show new columns, and infer those that had no values.
+
+        True if the view was (re)created; a failure is logged and kept, never raised.
+        """
+        return self._safely(table, infer=True)
 
     def refresh_all(self) -> list[str]:
         """Build or refresh the view of every synced table; the tables whose view changed."""
+        return [t for t in self.tables() if self._safely(t, infer=True)]
+
+    def tables(self) -> list[str]:
+        """The synced tables, each of which has a view."""
         with reading(self.engine) as conn:
-            tables = list(conn.execute(select(tables_table.c.table_name)).scalars())
-        return [t for t in sorted(tables) if self._safely(t, infer=True)]
+            return sorted(conn.execute(select(tables_table.c.table_name)).scalars())
 
     def _safely(self, table: str, *, infer: bool) -> bool:
         try:
             return self.refresh(table, infer=infer)
         except Exception as e:  # the views serve readers; a failure must not stop a record
-            log.warning("typed view of %s not refreshed: %s", table, " ".join(str(e).split()))
+            reason = _reason(e)
+            log.warning("typed view of %s not refreshed: %s", table, reason)
+            self._record_error(table, reason)
             return False
 
     # -- building -----------------------------------------------------------------------
@@ -221,10 +235,17 @@ class TypedViews:
         """Bring ``<table>_typed`` up to date; True if it was (re)created.
 
         Raises SQLAlchemy's errors, and ValueError when the view's name is taken by a table.
-        Receivers on several hosts refresh one view in turn (a database lock).
+        Receivers on several hosts refresh one view in turn (a database lock); a view planned
+        while another process added columns to its table is planned again (SQLite takes no
+        such lock).
         """
         self._install()
         with locks.held(self.engine, f"view {table}", wait=locks.DDL_WAIT):
+            for _ in range(REFRESH_TRIES - 1):
+                try:
+                    return self._refresh(table, infer=infer)
+                except _TableChanged:
+                    continue
             return self._refresh(table, infer=infer)
 
     def _refresh(self, table: str, *, infer: bool) -> bool:
@@ -244,6 +265,9 @@ class TypedViews:
                     views_table.c.table_name == table
                 )
             ).first()
+            failed_before = conn.execute(
+                select(exists().where(view_errors.c.table_name == table))
+            ).scalar()
             previous = {c.column: c for c in _decode(stored.columns)} if stored else {}
             columns = self._plan(table, physical, fields, previous)
             if infer:
@@ -253,10 +277,29 @@ class TypedViews:
         encoded = json.dumps([asdict(c) for c in columns])
         before = (stored.signature, stored.columns) if stored is not None else ("", "")
         rebuild = not view_exists or before[0] != signature
-        if not rebuild and before[1] == encoded:
-            return False
-        self._replace(table, name, sql, signature, encoded, rebuild=rebuild)
+        if rebuild or before[1] != encoded:
+            self._replace(table, name, physical, sql, signature, encoded, rebuild=rebuild)
+        elif failed_before:
+            with self.engine.begin() as conn:
+                conn.execute(delete(view_errors).where(view_errors.c.table_name == table))
         return rebuild
+
+    def _record_error(self, table: str, reason: str) -> None:
+        """Keep why ``table``'s view was not refreshed, for ``status``; never raises."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(delete(view_errors).where(view_errors.c.table_name == table))
+                conn.execute(
+                    insert(view_errors),
+                    {
+                        "table_name": table,
+                        "view_name": view_name(table),
+                        "error": reason,
+                        "failed_at": _utcnow(),
+                    },
+                )
+        except Exception as e:  # the database is down, most likely: the log has the failure
+            log.warning("why the typed view of %s failed could not be kept: %s", table, _reason(e))
 
     def _install(self) -> None:
         if not self._installed:
@@ -264,7 +307,7 @@ class TypedViews:
                 locks.held(self.engine, "install", wait=locks.DDL_WAIT),
                 self.engine.begin() as conn,
             ):
-                views_table.create(conn, checkfirst=True)
+                VIEWS.create_all(conn, checkfirst=True)
             self._installed = True
 
     @staticmethod
@@ -308,50 +351,35 @@ class TypedViews:
             planned.append(ViewColumn(column, name, kind, source))
         return planned
 
-    def _infer(self, conn: Connection, table: str, columns: list[ViewColumn]) -> list[ViewColumn]:
-        """Type the columns that wait, from every stored value.
-
-        One query counts their values; a second, only for columns that now have some,
-        checks every value against every type at once.
-        """
-        waiting = [c for c in columns if c.source == NO_VALUES_YET]
+    @staticmethod
+    def _infer(conn: Connection, table: str, columns: list[ViewColumn]) -> list[ViewColumn]:
+        """Type the columns that wait, from every stored value (``inference.py``)."""
+        waiting = {c.column: c for c in columns if c.source == NO_VALUES_YET}
         if not waiting:
             return columns
-        counted: list[tuple[str, str, FieldType]] = [("count", c.column, "text") for c in waiting]
-        counts = conn.exec_driver_sql(aggregate_sql(table, counted, conn.dialect)).one()
-        filled = [c for c, n in zip(waiting, counts, strict=True) if n]
-        if not filled:
-            return columns
-        # A sample rules out most types of most columns cheaply (a text column fails them
-        # all in its first rows); only the types that survive it are checked on every row.
-        checks = [("sum", c.column, kind) for c in filled for kind in INFERRED]
-        sampled = conn.exec_driver_sql(
-            aggregate_sql(table, checks, conn.dialect, sample=INFER_SAMPLE)
-        ).one()
-        candidates = [
-            (c, kind)
-            for (_, _, kind), c, n in zip(checks, _each(filled), sampled, strict=True)
-            if not n
-        ]
-        misfits: dict[tuple[str, FieldType], int] = {}
-        if candidates:
-            full = [("sum", c.column, kind) for c, kind in candidates]
-            row = conn.exec_driver_sql(aggregate_sql(table, full, conn.dialect)).one()
-            misfits = {(c.column, kind): n for (c, kind), n in zip(candidates, row, strict=True)}
-        found: dict[str, ViewColumn] = {}
-        for c in filled:
-            kind: FieldType = next(
-                (k for k in INFERRED if (c.column, k) in misfits and not misfits[c.column, k]),
-                "text",
-            )
-            found[c.column] = ViewColumn(c.column, c.name, kind, INFERRED_FROM_VALUES)
+        inferred = infer_types(conn, table, list(waiting))
+        found = {
+            column: ViewColumn(column, waiting[column].name, kind, INFERRED_FROM_VALUES)
+            for column, kind in inferred.items()
+        }
         return [found.get(c.column, c) for c in columns]
 
     def _replace(
-        self, table: str, name: str, sql: str, signature: str, encoded: str, *, rebuild: bool
+        self,
+        table: str,
+        name: str,
+        physical: Sequence[str],
+        sql: str,
+        signature: str,
+        encoded: str,
+        *,
+        rebuild: bool,
     ) -> None:
-        """Create or replace the view, and record it, in one transaction where DDL allows."""
+        """Create or replace the view, and record it, in one transaction where DDL allows;
+        _TableChanged if the table no longer has the columns the view was planned on."""
         with self.engine.begin() as conn:
+            if [c["name"] for c in inspect(conn).get_columns(table)] != list(physical):
+                raise _TableChanged(f"{table} changed while its view was planned")
             if rebuild:
                 _create_view(conn, name, sql)
                 log.debug("typed view %s built", name)
@@ -366,6 +394,15 @@ class TypedViews:
                     "built_at": _utcnow(),
                 },
             )
+            conn.execute(delete(view_errors).where(view_errors.c.table_name == table))
+
+    def errors(self) -> list[ViewError]:
+        """The views whose last refresh failed, and why; reads only."""
+        with reading(self.engine) as conn:
+            if view_errors.name not in inspect(conn).get_table_names():
+                return []
+            rows = conn.execute(select(view_errors).order_by(view_errors.c.table_name)).all()
+        return [ViewError(r.table_name, r.view_name, r.error, r.failed_at) for r in rows]
 
     # -- status --types -----------------------------------------------------------------
 
@@ -388,10 +425,10 @@ class TypedViews:
                 typed_columns = [c for c in _decode(encoded) if c.type != "text"]
                 if table not in present or not typed_columns:
                     continue
-                checks = [("sum", c.column, c.type) for c in typed_columns]
-                counts = conn.exec_driver_sql(aggregate_sql(table, checks, conn.dialect)).one()
+                checks: list[Check] = [("sum", c.column, c.type) for c in typed_columns]
+                counts = aggregate(conn, table, checks)
                 found += [
-                    Misfits(table, view, c.name, c.type, int(n or 0))
+                    Misfits(table, view, c.name, c.type, n)
                     for c, n in zip(typed_columns, counts, strict=True)
                 ]
         return found
@@ -420,9 +457,11 @@ def _create_view(conn: Connection, name: str, sql: str) -> None:
     conn.exec_driver_sql(f"CREATE VIEW {quoted} AS {sql}")
 
 
-def _each(columns: Sequence[ViewColumn]) -> list[ViewColumn]:
-    """Each column once per inferred type, in the order the checks list them."""
-    return [c for c in columns for _ in INFERRED]
+def _reason(error: Exception) -> str:
+    """An error as one short line: the database's own message, without the statement."""
+    reason = str(error.orig) if isinstance(error, DBAPIError) else str(error)
+    reason = " ".join(reason.split()) or type(error).__name__
+    return reason if len(reason) <= 300 else reason[:297] + "..."
 
 
 def _decode(encoded: str) -> list[ViewColumn]:
