@@ -107,6 +107,7 @@ def test_one_receiver_sends_each_change_and_another_takes_over_when_it_is_killed
             # Exactly once, in journal order, by one process.
             assert [p["event_id"] for p in hook.payloads()] == wanted
             assert first.count("notifications are sent by this process") == 1
+            assert first.count("takes over if it stops") == 0  # its workers do not even try
             assert second.count("notifications are sent by this process") == 0
 
             killed_at = time.monotonic()
