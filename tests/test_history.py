@@ -41,15 +41,18 @@ COLUMNS = (
 class Receiver(test_morning.Receiver):
     """The journal and the MorningLoader on one database, as the service has them."""
 
-    def live(self, *records: dict[str, str], at: datetime = T0) -> list[Outcome]:
-        """Write live records as one group, received at ``at``, ``at`` + 1s, ..."""
+    def live(
+        self, *records: dict[str, str], at: datetime = T0, status: str = "applied"
+    ) -> list[Outcome]:
+        """Write live records as one group, received at ``at``, ``at`` + 1s, ...; each
+        must be journaled with ``status``."""
         received = [
             Received(urlencode(r).encode(), "203.0.113.10", at + timedelta(seconds=i))
             for i, r in enumerate(records)
         ]
         outcomes = self.journal.write_group(received)
         for outcome in outcomes:
-            assert isinstance(outcome, Outcome) and outcome.status == "applied", outcome
+            assert isinstance(outcome, Outcome) and outcome.status == status, outcome
         return outcomes  # type: ignore[return-value]
 
     def morning(self, name: str, header: list[str], data: list[list[str]], started: datetime):
@@ -134,6 +137,46 @@ def test_a_soft_delete_is_versioned_as_a_hard_one(database_url, tmp_path):
         assert [v[:5] for v in versions(r.engine, "quotes", "status")] == [
             ("Q1", "OPEN", "create", T0, t1),
             ("Q1", "OPEN", "delete", t1, t1),
+        ]
+    finally:
+        r.journal.close()
+
+
+# With several receivers, a change received earlier can be journaled after one received
+# later (docs/database.md, "Concurrent changes to one key"): the row does not take it, and
+# it makes no version.
+
+
+def test_an_older_update_the_row_did_not_take_makes_no_version(receiver):
+    (created,) = receiver.live(record("loads", "create", id="1", status="OPEN"))
+    t2 = T0 + timedelta(hours=2)
+    (updated,) = receiver.live(record("loads", "update", id="1", status="COVERED"), at=t2)
+    older = record("loads", "update", id="1", status="BOOKED")
+    receiver.live(older, at=T0 + timedelta(hours=1), status="superseded")
+    assert versions(receiver.engine, "loads", "status") == [
+        ("1", "OPEN", "create", T0, t2, "live", created.event_id),
+        ("1", "COVERED", "update", t2, None, "live", updated.event_id),
+    ]
+
+
+@pytest.mark.parametrize("delete", ["hard", "soft"])
+def test_an_older_delete_that_deletes_nothing_makes_no_version(database_url, tmp_path, delete):
+    r = Receiver(database_url, tmp_path, tables={"quotes": {"delete": delete, "history": True}})
+    try:
+        (created,) = r.live(record("quotes", "create", id="Q1", status="OPEN"))
+        t2 = T0 + timedelta(hours=2)
+        (updated,) = r.live(record("quotes", "update", id="Q1", status="WON"), at=t2)
+        r.live(record("quotes", "delete", id="Q1"), at=T0 + timedelta(hours=1), status="superseded")
+        assert versions(r.engine, "quotes", "status", "_aljex_deleted_at") == [
+            ("Q1", "OPEN", None, "create", T0, t2, "live", created.event_id),
+            ("Q1", "WON", None, "update", t2, None, "live", updated.event_id),
+        ]
+        # A newer delete still deletes, and is versioned.
+        t3 = T0 + timedelta(hours=3)
+        (deleted,) = r.live(record("quotes", "delete", id="Q1"), at=t3)
+        assert versions(r.engine, "quotes", "status")[1:] == [
+            ("Q1", "WON", "update", t2, t3, "live", updated.event_id),
+            ("Q1", "WON", "delete", t3, t3, "live", deleted.event_id),
         ]
     finally:
         r.journal.close()

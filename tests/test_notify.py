@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from urllib.parse import urlencode
@@ -98,6 +99,9 @@ def test_a_refusing_webhook_is_retried_and_shows_in_status_and_metrics(sqlite_ur
             result = CliRunner().invoke(main, ["-c", str(_config(tmp_path, sqlite_url)), "status"])
             shown = " ".join(result.output.split())
             assert "Notifications to webhook: failing" in shown and "lag 1 event(s)" in shown
+            # The one process that sends: this one (the service runs in the test's process).
+            sender = f"Notifications sent by {socket.gethostname()} pid {os.getpid()}, since"
+            assert sender in shown
             assert metrics.NOTIFY_FAILURES.labels("webhook")._value.get() > failures_before
             assert metrics.NOTIFY_LAG.labels("webhook")._value.get() == 1
 

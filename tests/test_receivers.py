@@ -8,6 +8,7 @@ bookkeeping tables are made once however many processes start at the same moment
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import signal
@@ -22,13 +23,18 @@ import httpx
 import pytest
 from sqlalchemy import text
 
+from aljex_sync.clock import utcnow
+from aljex_sync.dashboard import read_overview
 from aljex_sync.errors import DatabaseUnavailable
 from aljex_sync.journal import Journal
 from aljex_sync.messages import Outcome, Received
+from aljex_sync.notify import sink_states
 from aljex_sync.store.database import open_engine
 
+from .notify_support import SECRET, WebhookReceiver, wait_until
 from .receivers_support import Lines, aljex_sync, write_config
-from .support import TEST_PASSWORD, make_settings
+from .support import TEST_PASSWORD, RunningService, make_settings
+from .test_notify import FAST, post
 
 SERVERS = ["postgresql", "mariadb"]
 T0 = datetime(2026, 11, 27, 9, 0, 0)
@@ -66,6 +72,17 @@ def row(url: str, key: str) -> dict[str, object] | None:
         engine.dispose()
 
 
+def journaled(url: str) -> list[tuple[str, str | None, bool]]:
+    """Each event's status, reason, and whether it has an applied time, in journal order."""
+    engine = open_engine(url)
+    try:
+        with engine.connect() as conn:
+            query = text("SELECT status, error, applied_at FROM _aljex_events ORDER BY id")
+            return [(s, e, a is not None) for s, e, a in conn.execute(query)]
+    finally:
+        engine.dispose()
+
+
 @pytest.mark.backend
 def test_a_change_received_earlier_never_overwrites_one_received_later(database_url, tmp_path):
     first, second = journal(database_url, tmp_path), journal(database_url, tmp_path)
@@ -77,17 +94,32 @@ def test_a_change_received_earlier_never_overwrites_one_received_later(database_
         (late,) = write(
             second, [Received(body("update", id="1", status="OPEN", note="x"), "b", T0)]
         )
-        assert late.status == "applied"  # journaled as received; the row keeps the later one
+        # Journaled as superseded, with the reason; the row keeps the later change.
+        assert late.status == "superseded"
+        assert late.reason == "the row already holds a later change, from 2026-11-27 09:00:02"
         stored = row(database_url, "1")
         assert stored is not None
         # Only a field the row never had is filled in from it.
         assert (stored["status"], stored["note"]) == ("DELIVERED", "x")
-        # An older delete does not take away a row changed after it.
-        write(second, [Received(body("delete", id="1"), "b", T0 + timedelta(seconds=1))])
+        # An older delete does not take away a row changed after it, and says so.
+        (older_delete,) = write(
+            second, [Received(body("delete", id="1"), "b", T0 + timedelta(seconds=1))]
+        )
+        assert older_delete.status == "superseded"
         assert row(database_url, "1") is not None
         # A newer one does.
-        write(second, [Received(body("delete", id="1"), "b", later + timedelta(seconds=1))])
+        (deleted,) = write(
+            second, [Received(body("delete", id="1"), "b", later + timedelta(seconds=1))]
+        )
+        assert deleted.status == "applied"
         assert row(database_url, "1") is None
+        assert journaled(database_url) == [
+            ("applied", None, True),
+            ("applied", None, True),
+            ("superseded", late.reason, False),
+            ("superseded", older_delete.reason, False),
+            ("applied", None, True),
+        ]
     finally:
         first.close()
         second.close()
@@ -135,11 +167,71 @@ def test_concurrent_writers_on_one_key_never_interleave_and_the_latest_wins(data
     assert (stored["a"], stored["b"]) == ("v200", "v200")
     engine = open_engine(database_url)
     with engine.connect() as conn:
-        statuses = conn.execute(
-            text("SELECT status, COUNT(*) FROM _aljex_events GROUP BY status")
+        status = dict(conn.execute(text("SELECT id, status FROM _aljex_events")).all())
+        # The row's versions, in the order the row took them (its lock orders them).
+        taken = conn.execute(
+            text(
+                "SELECT _aljex_event_id, _aljex_valid_from FROM loads__history"
+                " WHERE id = '7' ORDER BY _aljex_version"
+            )
         ).all()
     engine.dispose()
-    assert dict(statuses) == {"applied": 201}  # each change journaled exactly once
+    assert len(status) == 201  # each change journaled exactly once
+    # Applied or superseded, truthfully: the changes the row took are the applied ones,
+    # each newer than the one before it; the others, older than the row, are superseded.
+    assert sorted(event for event, _ in taken) == sorted(
+        event for event, s in status.items() if s == "applied"
+    )
+    assert all(a[1] < b[1] for a, b in itertools.pairwise(taken))
+    assert taken[-1][1] == T0 + timedelta(milliseconds=200)
+    superseded = [event for event, s in status.items() if s == "superseded"]
+    assert superseded and len(superseded) + len(taken) == 201
+
+
+@pytest.mark.backend
+def test_an_older_change_is_answered_200_journaled_superseded_and_not_notified(
+    database_url, tmp_path
+):
+    with WebhookReceiver() as hook:
+        notify = {"webhook": hook.url, "secret": SECRET, **FAST}
+        settings = make_settings(database_url, tmp_path, notify=notify)
+        with RunningService(settings) as running:
+            engine = running.engine()
+            wait_until("the notifier's cursor", lambda: bool(sink_states(engine)))
+            assert post(running, "loads", "create", id="1", status="OPEN").status_code == 200
+            # Another receiver journals a change received after the one posted next.
+            other = journal(database_url, tmp_path)
+            try:
+                later = utcnow() + timedelta(hours=1)
+                write(other, [Received(body("update", id="1", status="DELIVERED"), "b", later)])
+            finally:
+                other.close()
+            reply = post(running, "loads", "update", id="1", status="OPEN")
+            # Aljex must not send it again: 200, and the journal says what became of it.
+            assert (reply.status_code, reply.text) == (200, "superseded as event 3\n")
+            assert post(running, "loads", "create", id="2").status_code == 200
+            wait_until("three notices", lambda: len(hook.received) >= 3)
+            overview = read_overview(engine)
+            engine.dispose()
+            # Replayed, it is superseded again and changes nothing.
+            replayer = Journal(open_engine(database_url), settings)
+            try:
+                (replayed,) = replayer.replay(event_ids=[3])
+            finally:
+                replayer.close()
+    assert [(p["event_id"], p["action"], p["key"]) for p in hook.payloads()] == [
+        (1, "create", "1"),
+        (2, "update", "1"),
+        (4, "create", "2"),
+    ]
+    assert overview.events_by_status == {"applied": 3, "superseded": 1}
+    assert (replayed.status, replayed.reason) == (
+        "superseded",
+        f"the row already holds a later change, from {later:%Y-%m-%d %H:%M:%S}",
+    )
+    assert journaled(database_url)[2] == ("superseded", replayed.reason, False)
+    stored = row(database_url, "1")
+    assert stored is not None and stored["status"] == "DELIVERED"
 
 
 # -- separate processes ----------------------------------------------------------------------

@@ -118,15 +118,26 @@ class EventWriter:
                     conn, plan.synced, self.rows.synced_at(conn, plan.synced, plan.key_values)
                 )
                 if newer is not None and newer > received.received_at:
-                    plan.status = "superseded"
-                    plan.reason = f"the row already holds a change from {newer:%Y-%m-%d %H:%M:%S}"
-                    self._write_event(conn, plan)
+                    self._supersede(conn, plan, event_id, newer)
                     return self.outcome(plan, event_id)
             if plan.change.action == "delete":
                 self._delete(conn, plan, meta)
             elif plan.synced is not None:
-                self.rows.upsert(conn, plan.synced, plan.columns, [(plan.values, meta)])
+                rows = [(plan.values, meta)]
+                for later in self.rows.upsert(conn, plan.synced, plan.columns, rows).values():
+                    self._supersede(conn, plan, event_id, later)
         return self.outcome(plan, event_id)
+
+    def _supersede(self, conn: Connection, plan: Plan, event_id: int, later: datetime) -> None:
+        """Journal a change its row did not take, as it holds a change received ``later``.
+
+        With several receivers, a change can be journaled after one received later than it
+        (docs/database.md); the row keeps the later one, and the journal says so.
+        """
+        plan.status = "superseded"
+        plan.reason = f"the row already holds a later change, from {later:%Y-%m-%d %H:%M:%S}"
+        row = {"status": plan.status, "error": plan.reason, "applied_at": None}
+        conn.execute(update(events).where(events.c.id == event_id).values(row))
 
     def _delete(self, conn: Connection, plan: Plan, meta: RowMeta) -> None:
         """Delete a record, or for a table not made yet leave only its tombstone.
@@ -135,12 +146,15 @@ class EventWriter:
         the record back, so it cannot wait for the table to exist.
         """
         change = plan.change
-        assert change is not None
+        assert change is not None and meta.event_id is not None
         if plan.synced is None:
             self.rows.tombstone(conn, change.table, plan.key, meta)
             return
         soft = self.planner.table_settings(change.table).delete == "soft"
-        if not self.rows.delete(conn, plan.synced, plan.key_values, meta, soft=soft):
+        deleted, later = self.rows.delete(conn, plan.synced, plan.key_values, meta, soft=soft)
+        if later is not None:
+            self._supersede(conn, plan, meta.event_id, later)
+        elif not deleted:
             plan.reason = "no such record; nothing to delete"
 
     def write_group(self, conn: Connection, plans: Sequence[Plan]) -> list[Outcome]:
@@ -156,7 +170,17 @@ class EventWriter:
             return [self.write(conn, plan) for plan in plans]
         event_ids = self._insert_events(conn, plans)
         run: list[tuple[Sequence[str], RowMeta]] = []
+        run_plans: list[Plan] = []
         run_of: tuple[SyncedTable, tuple[str, ...]] | None = None
+
+        def upsert_run() -> None:
+            assert run_of is not None
+            not_taken = self.rows.upsert(conn, run_of[0], run_of[1], run)
+            for i, later in not_taken.items():
+                meta = run[i][1]
+                assert meta.event_id is not None
+                self._supersede(conn, run_plans[i], meta.event_id, later)
+
         for plan, event_id in zip(plans, event_ids, strict=True):
             synced, change = plan.synced, plan.change
             if plan.status != "applied" or change is None:
@@ -166,16 +190,17 @@ class EventWriter:
                 assert synced is not None
                 if run_of is None or run_of[0] is not synced or run_of[1] is not plan.columns:
                     if run_of is not None:
-                        self.rows.upsert(conn, run_of[0], run_of[1], run)
-                    run, run_of = [], (synced, plan.columns)
+                        upsert_run()
+                    run, run_plans, run_of = [], [], (synced, plan.columns)
                 run.append((plan.values, meta))
+                run_plans.append(plan)
                 continue
             if run_of is not None:
-                self.rows.upsert(conn, run_of[0], run_of[1], run)
-                run, run_of = [], None
+                upsert_run()
+                run, run_plans, run_of = [], [], None
             self._delete(conn, plan, meta)
         if run_of is not None:
-            self.rows.upsert(conn, run_of[0], run_of[1], run)
+            upsert_run()
         return [
             self.outcome(plan, event_id) for plan, event_id in zip(plans, event_ids, strict=True)
         ]

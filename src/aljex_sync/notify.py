@@ -26,7 +26,7 @@ cursor: their summaries are in file order, but not interleaved with live changes
 A failure is logged at WARNING (at ERROR once the pause between tries reaches its cap),
 counted in ``aljex_sync_notify_failures_total``, kept for ``status``, and tried again
 after a pause that doubles up to ``[notify] max_backoff_seconds``. Delivery runs beside
-serving and never holds it up.
+serving and never holds it up, in one process at a time (``notifier.py``).
 """
 
 from __future__ import annotations
@@ -45,7 +45,6 @@ from sqlalchemy import Connection, Engine, func, inspect, select, update
 from sqlalchemy.exc import IntegrityError
 
 from . import metrics, wire
-from .chores import BackgroundTasks
 from .clock import utcnow
 from .config import Settings
 from .errors import WireError
@@ -149,7 +148,7 @@ class ChangeFeed:
             old["held"] = json.dumps(list(before.held))
             values = {k: v for k, v in values.items() if old[k] != v}
         if values:
-            _write_meta(self.engine, {f"{PREFIX}{sink}.{k}": v for k, v in values.items()})
+            write_meta(self.engine, {f"{PREFIX}{sink}.{k}": v for k, v in values.items()})
 
     def record_error(self, sink: str, error: str, failing: int) -> None:
         """Keep the sink's last failure (or, with ``failing`` 0, that it recovered)."""
@@ -160,7 +159,7 @@ class ChangeFeed:
             state = {"error": error[:500], "at": _iso(utcnow()), "failing": failing}
         else:
             state["failing"] = 0
-        _write_meta(self.engine, {f"{PREFIX}{sink}.error": json.dumps(state)})
+        write_meta(self.engine, {f"{PREFIX}{sink}.error": json.dumps(state)})
 
     def lag(self, cursor: Cursor) -> int:
         """Applied changes after the cursor (held ones replayed since are not counted)."""
@@ -283,7 +282,7 @@ def _read_meta(conn: Connection, sink: str | None) -> dict[str, str]:
     return {str(name): str(value) for name, value in conn.execute(query)}
 
 
-def _write_meta(engine: Engine, values: dict[str, str]) -> None:
+def write_meta(engine: Engine, values: dict[str, str]) -> None:
     """Set ``_aljex_meta`` rows in one transaction, inserting those not there yet."""
     for attempt in (1, 2):
         try:
@@ -398,33 +397,6 @@ def sinks_for(settings: Settings) -> list[Sink]:
     if notify.nats:
         found.append(NatsSink(notify.nats, notify.nats_stream, notify.nats_prefix))
     return found
-
-
-class Notifier:
-    """Every configured sink's delivery, as tasks on the service's loop."""
-
-    def __init__(self, settings: Settings, engine: Engine) -> None:
-        feed_charset = settings.live.legacy_charset
-        notify = settings.notify
-        self.deliveries = [
-            Delivery(
-                ChangeFeed(engine, feed_charset),
-                sink,
-                notify.poll_seconds,
-                notify.max_backoff_seconds,
-            )
-            for sink in sinks_for(settings)
-        ]
-        self._tasks = BackgroundTasks(log)
-
-    def start(self) -> None:
-        """Start one task per sink; call on the service's loop."""
-        for delivery in self.deliveries:
-            self._tasks.spawn(delivery.run(), f"notifications to {delivery.sink.name}")
-
-    async def close(self) -> None:
-        """Stop delivering; what was not acknowledged is sent after the next start."""
-        await self._tasks.close()
 
 
 def sink_states(engine: Engine) -> list[SinkState]:

@@ -1,7 +1,7 @@
 """How long the journal keeps what it no longer needs: resolved events and old tombstones.
 
 Every request is kept raw in ``_aljex_events`` so that nothing is lost; once a record is
-applied (or superseded: a replayed change older than what its row already had), its row
+applied (or superseded: a change older than what its row or key already had), its row
 in the synced table is the truth and the raw request is only history. ``prune`` removes
 those older than ``[journal] keep_days``. Held and rejected events are kept whatever their
 age: they are what ``replay`` works on, and a replay that applies them makes them prunable.

@@ -35,7 +35,7 @@ from .journal_inline import InlineFirst
 from .journal_process import JournalProcess
 from .live import LiveEndpoint, database_probe
 from .morning import MorningLoader
-from .notify import Notifier
+from .notifier import Notifier
 from .sftp import SftpInbox
 from .sftp_settings import SftpSettings
 from .store.database import display_url, open_engine

@@ -5,7 +5,8 @@ database can take more writers than one process keeps busy. So the main process 
 Live Sync port and starts N worker processes that accept on that one inherited socket (the
 kernel hands each connection to one of them), each with its own journal writer, as a lone
 ``serve`` has. The main process runs what must run once: the Morning Sync inbox (SFTP
-server or folder watch, and the load queue) and the chores (feed health, webhook, prune).
+server or folder watch, and the load queue) and the chores (feed health, webhook, prune),
+with the ``[notify]`` notifier.
 
 - SIGTERM (or Ctrl-C) stops the workers first, each the way ``serve`` stops (in-flight
   requests finished and committed), then the main process's parts.

@@ -7,6 +7,7 @@ import json
 import click
 
 from .. import overview
+from ..notifier import read_holder
 from ..notify import sink_states
 from ..overview import Summary
 from ..store.database import display_url
@@ -28,10 +29,12 @@ def status(obj: Context, as_json: bool, types: bool) -> None:
         misfits = views.misfits() if types else None
         view_errors = views.errors()
         sinks = sink_states(engine)
+        holder = read_holder(engine)
     if as_json:
-        extra = {"types": [vars(m) for m in misfits or []]} if types else {}
+        extra: dict[str, object] = {"types": [vars(m) for m in misfits or []]} if types else {}
         extra["notify"] = [vars(s) for s in sinks]
         extra["views_not_refreshed"] = [vars(e) for e in view_errors]
+        extra["notifier"] = vars(holder) if holder is not None else None
         click.echo(json.dumps({**_overview_dict(found), **extra}, indent=2, default=str))
         return
     summary = found.summary
@@ -94,6 +97,8 @@ def status(obj: Context, as_json: bool, types: bool) -> None:
         console.print("The view stays as it was; a start, or the next load, tries again.")
     if types:
         _print_misfits(misfits)
+    if holder is not None:  # [notify]: the one process that sends
+        console.print(f"Notifications sent by {holder.line()}", highlight=False, overflow="fold")
     for sink in sinks:  # [notify]: how far each sink is delivered
         console.print(f"Notifications to {sink.line()}", highlight=False, overflow="fold")
 

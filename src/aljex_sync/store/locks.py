@@ -1,6 +1,6 @@
 """Named locks in the database, so that receivers on several hosts take turns where only one
 may act at a time: installing the bookkeeping tables, growing a synced table, loading a
-morning file.
+morning file; and one lock a process keeps while it runs (:class:`KeptLock`: the notifier).
 
 PostgreSQL has advisory locks (``pg_advisory_lock`` for a session, ``pg_advisory_xact_lock``
 for a transaction), MariaDB and MySQL ``GET_LOCK`` (held by the session until released).
@@ -13,11 +13,14 @@ so these locks are no-ops there.
 from __future__ import annotations
 
 import hashlib
+import os
+import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from pathlib import Path
 
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine, TextClause, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..errors import DatabaseUnavailable
@@ -124,3 +127,128 @@ def _let_go(conn: Connection, name: str) -> None:
         conn.commit()
     except SQLAlchemyError:
         conn.invalidate()
+
+
+class KeptLock:
+    """A named lock one process keeps for as long as it likes, tried without waiting.
+
+    On PostgreSQL (``pg_try_advisory_lock``) and MariaDB (``GET_LOCK`` with no wait) it is a
+    session's lock, on a connection of its own kept open while it is held. The server lets
+    go of a session's locks when its connection ends, so a process that dies, SIGKILL
+    included, lets go of it at once (its kernel closes the connection); a host that
+    vanishes keeps it until the server drops the dead connection.
+
+    SQLite has no such lock, and its write lock cannot be kept while serving. Every process
+    on one SQLite database runs on the database's host, so the lock is the operating
+    system's: ``flock`` (``msvcrt.locking`` on Windows) on a file beside the database,
+    ``<database>.<name>.lock``, which the kernel lets go of when the process ends, however
+    it ends. An in-memory database is one process's own: its lock is always there to take.
+    """
+
+    def __init__(self, engine: Engine, name: str) -> None:
+        self.engine = engine
+        self.name = name
+        self._conn: Connection | None = None  # the session holding it (PostgreSQL, MariaDB)
+        self._file: int | None = None  # the lock file's descriptor (SQLite)
+        self._memory = False  # taken on an in-memory SQLite database
+        self._mysql = ""  # its GET_LOCK name, once known
+
+    @property
+    def path(self) -> Path | None:
+        """The lock file, on SQLite with a database file; None elsewhere."""
+        database = self.engine.url.database
+        if self.engine.dialect.name != "sqlite" or not database or database == ":memory:":
+            return None
+        return Path(f"{database}.{self.name}.lock")
+
+    def take(self) -> bool:
+        """Take the lock if no other process holds it; True if this process holds it now."""
+        if self._conn is not None or self._file is not None or self._memory:
+            return True
+        if self.engine.dialect.name == "sqlite":
+            return self._take_file()
+        conn = self.engine.connect()
+        try:
+            got = self._try(conn)
+            conn.commit()
+        except BaseException:
+            with suppress(SQLAlchemyError):
+                conn.invalidate()
+                conn.close()
+            raise
+        if got:
+            self._conn = conn
+        else:
+            conn.close()
+        return got
+
+    def held(self) -> bool:
+        """Whether this process still holds the lock; False once its connection is gone."""
+        if self._file is not None or self._memory:
+            return True
+        conn = self._conn
+        if conn is None:
+            return False
+        try:
+            ours = bool(conn.execute(*self._ours_query()).scalar())
+            conn.commit()
+        except SQLAlchemyError:
+            ours = False
+        if not ours:
+            self._conn = None
+            with suppress(SQLAlchemyError):
+                conn.invalidate()  # never pooled: the server ends the session, and its locks
+                conn.close()
+        return ours
+
+    def release(self) -> None:
+        """Let go of the lock, if held."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            _let_go(conn, self.name)
+            conn.close()
+        descriptor, self._file = self._file, None
+        if descriptor is not None:
+            os.close(descriptor)  # closing it lets go of the lock
+        self._memory = False
+
+    def _try(self, conn: Connection) -> bool:
+        if conn.dialect.name == "postgresql":
+            query = text("SELECT pg_try_advisory_lock(:key)")
+            return bool(conn.execute(query, {"key": lock_key(self.name)}).scalar())
+        database = conn.execute(text("SELECT DATABASE()")).scalar() or ""
+        self._mysql = _mysql_name(f"{database} {self.name}")
+        got = conn.execute(text("SELECT GET_LOCK(:name, 0)"), {"name": self._mysql}).scalar()
+        return got == 1
+
+    def _ours_query(self) -> tuple[TextClause, dict[str, object]]:
+        if self.engine.dialect.name == "postgresql":
+            key = lock_key(self.name)
+            query = text(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory'"
+                " AND pid = pg_backend_pid() AND granted AND classid::bigint = :high"
+                " AND objid::bigint = :low AND objsubid = 1)"
+            )
+            return query, {"high": (key >> 32) & 0xFFFFFFFF, "low": key & 0xFFFFFFFF}
+        return text("SELECT IS_USED_LOCK(:name) = CONNECTION_ID()"), {"name": self._mysql}
+
+    def _take_file(self) -> bool:
+        path = self.path
+        if path is None:  # an in-memory database: no other process can share it
+            self._memory = True
+            return True
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            if sys.platform == "win32":
+                import msvcrt
+
+                msvcrt.locking(descriptor, msvcrt.LK_NBLCK, 1)
+            else:
+                import fcntl
+
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # held by another process
+            os.close(descriptor)
+            return False
+        self._file = descriptor
+        return True

@@ -106,6 +106,15 @@ class Prepared:
         finally:
             cursor.close()
 
+    def fetch_values(self, conn: Connection, values: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """Run a query for one row of parameters given as values; return its rows as the
+        driver gives them (no result types applied: for ids and text)."""
+        cursor = run_on_driver(conn, self.sql, self.values_parameters(values))
+        try:
+            return [tuple(row) for row in cursor.fetchall()]
+        finally:
+            cursor.close()
+
     def scalar(self, conn: Connection) -> Any:
         """Run a query without parameters and return the first column of its first row."""
         cursor = run_on_driver(conn, self.sql)

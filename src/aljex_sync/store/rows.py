@@ -18,14 +18,17 @@ from sqlalchemy import (
     Connection,
     Dialect,
     Insert,
+    String,
     Table,
     and_,
+    bindparam,
     case,
     delete,
     func,
     literal_column,
     or_,
     select,
+    tuple_,
     update,
 )
 from sqlalchemy.dialects import mysql, postgresql, sqlite
@@ -92,6 +95,7 @@ class RowWriter:
         self.sa_dialect = dialect
         self.dialect = dialect.name
         self._cache: dict[tuple[int, tuple[str, ...]], Prepared] = {}
+        self._held_queries: dict[tuple[int, int], Prepared] = {}
         self._tombstone_statement: Prepared | None = None
         self.history = LiveHistory(dialect)
 
@@ -153,32 +157,87 @@ class RowWriter:
         synced: SyncedTable,
         columns: tuple[str, ...],
         rows: Sequence[tuple[Sequence[str], RowMeta]],
-    ) -> None:
+    ) -> dict[int, datetime]:
         """Upsert rows given as values in ``columns`` order (keys included), each with its meta.
 
-        One executemany, in the order given, so a later row for a key wins. For a table
-        that keeps its history, one per run of rows with distinct keys, each followed by
-        the two statements that version its rows.
+        One executemany per run of rows with distinct keys, in the order given, so a later
+        row for a key wins; then the run's rows are read back, to find those the rule for
+        concurrent changes (:func:`not_older`) kept from taking their change, and, for a
+        table that keeps its history, the others are versioned.
+
+        Returns the rows that did not take their change (their position in ``rows``), each
+        with when the row's own later change was received.
         """
         if not rows:
-            return
+            return {}
         prepared = self.upsert_statement(synced, columns)
         params = [
             (*values, meta.synced_at, meta.source, meta.event_id, None, None)
             for values, meta in rows
         ]
-        if synced.history is None:
-            prepared.execute_values(conn, params)
-            return
         at = [columns.index(k) for k in synced.key_columns]
         keys = [[values[i] for i in at] for values, _ in rows]
+        not_taken: list[int] = []
         for start, end in unique_runs(keys):
             prepared.execute_values(conn, params[start:end])
-            changes = [
-                LiveVersion(key, meta.synced_at, meta.source, meta.event_id, meta.action)
-                for key, (_, meta) in zip(keys[start:end], rows[start:end], strict=True)
-            ]
-            self.history.changed(conn, synced, changes)
+            held = self._held_by(conn, synced, keys[start:end])
+            changes = []
+            for i in range(start, end):
+                meta = rows[i][1]
+                if held.get(tuple(keys[i]), meta.event_id) != meta.event_id:
+                    not_taken.append(i)
+                else:
+                    changes.append(
+                        LiveVersion(
+                            keys[i], meta.synced_at, meta.source, meta.event_id, meta.action
+                        )
+                    )
+            if synced.history is not None and changes:
+                self.history.changed(conn, synced, changes)
+        times = self._row_times(conn, synced, [keys[i] for i in not_taken])
+        return {i: t for i, t in zip(not_taken, times, strict=True) if t is not None}
+
+    def _held_by(
+        self, conn: Connection, synced: SyncedTable, keys: Sequence[Sequence[str]]
+    ) -> dict[tuple[str, ...], int | None]:
+        """The event id of the change each of these rows holds, by key.
+
+        Read under the rows' locks (the upsert already holds them), which on MariaDB also
+        makes it a read of the rows as they are now, not as the transaction first saw them.
+        One prepared query per power of two of keys, the last key repeated to fill it.
+        """
+        size = 1 << (len(keys) - 1).bit_length()
+        cache_key = (id(synced.table), size)
+        prepared = self._held_queries.get(cache_key)
+        width = len(synced.key_columns)
+        if prepared is None:
+            table = synced.table
+            columns = [table.c[k] for k in synced.key_columns]
+            names = [f"_aljex_p_k{i}_{j}" for i in range(size) for j in range(width)]
+            params = [bindparam(name, type_=String) for name in names]
+            if width == 1:
+                match = columns[0].in_(params)
+            else:
+                rows = [tuple_(*params[i * width : (i + 1) * width]) for i in range(size)]
+                match = tuple_(*columns).in_(rows)
+            query = select(*columns, table.c[EVENT_ID]).where(match).with_for_update()
+            prepared = Prepared.compile(query, self.sa_dialect, names)
+            self._held_queries[cache_key] = prepared
+        wanted = [v for key in keys for v in key] + list(keys[-1]) * (size - len(keys))
+        return {tuple(row[:width]): row[width] for row in prepared.fetch_values(conn, wanted)}
+
+    def _row_times(
+        self, conn: Connection, synced: SyncedTable, keys: Sequence[Sequence[str]]
+    ) -> list[datetime | None]:
+        """When each of these rows' last change was received (the rare path: not taken);
+        read under the lock, as :meth:`_held_by` reads."""
+        table = synced.table
+        found = []
+        for key in keys:
+            of_key = [table.c[c] == v for c, v in zip(synced.key_columns, key, strict=True)]
+            query = select(table.c[SYNCED_AT]).where(*of_key).with_for_update()
+            found.append(conn.execute(query).scalar_one_or_none())
+        return found
 
     def delete(
         self,
@@ -188,22 +247,23 @@ class RowWriter:
         meta: RowMeta,
         *,
         soft: bool,
-    ) -> int:
-        """Delete (or mark deleted) the row with this key; return how many rows changed.
+    ) -> tuple[int, datetime | None]:
+        """Delete (or mark deleted) the row with this key.
 
-        A hard delete leaves a tombstone so a morning file taken before the delete cannot
-        bring the record back.
+        Returns how many rows changed and, when none did because the row holds a later
+        live change (:func:`not_older`), when that change was received. Only a delete that
+        changed the row is versioned. A hard delete leaves a tombstone so a morning file
+        taken before the delete cannot bring the record back.
         """
         table = synced.table
+        of_key = [table.c[c] == v for c, v in key.items()]
         where = and_(
-            *(table.c[c] == v for c, v in key.items()),
-            not_older(table, {SYNCED_AT: meta.synced_at, EVENT_ID: meta.event_id}),
+            *of_key, not_older(table, {SYNCED_AT: meta.synced_at, EVENT_ID: meta.event_id})
         )
         change = LiveVersion(
             [key[c] for c in synced.key_columns], meta.synced_at, meta.source, meta.event_id, ""
         )
-        if synced.history is not None and not soft:  # the version copies the row: first
-            self.history.deleted(conn, synced, change)
+        changed = 0
         if soft:
             result = conn.execute(
                 update(table)
@@ -217,12 +277,23 @@ class RowWriter:
                     }
                 )
             )
-            if synced.history is not None:
+            changed = result.rowcount
+            if synced.history is not None and changed:
                 self.history.deleted(conn, synced, change)
+        elif synced.history is None:
+            changed = conn.execute(delete(table).where(where)).rowcount
         else:
-            result = conn.execute(delete(table).where(where))
+            # The version copies the row, so it comes first: lock the row if it is to go,
+            # so that no other receiver's change gets in between the copy and the delete.
+            going = select(*(table.c[c] for c in key)).where(where).with_for_update()
+            if conn.execute(going).first() is not None:
+                self.history.deleted(conn, synced, change)
+                changed = conn.execute(delete(table).where(where)).rowcount
         self.tombstone(conn, synced.name, record_key(list(key.values())), meta)
-        return result.rowcount
+        if changed:
+            return changed, None
+        later = select(table.c[SYNCED_AT]).where(*of_key).with_for_update()
+        return 0, conn.execute(later).scalar_one_or_none()
 
     def tombstone(self, conn: Connection, table: str, key: str, meta: RowMeta) -> None:
         prepared = self._tombstone_statement
