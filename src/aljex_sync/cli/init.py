@@ -95,7 +95,7 @@ def init(
         tls_fingerprint = make_self_signed(settings.live.tls_cert, settings.live.tls_key, names)
     scheme = "https" if tls_fingerprint else "http"
     console.print(f"Wrote {path}.\n")
-    console.print("[bold]Send Aljex the following.[/]\n")
+    console.print("[bold]Send Aljex the following.[/]\n", markup=True)
     console.print("Live Sync (HTTP POST):")
     console.print(f"  URL:      {scheme}://{host}:{settings.live.port}{settings.live.path}")
     console.print(f"  Username: {settings.live.username}")

@@ -14,6 +14,7 @@ from rich.progress import (
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
+from rich.markup import escape
 from rich.table import Table
 
 from ..morning import FileReport, MorningLoader
@@ -104,8 +105,9 @@ def _print_report(report: FileReport) -> None:
     c = report.counts
     style = {"loaded": "green", "dry-run": "cyan", "duplicate": "yellow"}.get(report.status, "red")
     console.print(
-        f"[bold]{report.name}[/] -> {report.table or '?'} ({report.mode or '-'}):"
-        f" [{style}]{report.status}[/]",
+        f"[bold]{escape(report.name)}[/] -> {escape(report.table or '?')}"
+        f" ({report.mode or '-'}): [{style}]{report.status}[/]",
+        markup=True,
         highlight=False,
     )
     if report.error:
