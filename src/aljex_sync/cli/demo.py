@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 import click
-from rich.progress import Progress, TextColumn
 from rich.markup import escape
+from rich.progress import Progress, TextColumn
 from rich.table import Table
 
 from ..demo import run_demo
