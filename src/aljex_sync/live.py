@@ -108,9 +108,11 @@ class _RequestLogLine:
     action: str = "-"
     key: str = "-"
 
-    def emit(self, status: int, result: str) -> None:
+    def emit(self, status: int, result: str, *, level: int = logging.INFO) -> None:
+        """Log the line: at ``level``, which callers raise for what the operator must act on."""
         ms = (time.perf_counter() - self.started) * 1000
-        log.info(
+        log.log(
+            level,
             "%s %s %s %s %d %s %.1fms",
             self.source[:MAX_LOGGED],
             self.table[:MAX_LOGGED],
@@ -246,7 +248,7 @@ class LiveEndpoint:
             line.emit(405, "method not allowed")
             return _text(405, "only POST is accepted here", {"Allow": "POST"})
         if settings.allow_ips and not _in(source, settings.allow_ips):
-            line.emit(403, "address not allowed")
+            line.emit(403, "address not allowed", level=logging.WARNING)
             return _text(403, f"address {source} is not allowed")
         refused = await self._authenticate(request, source, line)
         if refused is not None:
@@ -266,7 +268,7 @@ class LiveEndpoint:
         try:
             outcome = await self.journal.write(Received(body, source, received_at))
         except DatabaseUnavailable as e:
-            line.emit(503, "database unavailable")
+            line.emit(503, f"database unavailable: {e}"[:300], level=logging.ERROR)
             return _text(503, f"database unavailable, nothing was stored: {e}"[:300])
         return self._reply(outcome, line)
 
@@ -276,7 +278,7 @@ class LiveEndpoint:
         line.table, line.action = outcome.table or "-", outcome.action or "-"
         line.key = outcome.key
         if outcome.status == "held":
-            line.emit(200, f"held: {outcome.reason}")
+            line.emit(200, f"held: {outcome.reason}", level=logging.WARNING)
             return _text(200, f"held as event {outcome.event_id}: {outcome.reason}"[:300])
         line.emit(200, outcome.status)
         return _text(200, f"{outcome.status} as event {outcome.event_id}")
@@ -294,7 +296,7 @@ class LiveEndpoint:
         logins = self.logins
         credentials = _basic_credentials(request.headers.get("authorization"))
         if credentials is None:
-            return self._unauthorized(line)
+            return self._unauthorized(line, wrong=False)
         wait = logins.retry_after(source)
         if wait is not None:
             return self._too_many(wait, line)
@@ -309,20 +311,25 @@ class LiveEndpoint:
             logins.succeeded(source)
             return None
         logins.failed(source)
-        return self._unauthorized(line)
+        return self._unauthorized(line, wrong=True)
 
     @staticmethod
-    def _unauthorized(line: _RequestLogLine) -> Response:
-        line.emit(401, "unauthorized")
+    def _unauthorized(line: _RequestLogLine, *, wrong: bool) -> Response:
+        """401: a wrong password is a WARNING (Aljex's records cannot land until it is
+        fixed); a request with no credentials at all, as a browser's first try, is INFO."""
+        if wrong:
+            line.emit(401, "wrong username or password", level=logging.WARNING)
+        else:
+            line.emit(401, "no credentials")
         return _text(
             401,
-            "username and password required",
+            "wrong username or password" if wrong else "username and password required",
             {"WWW-Authenticate": 'Basic realm="aljex-sync", charset="UTF-8"'},
         )
 
     @staticmethod
     def _too_many(wait: int, line: _RequestLogLine) -> Response:
-        line.emit(429, "too many failed logins")
+        line.emit(429, "too many failed logins", level=logging.WARNING)
         return _text(
             429,
             f"too many failed logins from this address; retry in {wait} s",
@@ -373,6 +380,6 @@ class LiveEndpoint:
         status = STATUS_OF.get(type(error), 400)
         line.table = error.table or "-"
         line.action = error.action or "-"
-        line.emit(status, error.reason)
+        line.emit(status, error.reason, level=logging.WARNING)
         headers = {"Connection": "close"} if close else None
         return _text(status, error.reason[:300], headers)
