@@ -262,6 +262,24 @@ def test_check_finds_a_missing_sqlite_file_fine_and_does_not_create_it(tmp_path)
     assert not database.exists()
 
 
+def test_check_finds_a_sqlite_file_in_a_folder_that_does_not_exist_a_problem(tmp_path):
+    """serve makes the SQLite file, not its folder: check must not say ok to what fails."""
+    database = tmp_path / "no" / "such" / "aljex.db"
+    config = write_config(tmp_path, f"sqlite:///{database}")
+    code, out = run("-c", str(config), "check")
+    assert code == 1
+    assert out.splitlines()[0] == (
+        f"problem: database.url: the folder {database.parent} does not exist; make it first"
+    )
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:"], ids=["empty", "memory"])
+def test_check_refuses_an_in_memory_sqlite_database(tmp_path, url):
+    code, out = run("-c", str(write_config(tmp_path, url)), "check")
+    assert code == 1
+    assert out.splitlines()[0].startswith("problem: database.url: an in-memory SQLite database")
+
+
 def self_signed(folder: Path, name: str) -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])

@@ -12,6 +12,7 @@ import time
 
 import click
 
+from .. import preflight
 from ..config import Settings
 from ..errors import AljexSyncError
 from ..service import Service, new_event_loop
@@ -44,6 +45,9 @@ def serve(obj: Context, workers: int) -> None:
     that dies is started again.
     """
     settings = obj.settings
+    memory = preflight.in_memory(settings.database.url)
+    if memory is not None:
+        fail(memory)
     if workers > 1:
         _check_workers(settings, workers)
     try:
