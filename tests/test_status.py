@@ -247,3 +247,23 @@ def test_load_prints_a_file_name_with_brackets_as_it_is(tmp_path, sqlite_url):
     code, out = run("-c", str(path), "load", "--table", "customers", str(csv))
     assert code == 0, out
     assert "[red]Customers[bold].csv -> customers (full): loaded" in out
+
+
+def test_status_lists_the_files_waiting_in_the_inbox(tmp_path, sqlite_url):
+    """A file the database refused stays in the inbox until the next start: status says so."""
+    path = make_config(tmp_path, sqlite_url)
+    _fill(path)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "archive").mkdir()
+    (inbox / "Loads.csv").write_text("id,city\nL1,Reno\n")
+    (inbox / ".upload-0123-Carriers.csv").write_text("id\n")  # an upload in progress
+    code, out = run("-c", str(path), "status")
+    assert code == 0, out
+    text = " ".join(out.split())
+    assert "Waiting in the inbox" in text
+    assert "Loads.csv" in text and "Carriers" not in text
+    code, out = run("-c", str(path), "status", "--json")
+    import json
+
+    assert [f["name"] for f in json.loads(out)["waiting"]] == ["Loads.csv"]

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
+from pathlib import Path
 
 import click
 
 from .. import overview
+from ..inbox import waiting_files
 from ..notify import sink_states
 from ..overview import Summary
 from ..store.database import display_url
@@ -26,9 +29,11 @@ def status(obj: Context, as_json: bool, types: bool) -> None:
         found = overview.read(engine)
         misfits = TypedViews(engine).misfits() if types else None
         sinks = sink_states(engine)
+    waiting = _waiting(settings.morning.inbox) if settings.morning.enabled else []
     if as_json:
-        extra = {"types": [vars(m) for m in misfits or []]} if types else {}
+        extra: dict[str, object] = {"types": [vars(m) for m in misfits or []]} if types else {}
         extra["notify"] = [vars(s) for s in sinks]
+        extra["waiting"] = waiting
         click.echo(json.dumps({**_overview_dict(found), **extra}, indent=2, default=str))
         return
     summary = found.summary
@@ -63,6 +68,15 @@ def status(obj: Context, as_json: bool, types: bool) -> None:
         console.print(
             "See inbox/failed, inbox/held and inbox/unmatched; `aljex-sync load` retries."
         )
+    if waiting:
+        table = fitting_table("Waiting in the inbox", "file", "bytes", "arrived (UTC)")
+        for w in waiting:
+            table.add_row(str(w["name"]), str(w["size"]), f"{w['arrived']:%m-%d %H:%M}")
+        console.print(table)
+        console.print(
+            "Not loaded yet: serve loads a file as its upload completes, and one left over"
+            " (the database was unavailable, or serve was stopped) at its next start."
+        )
     if found.recent:
         recent = fitting_table(
             "Recent morning files",
@@ -87,6 +101,19 @@ def status(obj: Context, as_json: bool, types: bool) -> None:
         _print_misfits(misfits)
     for sink in sinks:  # [notify]: how far each sink is delivered
         console.print(f"Notifications to {sink.line()}", highlight=False, overflow="fold")
+
+
+def _waiting(inbox: Path) -> list[dict[str, object]]:
+    """The files in the inbox root that no load has taken out yet, oldest first."""
+    found = []
+    for path in waiting_files(inbox):
+        try:
+            st = path.stat()
+        except OSError:  # loaded and moved meanwhile
+            continue
+        arrived = datetime.fromtimestamp(st.st_mtime, UTC).replace(tzinfo=None)
+        found.append({"name": path.name, "size": st.st_size, "arrived": arrived})
+    return sorted(found, key=lambda f: str(f["arrived"]))
 
 
 def _print_misfits(misfits: list[Misfits] | None) -> None:
