@@ -6,9 +6,10 @@ counts once it has not changed for ``quiet_seconds``; names ending ``.part``, ``
 ``.filepart`` are still being written, and load once renamed). Loading runs in one worker
 thread, file after file, so a big file never blocks the event loop that answers live sync.
 
-The worker never dies: whatever goes wrong with one file (short of the database being down,
-which leaves the file for the next start) sends that file to ``failed/`` with its reason and
-an ERROR in the log, and the worker goes on with the next.
+The worker never dies: whatever goes wrong with one file sends that file to ``failed/`` with
+its reason and an ERROR in the log, and the worker goes on with the next. A file the database
+refused (down, unreachable, locked, full) stays in the inbox and is tried again every
+``retry_seconds``, and at the next start.
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ def _naive(moment: datetime | None) -> datetime | None:
 class LoadQueue:
     """Loads arrivals one at a time in a worker thread, then moves each file out."""
 
+    retry_seconds = 60.0
+    """How long a file the database refused waits in the inbox before it is tried again."""
+
     def __init__(self, loader: MorningLoader, inbox: Path) -> None:
         self.loader = loader
         self.inbox = inbox
@@ -63,6 +67,8 @@ class LoadQueue:
         self._pending = 1  # the worker first makes the inbox's folders
 
         self._lock = threading.Lock()
+        self._retries: set[threading.Timer] = set()
+        self._closed = False
 
     def start(self) -> None:
         self._thread.start()
@@ -84,8 +90,30 @@ class LoadQueue:
         return self._idle.wait(timeout)
 
     def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            for timer in self._retries:
+                timer.cancel()  # the file stays in the inbox for the next start
+            self._retries.clear()
         self._queue.put(None)
         self._thread.join()
+
+    def _retry_later(self, arrival: Arrival) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            timer = threading.Timer(self.retry_seconds, self._retry, (arrival,))
+            timer.name, timer.daemon = "aljex-morning-retry", True
+            self._retries.add(timer)
+        timer.start()
+
+    def _retry(self, arrival: Arrival) -> None:
+        with self._lock:
+            self._retries.discard(threading.current_thread())
+            if self._closed:
+                return
+        if arrival.path.is_file():  # not loaded meanwhile (by hand, or by another receiver)
+            self.put(arrival)
 
     def _run(self) -> None:
         try:
@@ -132,8 +160,14 @@ class LoadQueue:
         try:
             report = self.loader.load(path, started_at=arrival.started_at, mtime=arrival.mtime)
         except DatabaseUnavailable as e:
-            # The file stays in the inbox; the next start (or watch pass) tries it again.
-            log.error("%s not loaded, database unavailable: %s", path.name, e)
+            # The file stays in the inbox, tried again later and at the next start.
+            log.error(
+                "%s not loaded, database unavailable: %s; trying again in %g s",
+                path.name,
+                e,
+                self.retry_seconds,
+            )
+            self._retry_later(arrival)
             return
         except Exception as e:
             log.exception("%s: loading failed", path.name)

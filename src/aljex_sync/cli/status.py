@@ -74,8 +74,8 @@ def status(obj: Context, as_json: bool, types: bool) -> None:
             table.add_row(str(w["name"]), str(w["size"]), f"{w['arrived']:%m-%d %H:%M}")
         console.print(table)
         console.print(
-            "Not loaded yet: serve loads a file as its upload completes, and one left over"
-            " (the database was unavailable, or serve was stopped) at its next start."
+            "Not loaded yet: serve loads a file as its upload completes, tries one the"
+            " database refused again every minute, and loads one left over at its next start."
         )
     if found.recent:
         recent = fitting_table(
