@@ -85,3 +85,23 @@ def test_closing_the_queue_cancels_a_pending_retry(tmp_path: Path, sqlite_url: s
     assert time.monotonic() - started < 5
     assert loads.reports == [] and csv.exists()  # left for the next start
     engine.dispose()
+
+
+def test_an_inbox_that_cannot_be_made_is_one_error_line_without_a_traceback(
+    tmp_path: Path, sqlite_url: str, caplog
+) -> None:
+    settings = make_settings(sqlite_url, tmp_path)
+    engine = open_engine(settings.database.url)
+    journal = Journal(engine, settings)
+    journal.install()
+    (tmp_path / "not-a-folder").write_text("a file where the inbox's parent should be\n")
+    inbox = tmp_path / "not-a-folder" / "inbox"
+    loads = LoadQueue(MorningLoader(engine, settings, journal.schema), inbox)
+    loads.start()
+    assert loads.wait_idle(30)
+    loads.close()
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and errors[0].exc_info is None
+    assert errors[0].getMessage().startswith(f"cannot make the inbox's folders in {inbox}: ")
+    assert "uploads cannot be loaded until it is fixed" in errors[0].getMessage()
+    engine.dispose()

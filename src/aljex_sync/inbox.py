@@ -118,6 +118,13 @@ class LoadQueue:
     def _run(self) -> None:
         try:
             self._make_folders()
+        except OSError as e:  # the operator's to fix: one line, no traceback
+            log.error(
+                "cannot make the inbox's folders in %s: %s; uploads cannot be loaded until"
+                " it is fixed",
+                self.inbox,
+                e,
+            )
         except Exception:
             log.exception("the inbox's folders could not all be made")
         finally:
