@@ -141,6 +141,13 @@ def test_serve_exits_with_one_line_when_the_sftp_port_is_taken(tmp_path):
     assert_one_error_line(lines, "Morning Sync SFTP", f"127.0.0.1:{port}", "in use")
 
 
+def test_a_taken_port_asks_whether_aljex_sync_is_already_running(tmp_path):
+    with port_taken() as port, serving(write_config(tmp_path, http=f"127.0.0.1:{port}")) as serve:
+        code, lines, _ = serve.finish()
+    assert code == 1
+    assert_one_error_line(lines, "in use (is aljex-sync already running?)")
+
+
 @pytest.mark.parametrize(
     "url",
     [

@@ -54,7 +54,8 @@ def serve(obj: Context, workers: int) -> None:
         with asyncio.Runner(loop_factory=new_event_loop) as runner:
             clean = runner.run(_serve(settings, workers))
     except (AljexSyncError, OSError) as e:
-        fail(str(e))
+        hint = " (is aljex-sync already running?)" if "Address already in use" in str(e) else ""
+        fail(f"{e}{hint}")
     finally:
         _end_children()
     if not clean:
