@@ -286,3 +286,12 @@ def test_init_writes_every_setting_at_its_default_but_what_it_chose(tmp_path):
     assert written["live"]["listen"] == "0.0.0.0:8081"
     assert written["live"]["password_hash"].startswith("$argon2id$")
     assert "# largest request body accepted" in path.read_text()
+
+
+def test_init_logs_the_new_host_key_before_what_to_send_aljex_not_inside_it(tmp_path):
+    _, out = init(tmp_path)
+    lines = out.splitlines()
+    logged = [i for i, line in enumerate(lines) if "generated SSH host key" in line]
+    block = [i for i, line in enumerate(lines) if "Send Aljex the following." in line]
+    assert logged and block, out
+    assert logged[0] < block[0], out

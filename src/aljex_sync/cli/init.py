@@ -94,6 +94,8 @@ def init(
         names = [n for n in (found, "localhost", "127.0.0.1") if n]
         tls_fingerprint = make_self_signed(settings.live.tls_cert, settings.live.tls_key, names)
     scheme = "https" if tls_fingerprint else "http"
+    # Made (and logged) before the block Aljex is sent, so no log line lands inside it.
+    fingerprint = host_key_fingerprint(settings.morning.host_key)
     console.print(f"Wrote {path}.\n")
     console.print("[bold]Send Aljex the following.[/]\n", markup=True)
     console.print("Live Sync (HTTP POST):")
@@ -113,7 +115,6 @@ def init(
     console.print(f"  Username: {settings.morning.username}")
     console.print(f"  Password: {sftp_password}", highlight=False)
     console.print("  Folder:   /")
-    fingerprint = host_key_fingerprint(settings.morning.host_key)
     console.print(f"  Host key: {fingerprint} (ed25519)", highlight=False)
     console.print()
     if public_host is None:
