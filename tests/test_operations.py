@@ -94,6 +94,15 @@ def test_events_filters_by_table_and_time_and_prints_json(a_day_in):
     assert rejected["action"] == "explode" and "explode" in rejected["reason"]
 
 
+def test_events_refuses_a_since_too_far_back_or_a_limit_below_one_in_one_line(a_day_in):
+    code, out = run("-c", str(a_day_in), "events", "--since", "99999999d")
+    assert code == 1
+    assert out.startswith("error: --since '99999999d': ") and out.count("\n") == 1, out
+    for command in ("events", "files"):
+        code, out = run("-c", str(a_day_in), command, "--limit", "-1")
+        assert code == 2 and "--limit" in out, out
+
+
 def test_files_lists_morning_files_with_why_they_were_not_loaded(a_day_in):
     code, out = run("-c", str(a_day_in), "files", "--status", "failed", "--json")
     assert code == 0, out
