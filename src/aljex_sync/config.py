@@ -200,6 +200,9 @@ def _parse(
         max_drop_fraction=morning["max_drop_fraction"],
     )
 
+    if morning_settings.enabled:
+        _check_inbox_apart(morning_settings, database.url, live_settings, path)
+
     tables_raw = raw.get("tables", {})
     if not isinstance(tables_raw, Mapping):
         raise ConfigError("tables", "must be a table of tables, like [tables.loads]")
@@ -422,6 +425,30 @@ def _proxies(dotted: str, values: list[str]) -> tuple[Network, ...]:
                 dotted, f"{net} trusts every address; list your proxy's own address instead"
             )
     return networks
+
+
+def _check_inbox_apart(
+    morning: MorningSettings, url: str, live: LiveSettings, path: Path | None
+) -> None:
+    """Refuse an inbox that holds the service's own files: every file in the inbox is taken
+    for an upload and moved out, so the config or the database would go to unmatched/."""
+    own: list[tuple[str, Path]] = [("the SFTP host key", morning.host_key)]
+    if path is not None:
+        own.append(("the config file", path))
+    parsed = database.normalize_url(url)
+    name = parsed.database or ""
+    if parsed.get_backend_name() == "sqlite" and name and not name.startswith(("file:", ":")):
+        own.append(("the database", Path(name)))
+    own += [("the TLS files", p) for p in (live.tls_cert, live.tls_key) if p is not None]
+    inbox = morning.inbox.resolve()
+    for what, file in own:
+        if file.resolve().parent == inbox:
+            raise ConfigError(
+                "morning.inbox",
+                f"is {inbox}, the folder of {what}: every file in the inbox is taken for a"
+                " morning upload and moved out; give the inbox a folder of its own, like"
+                ' "inbox"',
+            )
 
 
 def _database_url(url: str, base: Path) -> str:
