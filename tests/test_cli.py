@@ -12,6 +12,7 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 import httpx
+import pytest
 from click.testing import CliRunner
 
 from aljex_sync import config
@@ -295,3 +296,12 @@ def test_init_logs_the_new_host_key_before_what_to_send_aljex_not_inside_it(tmp_
     block = [i for i, line in enumerate(lines) if "Send Aljex the following." in line]
     assert logged and block, out
     assert logged[0] < block[0], out
+
+
+@pytest.mark.parametrize("option", ["--http-port", "--sftp-port"])
+def test_init_refuses_a_port_out_of_range_before_writing_anything(tmp_path, option):
+    path, _ = init(tmp_path)
+    before = path.read_text()
+    code, out = run("-c", str(path), "init", "--force", option, "99999")
+    assert code == 2 and option in out, out
+    assert path.read_text() == before  # the config and its passwords are kept

@@ -31,8 +31,20 @@ TLS_FILES = {"tls_cert": "tls_cert.pem", "tls_key": "tls_key.pem"}
     help="Host name or address Aljex reaches this machine at."
     " Default: this machine's own network address.",
 )
-@click.option("--http-port", default=8080, show_default=True, help="Live Sync HTTP port.")
-@click.option("--sftp-port", default=2222, show_default=True, help="Morning Sync SFTP port.")
+@click.option(
+    "--http-port",
+    type=click.IntRange(1, 65535),
+    default=8080,
+    show_default=True,
+    help="Live Sync HTTP port.",
+)
+@click.option(
+    "--sftp-port",
+    type=click.IntRange(1, 65535),
+    default=2222,
+    show_default=True,
+    help="Morning Sync SFTP port.",
+)
 @click.option("--force", is_flag=True, help="Overwrite an existing config file.")
 @click.option(
     "--tls-self-signed",
