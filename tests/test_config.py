@@ -177,3 +177,14 @@ def test_an_inbox_that_holds_the_service_own_files_is_refused(tmp_path, inbox, w
 def test_an_inbox_of_its_own_beside_the_database_is_fine(tmp_path):
     settings = config.load(write(tmp_path, MINIMAL), env={})
     assert settings.morning.inbox == tmp_path / "inbox"
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_a_number_that_is_not_finite_is_refused(tmp_path, value):
+    """`quiet_seconds = nan` made the folder watch wait forever: no comparison is true."""
+    env = {"ALJEX_SYNC_MORNING_QUIET_SECONDS": value}
+    with pytest.raises(ConfigError, match="MORNING_QUIET_SECONDS"):
+        config.load(write(tmp_path, MINIMAL), env=env)
+    text = MINIMAL.replace("[morning]\n", f"[morning]\nquiet_seconds = {value}\n")
+    with pytest.raises(ConfigError, match=r"morning\.quiet_seconds"):
+        config.load(write(tmp_path, text), env={})

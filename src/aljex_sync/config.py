@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import math
 import os
 import re
 import tomllib
@@ -246,6 +247,8 @@ def _section(name: str, raw: Any, env: Mapping[str, str]) -> dict[str, Any]:
 def _typed(dotted: str, spec: Key, value: Any) -> Any:
     if spec.type is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if spec.type is float and isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(dotted, f"must be a finite number, got {value!r}")
     if spec.type is list:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(dotted, "must be a list of strings")
@@ -267,9 +270,12 @@ def _from_env(dotted: str, spec: Key, text: str) -> Any:
             return lowered in {"true", "1", "yes"}
         if spec.type is list:
             return [part.strip() for part in text.split(",") if part.strip()]
+        if spec.type is float and not math.isfinite(float(text)):
+            raise ValueError(text)
         return spec.type(text)
     except ValueError:
-        raise ConfigError(dotted, f"must be a {spec.type.__name__}, got {text!r}") from None
+        kind = "finite number" if spec.type is float else spec.type.__name__
+        raise ConfigError(dotted, f"must be a {kind}, got {text!r}") from None
 
 
 def _listen(dotted: str, value: str) -> tuple[str, int]:
