@@ -6,10 +6,10 @@ import sqlite3
 import time
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from aljex_sync.clock import utcnow
-from aljex_sync.inbox import Arrival, LoadQueue
+from aljex_sync.inbox import Arrival, LoadQueue, left_over
 from aljex_sync.journal import Journal
 from aljex_sync.morning import MorningLoader
 from aljex_sync.store.database import open_engine
@@ -48,7 +48,7 @@ def test_a_file_the_database_refused_is_loaded_once_the_database_is_back(
     finally:
         blocker.execute("ROLLBACK")
         blocker.close()
-    assert csv.exists()  # still in the inbox, not failed
+    assert [a.path.name for a in left_over(inbox)] == ["Employees.csv"]  # not failed
     wait_for(lambda: [r.status for r in loads.reports] == ["loaded"])
     loads.close()
     with engine.connect() as conn:
@@ -83,7 +83,8 @@ def test_closing_the_queue_cancels_a_pending_retry(tmp_path: Path, sqlite_url: s
     started = time.monotonic()
     loads.close()
     assert time.monotonic() - started < 5
-    assert loads.reports == [] and csv.exists()  # left for the next start
+    assert loads.reports == []
+    assert [a.path.name for a in left_over(inbox)] == ["Employees.csv"]  # for the next start
     engine.dispose()
 
 
@@ -104,4 +105,54 @@ def test_an_inbox_that_cannot_be_made_is_one_error_line_without_a_traceback(
     assert len(errors) == 1 and errors[0].exc_info is None
     assert errors[0].getMessage().startswith(f"cannot make the inbox's folders in {inbox}: ")
     assert "uploads cannot be loaded until it is fixed" in errors[0].getMessage()
+    engine.dispose()
+
+
+class UploadDuringLoad(MorningLoader):
+    """The real loader; as it starts on the first file, a new upload of the same name lands
+    in the inbox, as the SFTP server would put it there (a temporary file renamed)."""
+
+    def __init__(self, *args, loads: list[LoadQueue], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.loads = loads
+        self.uploaded = False
+
+    def load(self, path, **options):
+        if not self.uploaded:
+            self.uploaded = True
+            inbox = self.loads[0].inbox
+            temp = inbox / ".upload-1234-Employees.csv"
+            temp.write_text("id,name\nE1,Second\nE2,Bob\n")
+            temp.replace(inbox / "Employees.csv")
+            self.loads[0].put(Arrival(inbox / "Employees.csv", utcnow(), None))
+        return super().load(path, **options)
+
+
+def test_a_file_uploaded_again_while_the_first_loads_is_loaded_too(tmp_path, sqlite_url):
+    settings = make_settings(sqlite_url, tmp_path)
+    engine = open_engine(settings.database.url)
+    journal = Journal(engine, settings)
+    journal.install()
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    first = inbox / "Employees.csv"
+    first.write_text("id,name\nE1,First\n")
+    queues: list[LoadQueue] = []
+    loader = UploadDuringLoad(engine, settings, journal.schema, loads=queues)
+    loads = LoadQueue(loader, inbox)
+    queues.append(loads)
+    loads.start()
+    loads.put(Arrival(first, utcnow(), None))
+    wait_for(lambda: len(loads.reports) == 2)
+    loads.close()
+    assert [(r.name, r.status) for r in loads.reports] == [
+        ("Employees.csv", "loaded"),
+        ("Employees.csv", "loaded"),
+    ]
+    with engine.connect() as conn:
+        names = conn.execute(text("SELECT name FROM employees ORDER BY id")).scalars().all()
+    assert names == ["Second", "Bob"]
+    archived = sorted(p.read_text() for p in (inbox / "archive").rglob("*.csv"))
+    assert archived == ["id,name\nE1,First\n", "id,name\nE1,Second\nE2,Bob\n"]
+    assert [p.name for p in inbox.iterdir() if p.is_file()] == []
     engine.dispose()

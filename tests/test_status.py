@@ -258,6 +258,8 @@ def test_status_lists_the_files_waiting_in_the_inbox(tmp_path, sqlite_url):
     (inbox / "archive").mkdir()
     (inbox / "Loads.csv").write_text("id,city\nL1,Reno\n")
     (inbox / ".upload-0123-Carriers.csv").write_text("id\n")  # an upload in progress
+    (inbox / ".loading" / "1a2b").mkdir(parents=True)
+    (inbox / ".loading" / "1a2b" / "Payable.csv").write_text("id\n")  # taken to load
     code, out = run("-c", str(path), "status")
     assert code == 0, out
     text = " ".join(out.split())
@@ -266,4 +268,4 @@ def test_status_lists_the_files_waiting_in_the_inbox(tmp_path, sqlite_url):
     code, out = run("-c", str(path), "status", "--json")
     import json
 
-    assert [f["name"] for f in json.loads(out)["waiting"]] == ["Loads.csv"]
+    assert sorted(f["name"] for f in json.loads(out)["waiting"]) == ["Loads.csv", "Payable.csv"]

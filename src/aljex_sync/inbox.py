@@ -15,6 +15,7 @@ refused (down, unreachable, locked, full) stays in the inbox and is tried again 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import queue
@@ -32,6 +33,10 @@ from .morning import FileReport, MorningLoader
 from .sftp_files import PARTIAL_SUFFIXES, Upload
 
 log = logging.getLogger("aljex_sync.inbox")
+
+LOADING = ".loading"
+"""The inbox's hidden folder a file is moved into, under a folder of its own, while it loads:
+an upload of the same name meanwhile is then a new file, not the one being read."""
 
 
 @dataclass(frozen=True)
@@ -164,6 +169,36 @@ class LoadQueue:
         if not path.is_file() or path.is_symlink():
             log.warning("%s: no longer in the inbox, nothing to load", path.name)
             return
+        path = self._take(path)
+        arrival = Arrival(path, arrival.started_at, arrival.mtime)
+        try:
+            self._load_taken(arrival)
+        finally:
+            if path.parent.parent == self.inbox / LOADING:
+                with contextlib.suppress(OSError):  # not empty: it waits for a retry
+                    path.parent.rmdir()
+
+    def _take(self, path: Path) -> Path:
+        """Move a file of the inbox root into a folder of its own under ``.loading``.
+
+        The name stays (it says which table the file is for). A file already taken (a
+        retry, or left from a stop) stays where it is; so does one that cannot be moved.
+        """
+        if path.parent != self.inbox:
+            return path
+        folder = self.inbox / LOADING / secrets.token_hex(6)
+        try:
+            folder.mkdir(parents=True)
+            os.rename(path, folder / path.name)
+        except OSError as e:
+            log.warning("%s: loading it where it is, could not move it aside: %s", path.name, e)
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+            return path
+        return folder / path.name
+
+    def _load_taken(self, arrival: Arrival) -> None:
+        path = arrival.path
         try:
             report = self.loader.load(path, started_at=arrival.started_at, mtime=arrival.mtime)
         except DatabaseUnavailable as e:
@@ -214,10 +249,18 @@ def waiting_files(inbox: Path) -> list[Path]:
     ]
 
 
+def taken_files(inbox: Path) -> list[Path]:
+    """Files moved aside to load (``.loading/*/``) and not done: loading, waiting to be
+    tried again, or left by a stop."""
+    return sorted(
+        path for path in (inbox / LOADING).glob("*/*") if path.is_file() and not path.is_symlink()
+    )
+
+
 def left_over(inbox: Path) -> list[Arrival]:
     """Files that arrived before a restart and were never loaded, oldest first."""
     arrivals = []
-    for path in waiting_files(inbox):
+    for path in [*taken_files(inbox), *waiting_files(inbox)]:
         mtime = datetime.fromtimestamp(path.stat().st_mtime, UTC).replace(tzinfo=None)
         arrivals.append(Arrival(path, mtime, mtime))
     return sorted(arrivals, key=lambda a: a.started_at)

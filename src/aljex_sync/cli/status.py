@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from .. import overview
-from ..inbox import waiting_files
+from ..inbox import taken_files, waiting_files
 from ..notify import sink_states
 from ..overview import Summary
 from ..store.database import display_url
@@ -106,7 +106,7 @@ def status(obj: Context, as_json: bool, types: bool) -> None:
 def _waiting(inbox: Path) -> list[dict[str, object]]:
     """The files in the inbox root that no load has taken out yet, oldest first."""
     found = []
-    for path in waiting_files(inbox):
+    for path in [*taken_files(inbox), *waiting_files(inbox)]:
         try:
             st = path.stat()
         except OSError:  # loaded and moved meanwhile
