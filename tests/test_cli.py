@@ -290,7 +290,17 @@ def test_init_writes_every_setting_at_its_default_but_what_it_chose(tmp_path):
 
 
 def test_init_logs_the_new_host_key_before_what_to_send_aljex_not_inside_it(tmp_path):
-    _, out = init(tmp_path)
+    command = [sys.executable, "-m", "aljex_sync.cli", "-c", str(tmp_path / "a.toml"), "init"]
+    result = subprocess.run(
+        [*command, "--public-host", "sync.example.com"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,  # one stream, in the order written
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    out = result.stdout
     lines = out.splitlines()
     logged = [i for i, line in enumerate(lines) if "generated SSH host key" in line]
     block = [i for i, line in enumerate(lines) if "Send Aljex the following." in line]

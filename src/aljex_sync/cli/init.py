@@ -33,14 +33,14 @@ TLS_FILES = {"tls_cert": "tls_cert.pem", "tls_key": "tls_key.pem"}
 )
 @click.option(
     "--http-port",
-    type=click.IntRange(1, 65535),
+    type=click.IntRange(0, 65535),
     default=8080,
     show_default=True,
     help="Live Sync HTTP port.",
 )
 @click.option(
     "--sftp-port",
-    type=click.IntRange(1, 65535),
+    type=click.IntRange(0, 65535),
     default=2222,
     show_default=True,
     help="Morning Sync SFTP port.",
