@@ -146,8 +146,15 @@ def parse_body(body: bytes, *, legacy_charset: str = "cp1252", max_fields: int =
         warnings.append("a field with an empty name was ignored")
         del fields[""]
     names = "\n".join(fields)  # names with no capital letter cannot collide by case
-    if names != names.lower() and len({name.lower() for name in fields}) != len(fields):
-        fields = _fold_case(fields, warnings)
+    if names != names.lower():
+        lowered = {name.lower() for name in fields}
+        for param in (TABLE_PARAM, ACTION_PARAM):
+            if param in lowered:  # not a data column beside the action that says otherwise
+                raise MalformedRequest(
+                    f"{param} was sent more than once (also in other capitals)", table=table_name
+                )
+        if len(lowered) != len(fields):
+            fields = _fold_case(fields, warnings)
     if reader.mixed:
         warnings.append(
             f"{reader.mixed} name(s) or value(s) were not all UTF-8; "
