@@ -12,6 +12,7 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 import httpx
+import pytest
 from click.testing import CliRunner
 
 from aljex_sync import config
@@ -286,3 +287,31 @@ def test_init_writes_every_setting_at_its_default_but_what_it_chose(tmp_path):
     assert written["live"]["listen"] == "0.0.0.0:8081"
     assert written["live"]["password_hash"].startswith("$argon2id$")
     assert "# largest request body accepted" in path.read_text()
+
+
+def test_init_logs_the_new_host_key_before_what_to_send_aljex_not_inside_it(tmp_path):
+    command = [sys.executable, "-m", "aljex_sync.cli", "-c", str(tmp_path / "a.toml"), "init"]
+    result = subprocess.run(
+        [*command, "--public-host", "sync.example.com"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,  # one stream, in the order written
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    out = result.stdout
+    lines = out.splitlines()
+    logged = [i for i, line in enumerate(lines) if "generated SSH host key" in line]
+    block = [i for i, line in enumerate(lines) if "Send Aljex the following." in line]
+    assert logged and block, out
+    assert logged[0] < block[0], out
+
+
+@pytest.mark.parametrize("option", ["--http-port", "--sftp-port"])
+def test_init_refuses_a_port_out_of_range_before_writing_anything(tmp_path, option):
+    path, _ = init(tmp_path)
+    before = path.read_text()
+    code, out = run("-c", str(path), "init", "--force", option, "99999")
+    assert code == 2 and option in out, out
+    assert path.read_text() == before  # the config and its passwords are kept

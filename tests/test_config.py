@@ -148,3 +148,43 @@ def test_an_unsupported_database_url_is_one_line_naming_the_supported_ones(tmp_p
     assert "\n" not in message and "secret" not in message
     for scheme in ("sqlite", "postgresql", "mysql", "mariadb"):
         assert scheme in message
+
+
+@pytest.mark.parametrize(
+    ("inbox", "what"),
+    [
+        ("", "the config file"),
+        (".", "the config file"),
+        ("data", "the database"),
+        ("keys", "the SFTP host key"),
+    ],
+    ids=["empty", "dot", "database-folder", "host-key-folder"],
+)
+def test_an_inbox_that_holds_the_service_own_files_is_refused(tmp_path, inbox, what):
+    """Every file in the inbox is taken for an upload and moved out: with the config or the
+    database in it, serve would move them to unmatched/ at its first start."""
+    (tmp_path / "data").mkdir()
+    text = MINIMAL.replace(
+        "[morning]\n", f'[morning]\ninbox = "{inbox}"\nhost_key = "keys/ssh_host_key"\n'
+    )
+    text = f'[database]\nurl = "sqlite:///data/aljex.db"\n{text}'
+    with pytest.raises(ConfigError, match=r"morning\.inbox") as caught:
+        config.load(write(tmp_path, text), env={})
+    assert what in caught.value.reason
+    assert "a folder of its own" in caught.value.reason
+
+
+def test_an_inbox_of_its_own_beside_the_database_is_fine(tmp_path):
+    settings = config.load(write(tmp_path, MINIMAL), env={})
+    assert settings.morning.inbox == tmp_path / "inbox"
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_a_number_that_is_not_finite_is_refused(tmp_path, value):
+    """`quiet_seconds = nan` made the folder watch wait forever: no comparison is true."""
+    env = {"ALJEX_SYNC_MORNING_QUIET_SECONDS": value}
+    with pytest.raises(ConfigError, match="MORNING_QUIET_SECONDS"):
+        config.load(write(tmp_path, MINIMAL), env=env)
+    text = MINIMAL.replace("[morning]\n", f"[morning]\nquiet_seconds = {value}\n")
+    with pytest.raises(ConfigError, match=r"morning\.quiet_seconds"):
+        config.load(write(tmp_path, text), env={})

@@ -258,7 +258,7 @@ def test_a_refused_password_stops_the_run_and_nothing_counts_as_delivered(
         "tiny",
     )
     assert code == 1
-    assert "401 username and password required" in out
+    assert "401 wrong username or password" in out
     state = load_state(Path(state_file))
     [run] = state.events
     assert isinstance(run, LiveRun)

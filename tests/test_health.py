@@ -103,3 +103,38 @@ def test_health_is_503_once_the_database_is_dropped(tmp_path, doomed_database):
         assert response.status_code == 503
         assert response.text.startswith("database unavailable: ")
         assert len(response.text.splitlines()) == 1
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_health_is_503_while_the_database_refuses_every_write_it_can_still_read(
+    tmp_path, database_url
+):
+    """A full disk: reads work, every write fails. The probe only reads; the failed
+    request itself must turn /healthz to 503, until a request lands again."""
+    with RunningService(make_settings(database_url, tmp_path)) as running:
+        engine = running.engine()
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "CREATE FUNCTION aljex_test_full() RETURNS trigger AS $$ BEGIN RAISE"
+                    " EXCEPTION 'could not extend file: No space left on device' USING"
+                    " ERRCODE = '53100'; END $$ LANGUAGE plpgsql"
+                )
+            )
+            conn.execute(
+                text(
+                    "CREATE TRIGGER aljex_test_full BEFORE INSERT ON _aljex_events"
+                    " FOR EACH ROW EXECUTE FUNCTION aljex_test_full()"
+                )
+            )
+        assert post_note(running, "1") == 503
+        response = health(running)
+        assert response.status_code == 503
+        assert response.text.startswith("database unavailable: the last request was not stored")
+        assert "No space left on device" in response.text
+        with engine.begin() as conn:
+            conn.execute(text("DROP TRIGGER aljex_test_full ON _aljex_events"))
+            conn.execute(text("DROP FUNCTION aljex_test_full()"))
+        engine.dispose()
+        assert post_note(running, "2") == 200
+        assert health(running).status_code == 200

@@ -659,3 +659,26 @@ def test_stopping_drains_in_flight_requests(tmp_path, sqlite_url):
 def sqlite_service(tmp_path: Path, sqlite_url: str):
     with RunningService(make_settings(sqlite_url, tmp_path)) as running:
         yield running
+
+
+def test_what_the_operator_must_act_on_is_logged_at_warning_with_its_reason(sqlite_service, caplog):
+    """Applied is INFO; a held record, a refused request and a wrong password are WARNING."""
+    with caplog.at_level("INFO", logger="aljex_sync.live"):
+        post(sqlite_service, record("notes", "create", id="K1"))
+        post(sqlite_service, record("notes", "create", text="no key"))
+        post(sqlite_service, record("notes", "upsert", id="K2"))
+        post(sqlite_service, record("notes", "create", id="K3"), auth=("aljex", "wrong"))
+        post(sqlite_service, record("notes", "create", id="K4"), auth=None)
+    found = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "aljex_sync.live"]
+    assert [level for level, _ in found] == ["INFO", "WARNING", "WARNING", "WARNING", "INFO"]
+    assert "held: key field 'id' is missing" in found[1][1]
+    assert "422 unknown action 'upsert'" in found[2][1]
+    assert "401 wrong username or password" in found[3][1]
+    assert "401 no credentials" in found[4][1]
+
+
+def test_a_wrong_password_is_told_apart_from_none_in_the_reply(sqlite_service):
+    wrong = post(sqlite_service, record("notes", "create", id="1"), auth=("aljex", "wrong"))
+    missing = post(sqlite_service, record("notes", "create", id="1"), auth=None)
+    assert (wrong.status_code, wrong.text.strip()) == (401, "wrong username or password")
+    assert (missing.status_code, missing.text.strip()) == (401, "username and password required")

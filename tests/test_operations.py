@@ -94,6 +94,15 @@ def test_events_filters_by_table_and_time_and_prints_json(a_day_in):
     assert rejected["action"] == "explode" and "explode" in rejected["reason"]
 
 
+def test_events_refuses_a_since_too_far_back_or_a_limit_below_one_in_one_line(a_day_in):
+    code, out = run("-c", str(a_day_in), "events", "--since", "99999999d")
+    assert code == 1
+    assert out.startswith("error: --since '99999999d': ") and out.count("\n") == 1, out
+    for command in ("events", "files"):
+        code, out = run("-c", str(a_day_in), command, "--limit", "-1")
+        assert code == 2 and "--limit" in out, out
+
+
 def test_files_lists_morning_files_with_why_they_were_not_loaded(a_day_in):
     code, out = run("-c", str(a_day_in), "files", "--status", "failed", "--json")
     assert code == 0, out
@@ -260,6 +269,24 @@ def test_check_finds_a_missing_sqlite_file_fine_and_does_not_create_it(tmp_path)
     code, out = run("-c", str(config), "check")
     assert code == 0, out
     assert not database.exists()
+
+
+def test_check_finds_a_sqlite_file_in_a_folder_that_does_not_exist_a_problem(tmp_path):
+    """serve makes the SQLite file, not its folder: check must not say ok to what fails."""
+    database = tmp_path / "no" / "such" / "aljex.db"
+    config = write_config(tmp_path, f"sqlite:///{database}")
+    code, out = run("-c", str(config), "check")
+    assert code == 1
+    assert out.splitlines()[0] == (
+        f"problem: database.url: the folder {database.parent} does not exist; make it first"
+    )
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:"], ids=["empty", "memory"])
+def test_check_refuses_an_in_memory_sqlite_database(tmp_path, url):
+    code, out = run("-c", str(write_config(tmp_path, url)), "check")
+    assert code == 1
+    assert out.splitlines()[0].startswith("problem: database.url: an in-memory SQLite database")
 
 
 def self_signed(folder: Path, name: str) -> tuple[Path, Path]:

@@ -141,6 +141,13 @@ def test_serve_exits_with_one_line_when_the_sftp_port_is_taken(tmp_path):
     assert_one_error_line(lines, "Morning Sync SFTP", f"127.0.0.1:{port}", "in use")
 
 
+def test_a_taken_port_asks_whether_aljex_sync_is_already_running(tmp_path):
+    with port_taken() as port, serving(write_config(tmp_path, http=f"127.0.0.1:{port}")) as serve:
+        code, lines, _ = serve.finish()
+    assert code == 1
+    assert_one_error_line(lines, "in use (is aljex-sync already running?)")
+
+
 @pytest.mark.parametrize(
     "url",
     [
@@ -158,6 +165,16 @@ def test_serve_exits_with_one_line_when_the_database_is_unreachable(tmp_path, ur
         code, lines, _ = serve.finish()
     assert code == 1
     assert_one_error_line(lines, "cannot open the database")
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:"], ids=["empty", "memory"])
+def test_serve_refuses_an_in_memory_sqlite_database_in_one_line(tmp_path, url):
+    """The journal writer is a process of its own: it would never see the same database,
+    and every record would be gone at the stop."""
+    with serving(write_config(tmp_path), {"ALJEX_SYNC_DATABASE_URL": url}) as serve:
+        code, lines, _ = serve.finish()
+    assert code == 1
+    assert_one_error_line(lines, "database.url: an in-memory SQLite database")
 
 
 def test_serve_start_up_failure_prints_no_traceback_at_any_log_level(tmp_path):

@@ -641,3 +641,50 @@ def test_a_partial_upload_cannot_be_renamed_to_an_inbox_folder_name(
     result = client.sftp(server.port, f'put "{local_csv}" x.part', "rename x.part Unmatched")
     assert_refused(result)
     assert server.stop() == []
+
+
+def test_a_refused_upload_is_logged_with_its_reason(
+    server: RunningInbox, client: Client, local_csv: Path, sftp_log: pytest.LogCaptureFixture
+) -> None:
+    """OpenSSH's sftp shows Aljex only "Permission denied": the reason must be in our log."""
+    long_name = "c" * 300 + ".csv"
+    assert_refused(client.sftp(server.port, f'put "{local_csv}" .hidden.csv'))
+    assert_refused(client.sftp(server.port, f'put "{local_csv}" {long_name}'))
+    refused = [r for r in sftp_log.records if "upload refused" in r.getMessage()]
+    assert [r.levelname for r in refused] == ["WARNING", "WARNING"]
+    assert "'.hidden.csv' from 127.0.0.1: File name not allowed" in refused[0].getMessage()
+    assert "over 200 bytes" in refused[1].getMessage()
+
+
+def test_an_inbox_that_cannot_be_written_fails_the_upload_with_an_error_logged(
+    server: RunningInbox, client: Client, local_csv: Path, sftp_log: pytest.LogCaptureFixture
+) -> None:
+    """The folder gone (or unwritable, or the disk full): the upload fails, and the log says
+    why at ERROR, since every upload will fail until someone fixes the inbox."""
+    inbox = server.settings.inbox
+    for folder in sorted(inbox.iterdir()):
+        folder.rmdir()
+    inbox.rmdir()
+    result = client.sftp(server.port, f'put "{local_csv}" loads.csv')
+    assert result.returncode != 0
+    errors = [r.getMessage() for r in sftp_log.records if r.levelname == "ERROR"]
+    assert len(errors) == 1, errors
+    assert errors[0].startswith(f"cannot save the upload of 'loads.csv' from 127.0.0.1 in {inbox}")
+    assert "No such file or directory" in errors[0]
+    assert server.stop() == []
+
+
+def test_a_file_over_the_size_limit_is_logged_with_the_limit(
+    serve: Callable[..., RunningInbox],
+    client: Client,
+    tmp_path: Path,
+    sftp_log: pytest.LogCaptureFixture,
+) -> None:
+    server = serve(max_file_bytes=10_000)
+    big = tmp_path / "big.csv"
+    big.write_bytes(b"x" * 50_000)
+    assert client.sftp(server.port, f'put "{big}" big.csv').returncode != 0
+    server.stop()
+    discarded = [r for r in sftp_log.records if "discarding" in r.getMessage()]
+    assert len(discarded) == 1 and discarded[0].levelname == "WARNING"
+    assert "larger than the 10000 byte limit" in discarded[0].getMessage()

@@ -190,3 +190,82 @@ def test_load_of_a_duplicate_hints_at_force(tmp_path, sqlite_url):
     assert code == 0
     assert "duplicate" in out
     assert "--force" in out
+
+
+def _fill_with_brackets(path: Path) -> None:
+    """Requests and a file whose names Aljex (or anyone with the password) chose: brackets."""
+    settings = config.load(path, env={})
+    journal = Journal(open_engine(settings.database.url), settings)
+    journal.start()
+    bodies = [
+        b"web_sync_table_name=%5B%2Fx%5D&web_sync_action=create&id=1",
+        b"web_sync_table_name=notes&web_sync_action=%5Bred%5Dzap%5B%2Fred%5D&id=1",
+        b"web_sync_table_name=bills&web_sync_action=create&bill_no=B1",
+    ]
+    journal.write_group([Received(b, "127.0.0.1", utcnow()) for b in bodies])
+    now = utcnow()
+    with journal.engine.begin() as conn:
+        conn.execute(
+            insert(files).values(
+                name="[/b]x.csv",
+                sha256="",
+                size=10,
+                table_name=None,
+                status="unmatched",
+                error="the file name matches no Aljex file",
+                started_at=now,
+                finished_at=now,
+            )
+        )
+    journal.close()
+
+
+def test_names_with_brackets_are_printed_as_sent_and_never_break_a_command(tmp_path, sqlite_url):
+    path = make_config(tmp_path, sqlite_url)
+    _fill_with_brackets(path)
+    for command in (["status"], ["events"], ["files"], ["events", "--status", "rejected"]):
+        code, out = run("-c", str(path), *command)
+        assert code == 0, (command, out)
+    text = " ".join(run("-c", str(path), "status")[1].split())
+    assert "invalid table name '[/x]'" in text
+    assert "'[red]zap[/red]'" in text
+    assert "[/b]x.csv" in run("-c", str(path), "files")[1]
+
+
+def test_replay_names_the_setting_that_fixes_a_key(tmp_path, sqlite_url):
+    path = make_config(tmp_path, sqlite_url)
+    _fill(path)
+    code, out = run("-c", str(path), "replay")
+    assert code == 0
+    assert "often a key under [tables.NAME]" in " ".join(out.split())
+
+
+def test_load_prints_a_file_name_with_brackets_as_it_is(tmp_path, sqlite_url):
+    path = make_config(tmp_path, sqlite_url)
+    csv = tmp_path / "[red]Customers[bold].csv"
+    csv.write_text("id,name\nC1,Acme\n")
+    code, out = run("-c", str(path), "load", "--table", "customers", str(csv))
+    assert code == 0, out
+    assert "[red]Customers[bold].csv -> customers (full): loaded" in out
+
+
+def test_status_lists_the_files_waiting_in_the_inbox(tmp_path, sqlite_url):
+    """A file the database refused stays in the inbox until the next start: status says so."""
+    path = make_config(tmp_path, sqlite_url)
+    _fill(path)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "archive").mkdir()
+    (inbox / "Loads.csv").write_text("id,city\nL1,Reno\n")
+    (inbox / ".upload-0123-Carriers.csv").write_text("id\n")  # an upload in progress
+    (inbox / ".loading" / "1a2b").mkdir(parents=True)
+    (inbox / ".loading" / "1a2b" / "Payable.csv").write_text("id\n")  # taken to load
+    code, out = run("-c", str(path), "status")
+    assert code == 0, out
+    text = " ".join(out.split())
+    assert "Waiting in the inbox" in text
+    assert "Loads.csv" in text and "Carriers" not in text
+    code, out = run("-c", str(path), "status", "--json")
+    import json
+
+    assert sorted(f["name"] for f in json.loads(out)["waiting"]) == ["Loads.csv", "Payable.csv"]

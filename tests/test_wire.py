@@ -85,3 +85,17 @@ def test_field_count_over_the_limit_is_too_large():
 def test_broken_escapes_and_nul_are_malformed(body):
     with pytest.raises(MalformedRequest):
         decode_pairs(body)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"web_sync_table_name=notes&web_sync_action=create&id=1&Web_Sync_Action=delete",
+        b"web_sync_table_name=notes&web_sync_action=create&id=1&WEB_SYNC_TABLE_NAME=loads",
+    ],
+    ids=["action", "table"],
+)
+def test_a_case_variant_of_table_or_action_is_the_parameter_sent_twice(body):
+    """Not a data column named web_sync_action beside an action that says otherwise."""
+    with pytest.raises(MalformedRequest, match="more than once"):
+        parse_body(body)

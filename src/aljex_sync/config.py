@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import math
 import os
 import re
 import tomllib
@@ -200,6 +201,9 @@ def _parse(
         max_drop_fraction=morning["max_drop_fraction"],
     )
 
+    if morning_settings.enabled:
+        _check_inbox_apart(morning_settings, database.url, live_settings, path)
+
     tables_raw = raw.get("tables", {})
     if not isinstance(tables_raw, Mapping):
         raise ConfigError("tables", "must be a table of tables, like [tables.loads]")
@@ -243,6 +247,8 @@ def _section(name: str, raw: Any, env: Mapping[str, str]) -> dict[str, Any]:
 def _typed(dotted: str, spec: Key, value: Any) -> Any:
     if spec.type is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if spec.type is float and isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(dotted, f"must be a finite number, got {value!r}")
     if spec.type is list:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(dotted, "must be a list of strings")
@@ -264,9 +270,12 @@ def _from_env(dotted: str, spec: Key, text: str) -> Any:
             return lowered in {"true", "1", "yes"}
         if spec.type is list:
             return [part.strip() for part in text.split(",") if part.strip()]
+        if spec.type is float and not math.isfinite(float(text)):
+            raise ValueError(text)
         return spec.type(text)
     except ValueError:
-        raise ConfigError(dotted, f"must be a {spec.type.__name__}, got {text!r}") from None
+        kind = "finite number" if spec.type is float else spec.type.__name__
+        raise ConfigError(dotted, f"must be a {kind}, got {text!r}") from None
 
 
 def _listen(dotted: str, value: str) -> tuple[str, int]:
@@ -422,6 +431,30 @@ def _proxies(dotted: str, values: list[str]) -> tuple[Network, ...]:
                 dotted, f"{net} trusts every address; list your proxy's own address instead"
             )
     return networks
+
+
+def _check_inbox_apart(
+    morning: MorningSettings, url: str, live: LiveSettings, path: Path | None
+) -> None:
+    """Refuse an inbox that holds the service's own files: every file in the inbox is taken
+    for an upload and moved out, so the config or the database would go to unmatched/."""
+    own: list[tuple[str, Path]] = [("the SFTP host key", morning.host_key)]
+    if path is not None:
+        own.append(("the config file", path))
+    parsed = database.normalize_url(url)
+    name = parsed.database or ""
+    if parsed.get_backend_name() == "sqlite" and name and not name.startswith(("file:", ":")):
+        own.append(("the database", Path(name)))
+    own += [("the TLS files", p) for p in (live.tls_cert, live.tls_key) if p is not None]
+    inbox = morning.inbox.resolve()
+    for what, file in own:
+        if file.resolve().parent == inbox:
+            raise ConfigError(
+                "morning.inbox",
+                f"is {inbox}, the folder of {what}: every file in the inbox is taken for a"
+                " morning upload and moved out; give the inbox a folder of its own, like"
+                ' "inbox"',
+            )
 
 
 def _database_url(url: str, base: Path) -> str:

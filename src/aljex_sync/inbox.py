@@ -6,14 +6,16 @@ counts once it has not changed for ``quiet_seconds``; names ending ``.part``, ``
 ``.filepart`` are still being written, and load once renamed). Loading runs in one worker
 thread, file after file, so a big file never blocks the event loop that answers live sync.
 
-The worker never dies: whatever goes wrong with one file (short of the database being down,
-which leaves the file for the next start) sends that file to ``failed/`` with its reason and
-an ERROR in the log, and the worker goes on with the next.
+The worker never dies: whatever goes wrong with one file sends that file to ``failed/`` with
+its reason and an ERROR in the log, and the worker goes on with the next. A file the database
+refused (down, unreachable, locked, full) stays in the inbox and is tried again every
+``retry_seconds``, and at the next start.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import queue
@@ -31,6 +33,10 @@ from .morning import FileReport, MorningLoader
 from .sftp_files import PARTIAL_SUFFIXES, Upload
 
 log = logging.getLogger("aljex_sync.inbox")
+
+LOADING = ".loading"
+"""The inbox's hidden folder a file is moved into, under a folder of its own, while it loads:
+an upload of the same name meanwhile is then a new file, not the one being read."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,9 @@ def _naive(moment: datetime | None) -> datetime | None:
 class LoadQueue:
     """Loads arrivals one at a time in a worker thread, then moves each file out."""
 
+    retry_seconds = 60.0
+    """How long a file the database refused waits in the inbox before it is tried again."""
+
     def __init__(self, loader: MorningLoader, inbox: Path) -> None:
         self.loader = loader
         self.inbox = inbox
@@ -63,6 +72,8 @@ class LoadQueue:
         self._pending = 1  # the worker first makes the inbox's folders
 
         self._lock = threading.Lock()
+        self._retries: set[threading.Timer] = set()
+        self._closed = False
 
     def start(self) -> None:
         self._thread.start()
@@ -84,12 +95,41 @@ class LoadQueue:
         return self._idle.wait(timeout)
 
     def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            for timer in self._retries:
+                timer.cancel()  # the file stays in the inbox for the next start
+            self._retries.clear()
         self._queue.put(None)
         self._thread.join()
+
+    def _retry_later(self, arrival: Arrival) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            timer = threading.Timer(self.retry_seconds, self._retry, (arrival,))
+            timer.name, timer.daemon = "aljex-morning-retry", True
+            self._retries.add(timer)
+        timer.start()
+
+    def _retry(self, arrival: Arrival) -> None:
+        with self._lock:
+            self._retries.discard(threading.current_thread())
+            if self._closed:
+                return
+        if arrival.path.is_file():  # not loaded meanwhile (by hand, or by another receiver)
+            self.put(arrival)
 
     def _run(self) -> None:
         try:
             self._make_folders()
+        except OSError as e:  # the operator's to fix: one line, no traceback
+            log.error(
+                "cannot make the inbox's folders in %s: %s; uploads cannot be loaded until"
+                " it is fixed",
+                self.inbox,
+                e,
+            )
         except Exception:
             log.exception("the inbox's folders could not all be made")
         finally:
@@ -129,11 +169,47 @@ class LoadQueue:
         if not path.is_file() or path.is_symlink():
             log.warning("%s: no longer in the inbox, nothing to load", path.name)
             return
+        path = self._take(path)
+        arrival = Arrival(path, arrival.started_at, arrival.mtime)
+        try:
+            self._load_taken(arrival)
+        finally:
+            if path.parent.parent == self.inbox / LOADING:
+                with contextlib.suppress(OSError):  # not empty: it waits for a retry
+                    path.parent.rmdir()
+
+    def _take(self, path: Path) -> Path:
+        """Move a file of the inbox root into a folder of its own under ``.loading``.
+
+        The name stays (it says which table the file is for). A file already taken (a
+        retry, or left from a stop) stays where it is; so does one that cannot be moved.
+        """
+        if path.parent != self.inbox:
+            return path
+        folder = self.inbox / LOADING / secrets.token_hex(6)
+        try:
+            folder.mkdir(parents=True)
+            os.rename(path, folder / path.name)
+        except OSError as e:
+            log.warning("%s: loading it where it is, could not move it aside: %s", path.name, e)
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+            return path
+        return folder / path.name
+
+    def _load_taken(self, arrival: Arrival) -> None:
+        path = arrival.path
         try:
             report = self.loader.load(path, started_at=arrival.started_at, mtime=arrival.mtime)
         except DatabaseUnavailable as e:
-            # The file stays in the inbox; the next start (or watch pass) tries it again.
-            log.error("%s not loaded, database unavailable: %s", path.name, e)
+            # The file stays in the inbox, tried again later and at the next start.
+            log.error(
+                "%s not loaded, database unavailable: %s; trying again in %g s",
+                path.name,
+                e,
+                self.retry_seconds,
+            )
+            self._retry_later(arrival)
             return
         except Exception as e:
             log.exception("%s: loading failed", path.name)
@@ -173,10 +249,18 @@ def waiting_files(inbox: Path) -> list[Path]:
     ]
 
 
+def taken_files(inbox: Path) -> list[Path]:
+    """Files moved aside to load (``.loading/*/``) and not done: loading, waiting to be
+    tried again, or left by a stop."""
+    return sorted(
+        path for path in (inbox / LOADING).glob("*/*") if path.is_file() and not path.is_symlink()
+    )
+
+
 def left_over(inbox: Path) -> list[Arrival]:
     """Files that arrived before a restart and were never loaded, oldest first."""
     arrivals = []
-    for path in waiting_files(inbox):
+    for path in [*taken_files(inbox), *waiting_files(inbox)]:
         mtime = datetime.fromtimestamp(path.stat().st_mtime, UTC).replace(tzinfo=None)
         arrivals.append(Arrival(path, mtime, mtime))
     return sorted(arrivals, key=lambda a: a.started_at)

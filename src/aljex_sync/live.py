@@ -60,6 +60,11 @@ STATUS_OF: dict[type[WireError], int] = {
 }
 
 
+WRITE_FAILURE_SHOWN = 60.0
+"""Seconds /healthz answers 503 after a request the database refused, unless one lands: long
+enough for a monitor to see it while Aljex keeps retrying; short enough that a monitor that
+takes the service out of rotation for it lets Aljex's retries back in."""
+
 # A health probe: None when its part is up, else one line saying what is wrong.
 Probe = Callable[[], Awaitable[str | None]]
 
@@ -108,9 +113,11 @@ class _RequestLogLine:
     action: str = "-"
     key: str = "-"
 
-    def emit(self, status: int, result: str) -> None:
+    def emit(self, status: int, result: str, *, level: int = logging.INFO) -> None:
+        """Log the line: at ``level``, which callers raise for what the operator must act on."""
         ms = (time.perf_counter() - self.started) * 1000
-        log.info(
+        log.log(
+            level,
             "%s %s %s %s %d %s %.1fms",
             self.source[:MAX_LOGGED],
             self.table[:MAX_LOGGED],
@@ -206,6 +213,9 @@ class LiveEndpoint:
         )
         self.probes = probes
         self.details = details  # more lines for a 200 (the feeds' health: alerts.py)
+        # The last request the database refused as unavailable, while no later one landed:
+        # (time.monotonic(), why). The probes only read, and a full disk refuses only writes.
+        self._write_failure: tuple[float, str] | None = None
 
     def app(self, *, extra_routes: list[Route] | None = None) -> Starlette:
         routes = [
@@ -222,6 +232,13 @@ class LiveEndpoint:
         A 200 carries, after "ok", one line per watched feed; a silent feed never makes it
         a 503, so a quiet night does not get the service restarted.
         """
+        failure = self._write_failure
+        if failure is not None and time.monotonic() - failure[0] < WRITE_FAILURE_SHOWN:
+            line = " ".join(
+                f"database unavailable: the last request was not stored: {failure[1]}".split()
+            )
+            log.warning("health check: %s", line[:300])
+            return _text(503, line[:300])
         for probe in self.probes:
             problem = await probe()
             if problem is not None:
@@ -246,7 +263,7 @@ class LiveEndpoint:
             line.emit(405, "method not allowed")
             return _text(405, "only POST is accepted here", {"Allow": "POST"})
         if settings.allow_ips and not _in(source, settings.allow_ips):
-            line.emit(403, "address not allowed")
+            line.emit(403, "address not allowed", level=logging.WARNING)
             return _text(403, f"address {source} is not allowed")
         refused = await self._authenticate(request, source, line)
         if refused is not None:
@@ -266,8 +283,10 @@ class LiveEndpoint:
         try:
             outcome = await self.journal.write(Received(body, source, received_at))
         except DatabaseUnavailable as e:
-            line.emit(503, "database unavailable")
+            self._write_failure = (time.monotonic(), str(e))
+            line.emit(503, f"database unavailable: {e}"[:300], level=logging.ERROR)
             return _text(503, f"database unavailable, nothing was stored: {e}"[:300])
+        self._write_failure = None
         return self._reply(outcome, line)
 
     def _reply(self, outcome: Outcome, line: _RequestLogLine) -> Response:
@@ -276,7 +295,7 @@ class LiveEndpoint:
         line.table, line.action = outcome.table or "-", outcome.action or "-"
         line.key = outcome.key
         if outcome.status == "held":
-            line.emit(200, f"held: {outcome.reason}")
+            line.emit(200, f"held: {outcome.reason}", level=logging.WARNING)
             return _text(200, f"held as event {outcome.event_id}: {outcome.reason}"[:300])
         line.emit(200, outcome.status)
         return _text(200, f"{outcome.status} as event {outcome.event_id}")
@@ -294,7 +313,7 @@ class LiveEndpoint:
         logins = self.logins
         credentials = _basic_credentials(request.headers.get("authorization"))
         if credentials is None:
-            return self._unauthorized(line)
+            return self._unauthorized(line, wrong=False)
         wait = logins.retry_after(source)
         if wait is not None:
             return self._too_many(wait, line)
@@ -309,20 +328,25 @@ class LiveEndpoint:
             logins.succeeded(source)
             return None
         logins.failed(source)
-        return self._unauthorized(line)
+        return self._unauthorized(line, wrong=True)
 
     @staticmethod
-    def _unauthorized(line: _RequestLogLine) -> Response:
-        line.emit(401, "unauthorized")
+    def _unauthorized(line: _RequestLogLine, *, wrong: bool) -> Response:
+        """401: a wrong password is a WARNING (Aljex's records cannot land until it is
+        fixed); a request with no credentials at all, as a browser's first try, is INFO."""
+        if wrong:
+            line.emit(401, "wrong username or password", level=logging.WARNING)
+        else:
+            line.emit(401, "no credentials")
         return _text(
             401,
-            "username and password required",
+            "wrong username or password" if wrong else "username and password required",
             {"WWW-Authenticate": 'Basic realm="aljex-sync", charset="UTF-8"'},
         )
 
     @staticmethod
     def _too_many(wait: int, line: _RequestLogLine) -> Response:
-        line.emit(429, "too many failed logins")
+        line.emit(429, "too many failed logins", level=logging.WARNING)
         return _text(
             429,
             f"too many failed logins from this address; retry in {wait} s",
@@ -373,6 +397,6 @@ class LiveEndpoint:
         status = STATUS_OF.get(type(error), 400)
         line.table = error.table or "-"
         line.action = error.action or "-"
-        line.emit(status, error.reason)
+        line.emit(status, error.reason, level=logging.WARNING)
         headers = {"Connection": "close"} if close else None
         return _text(status, error.reason[:300], headers)

@@ -64,12 +64,33 @@ def run(settings: Settings) -> Report:
     return report
 
 
+def in_memory(url: str) -> str | None:
+    """Why ``url`` cannot be served, if it is an in-memory SQLite database; else None."""
+    parsed = normalize_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return None
+    name = parsed.database or ""
+    memory = parsed.query.get("mode") == "memory"
+    if name and name != ":memory:" and not memory:
+        return None
+    return (
+        "database.url: an in-memory SQLite database (sqlite:// or :memory:) is not"
+        " shared with the journal writer's process, and every record would be lost at the"
+        " stop; give a file, e.g. sqlite:///aljex.db"
+    )
+
+
 def check_database(settings: Settings) -> str | None:
     """Reachable and writable: create, write and drop a scratch table. None if fine."""
     url = settings.database.url
-    if database_file_missing(url):  # connecting would create it: look at its folder
-        name = normalize_url(url).database or ""
-        return check_folder("database.url", Path(name).parent)
+    memory = in_memory(url)
+    if memory is not None:
+        return memory
+    if database_file_missing(url):  # connecting would create it, not its folder
+        folder = Path(normalize_url(url).database or "").parent
+        if not folder.is_dir():
+            return f"database.url: the folder {folder} does not exist; make it first"
+        return check_folder("database.url", folder)
     engine = open_engine(url, timeout=settings.database.timeout)
     scratch = Table(
         f"_aljex_check_{secrets.token_hex(4)}", MetaData(), Column("id", Integer, primary_key=True)

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import asyncssh
 from asyncssh import (
@@ -27,6 +27,7 @@ from asyncssh import (
     FXF_TRUNC,
     FXF_WRITE,
     SFTPAttrs,
+    SFTPError,
     SFTPFailure,
     SFTPFileAlreadyExists,
     SFTPName,
@@ -78,6 +79,7 @@ class _OpenUpload:
     started: float  # time.monotonic(), for the logged duration
     mtime: datetime | None = None
     failed: bool = False
+    why: str = "a write failed"  # why it failed, once it has
     fd_open: bool = True
 
     def seek(self, offset: int, whence: int = 0) -> int:
@@ -149,8 +151,18 @@ class InboxSFTPServer(asyncssh.SFTPServer):
             yield SFTPName(name.encode(), attrs=SFTPAttrs.from_local(st))
 
     def open(self, path: bytes, pflags: int, attrs: SFTPAttrs) -> _OpenUpload:
+        """A new upload; a refusal is logged with its reason, which OpenSSH's sftp does not
+        show (it prints "Permission denied" or "Failure" whatever the server said)."""
         if pflags & FXF_READ or not pflags & FXF_WRITE:
             raise SFTPPermissionDenied("This inbox only accepts uploads; files cannot be read")
+        try:
+            return self._open_upload(path, pflags)
+        except SFTPError as e:
+            shown = path.decode("utf-8", "replace").lstrip("/")
+            log.warning("upload refused: %r from %s: %s", shown[:80], self._remote_addr, e.reason)
+            raise
+
+    def _open_upload(self, path: bytes, pflags: int) -> _OpenUpload:
         if pflags & FXF_APPEND:
             raise SFTPPermissionDenied("Appending is not supported; upload the whole file")
         name = _upload_name(path)
@@ -163,7 +175,10 @@ class InboxSFTPServer(asyncssh.SFTPServer):
             raise SFTPNoSuchFile(f"No such file: {name}")
         temp = self._dir / f"{_TEMP_PREFIX}{secrets.token_hex(8)}-{name}"
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd = os.open(temp, flags, 0o600)
+        try:
+            fd = os.open(temp, flags, 0o600)
+        except OSError as e:
+            self._cannot_save(name, e)
         upload = _OpenUpload(name, temp, fd, datetime.now(UTC), time.monotonic())
         self._open.add(upload)
         return upload
@@ -174,15 +189,17 @@ class InboxSFTPServer(asyncssh.SFTPServer):
             raise SFTPFailure("An earlier write failed; this upload is discarded")
         if offset + len(data) > self._max_bytes:
             upload.failed = True
-            raise SFTPFailure(f"File larger than the {self._max_bytes} byte limit")
+            upload.why = f"File larger than the {self._max_bytes} byte limit"
+            raise SFTPFailure(upload.why)
         try:
             view = memoryview(data)
             while view:
                 written = os.pwrite(upload.fd, view, offset)
                 view, offset = view[written:], offset + written
-        except OSError:
+        except OSError as e:
             upload.failed = True
-            raise
+            upload.why = f"a write failed: {e.strerror}"
+            self._cannot_save(upload.name, e)
         return len(data)
 
     def read(self, file_obj: object, offset: int, size: int) -> bytes:
@@ -225,15 +242,15 @@ class InboxSFTPServer(asyncssh.SFTPServer):
             self._discard(upload, "the client left before closing it")
             return
         if upload.failed:
-            self._discard(upload, "a write failed")
+            self._discard(upload, upload.why)
             raise SFTPFailure("Upload failed and was discarded")
         try:
             size = await asyncio.to_thread(_seal, upload)
             os.replace(upload.temp, self._dir / upload.name)
             await asyncio.to_thread(_fsync_dir, self._dir)
-        except OSError:
-            self._discard(upload, "it could not be saved")
-            raise
+        except OSError as e:
+            self._discard(upload, f"it could not be saved: {e.strerror}")
+            self._cannot_save(upload.name, e)
         closed = _Closed(upload.started_at, upload.started, time.monotonic(), upload.mtime, size)
         if _is_partial(upload.name):
             self._partials[upload.name] = closed
@@ -286,6 +303,18 @@ class InboxSFTPServer(asyncssh.SFTPServer):
         )
         self._inbox.report(upload, closed.finished - closed.started)
 
+    def _cannot_save(self, name: str, error: OSError) -> NoReturn:
+        """The inbox refused a write (gone, unwritable, full): every upload will fail the
+        same way until someone fixes it, so ERROR, with the reason the client is told too."""
+        log.error(
+            "cannot save the upload of %r from %s in %s: %s",
+            name,
+            self._remote_addr,
+            self._dir,
+            error.strerror or error,
+        )
+        raise SFTPFailure(f"The upload cannot be saved: {error.strerror or error}") from None
+
     def _discard(self, upload: _OpenUpload, why: str) -> None:
         log.warning(
             "discarding incomplete upload of %r from %s: %s", upload.name, self._remote_addr, why
@@ -314,11 +343,9 @@ def _inbox_name(path: bytes) -> str:
     if len(parts) != 1:
         raise SFTPPermissionDenied("Only files directly in the inbox are accessible")
     name = parts[0]
-    if (
-        name.startswith(".")
-        or len(name.encode()) > _MAX_NAME_BYTES
-        or any(ord(char) < 32 or ord(char) == 127 for char in name)
-    ):
+    if len(name.encode()) > _MAX_NAME_BYTES:
+        raise SFTPPermissionDenied(f"File name over {_MAX_NAME_BYTES} bytes")
+    if name.startswith(".") or any(ord(char) < 32 or ord(char) == 127 for char in name):
         raise SFTPPermissionDenied(f"File name not allowed: {name!r}")
     return name
 

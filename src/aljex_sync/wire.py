@@ -47,7 +47,9 @@ MAX_IDENTIFIER_BYTES = 63  # PostgreSQL's limit, the smallest of the three datab
 # which the search path always puts first. ``information_schema`` is a schema, never on
 # the search path, and MariaDB keeps its own tables in other databases: both are safe.
 RESERVED_TABLE_PREFIXES = (INTERNAL_PREFIX, "sqlite_", "pg_")
-RESERVED_TABLE_SUFFIX = "__history"  # store/schema.py: a table's history is <table>__history
+# store/schema.py: a table's history is <table>__history; store/views.py: its typed view
+# is <table>_typed (a table of that name would clash with the view, on every database).
+RESERVED_TABLE_SUFFIXES = ("__history", "_typed")
 _BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 
 
@@ -144,8 +146,15 @@ def parse_body(body: bytes, *, legacy_charset: str = "cp1252", max_fields: int =
         warnings.append("a field with an empty name was ignored")
         del fields[""]
     names = "\n".join(fields)  # names with no capital letter cannot collide by case
-    if names != names.lower() and len({name.lower() for name in fields}) != len(fields):
-        fields = _fold_case(fields, warnings)
+    if names != names.lower():
+        lowered = {name.lower() for name in fields}
+        for param in (TABLE_PARAM, ACTION_PARAM):
+            if param in lowered:  # not a data column beside the action that says otherwise
+                raise MalformedRequest(
+                    f"{param} was sent more than once (also in other capitals)", table=table_name
+                )
+        if len(lowered) != len(fields):
+            fields = _fold_case(fields, warnings)
     if reader.mixed:
         warnings.append(
             f"{reader.mixed} name(s) or value(s) were not all UTF-8; "
@@ -200,6 +209,6 @@ def check_table_name(table: str | None) -> str:
     if len(name) > MAX_IDENTIFIER_BYTES:
         raise MalformedRequest(f"table name longer than {MAX_IDENTIFIER_BYTES} characters")
     lowered = name.lower()
-    if lowered.startswith(RESERVED_TABLE_PREFIXES) or lowered.endswith(RESERVED_TABLE_SUFFIX):
+    if lowered.startswith(RESERVED_TABLE_PREFIXES) or lowered.endswith(RESERVED_TABLE_SUFFIXES):
         raise MalformedRequest(f"table name {name!r} is reserved")
     return lowered

@@ -20,14 +20,18 @@ from ..errors import AljexSyncError, ConfigError
 from ..store.database import display_url, open_engine, translate
 from ..store.schema import Schema
 
-console = Console()
-err_console = Console(stderr=True)
+# Markup off: what the commands print comes from the network and from file names (a table
+# named "[/x]" must print as sent, not end the command); a styled line asks for markup=True.
+console = Console(markup=False)
+err_console = Console(stderr=True, markup=False)
 
 
 def fail(message: str) -> NoReturn:
     """One line on stderr, exit status 1."""
     line = " ".join(message.split())
-    err_console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
+    err_console.print(
+        f"[bold red]error:[/] {escape(line)}", markup=True, highlight=False, soft_wrap=True
+    )
     sys.exit(1)
 
 

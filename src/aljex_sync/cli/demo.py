@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import click
+from rich.markup import escape
 from rich.progress import Progress, TextColumn
 from rich.table import Table
 
@@ -50,7 +51,9 @@ def demo(seconds: float, rate: float, seed: int, folder: Path | None) -> None:
             seconds=seconds,
             rate=rate,
             seed=seed,
-            step=lambda text: console.print(f"[bold]>[/] {text}", highlight=False),
+            step=lambda text: console.print(
+                f"[bold]>[/] {escape(text)}", markup=True, highlight=False
+            ),
             live_progress=live_progress,
         )
     loaded = sum(f.status == "loaded" for f in result.files)
@@ -69,9 +72,12 @@ def demo(seconds: float, rate: float, seed: int, folder: Path | None) -> None:
         )
     console.print(counts)
     if result.verify.ok:
-        console.print("[bold green]verify: zero differences[/] — the database is true to Aljex.")
+        console.print(
+            "[bold green]verify: zero differences[/] — the database is true to Aljex.",
+            markup=True,
+        )
     else:
-        console.print(f"[bold red]verify: {result.verify.differences} differences[/]")
+        console.print(f"[bold red]verify: {result.verify.differences} differences[/]", markup=True)
         for example in result.verify.examples[:10]:
             console.print(f"  {example}", highlight=False)
     console.print(f"Database and files: {result.folder}")

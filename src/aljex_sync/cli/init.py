@@ -31,8 +31,20 @@ TLS_FILES = {"tls_cert": "tls_cert.pem", "tls_key": "tls_key.pem"}
     help="Host name or address Aljex reaches this machine at."
     " Default: this machine's own network address.",
 )
-@click.option("--http-port", default=8080, show_default=True, help="Live Sync HTTP port.")
-@click.option("--sftp-port", default=2222, show_default=True, help="Morning Sync SFTP port.")
+@click.option(
+    "--http-port",
+    type=click.IntRange(0, 65535),
+    default=8080,
+    show_default=True,
+    help="Live Sync HTTP port.",
+)
+@click.option(
+    "--sftp-port",
+    type=click.IntRange(0, 65535),
+    default=2222,
+    show_default=True,
+    help="Morning Sync SFTP port.",
+)
 @click.option("--force", is_flag=True, help="Overwrite an existing config file.")
 @click.option(
     "--tls-self-signed",
@@ -94,8 +106,10 @@ def init(
         names = [n for n in (found, "localhost", "127.0.0.1") if n]
         tls_fingerprint = make_self_signed(settings.live.tls_cert, settings.live.tls_key, names)
     scheme = "https" if tls_fingerprint else "http"
+    # Made (and logged) before the block Aljex is sent, so no log line lands inside it.
+    fingerprint = host_key_fingerprint(settings.morning.host_key)
     console.print(f"Wrote {path}.\n")
-    console.print("[bold]Send Aljex the following.[/]\n")
+    console.print("[bold]Send Aljex the following.[/]\n", markup=True)
     console.print("Live Sync (HTTP POST):")
     console.print(f"  URL:      {scheme}://{host}:{settings.live.port}{settings.live.path}")
     console.print(f"  Username: {settings.live.username}")
@@ -113,7 +127,6 @@ def init(
     console.print(f"  Username: {settings.morning.username}")
     console.print(f"  Password: {sftp_password}", highlight=False)
     console.print("  Folder:   /")
-    fingerprint = host_key_fingerprint(settings.morning.host_key)
     console.print(f"  Host key: {fingerprint} (ed25519)", highlight=False)
     console.print()
     if public_host is None:

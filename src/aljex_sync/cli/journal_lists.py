@@ -22,7 +22,11 @@ from .common import Context, console, database, fail, fitting_table
     "--since", help="Only since: a duration (90m, 2h, 3d) or a UTC time (2026-03-02T06:30)."
 )
 @click.option(
-    "--limit", default=50, show_default=True, help="List at most this many, newest first."
+    "--limit",
+    type=click.IntRange(min=1),
+    default=50,
+    show_default=True,
+    help="List at most this many, newest first.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.pass_obj
@@ -43,6 +47,8 @@ def events(
         start = journal_query.parse_since(since) if since else None
     except AljexSyncError as e:
         fail(str(e))
+    except OverflowError:  # a duration reaching back past year 1
+        fail(f"--since {since!r}: reaches back past the earliest date; give a shorter duration")
     with database(obj.settings) as engine:
         found = journal_query.list_events(
             engine, status=status, table=table, since=start, limit=limit
@@ -69,7 +75,11 @@ def events(
 @click.command()
 @click.option("--status", type=click.Choice(journal_query.FILE_STATUSES), help="Only this status.")
 @click.option(
-    "--limit", default=50, show_default=True, help="List at most this many, newest first."
+    "--limit",
+    type=click.IntRange(min=1),
+    default=50,
+    show_default=True,
+    help="List at most this many, newest first.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.pass_obj

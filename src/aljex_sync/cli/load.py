@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import click
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -104,8 +105,9 @@ def _print_report(report: FileReport) -> None:
     c = report.counts
     style = {"loaded": "green", "dry-run": "cyan", "duplicate": "yellow"}.get(report.status, "red")
     console.print(
-        f"[bold]{report.name}[/] -> {report.table or '?'} ({report.mode or '-'}):"
-        f" [{style}]{report.status}[/]",
+        f"[bold]{escape(report.name)}[/] -> {escape(report.table or '?')}"
+        f" ({report.mode or '-'}): [{style}]{report.status}[/]",
+        markup=True,
         highlight=False,
     )
     if report.error:

@@ -12,6 +12,7 @@ import time
 
 import click
 
+from .. import preflight
 from ..config import Settings
 from ..errors import AljexSyncError
 from ..service import Service, new_event_loop
@@ -44,13 +45,17 @@ def serve(obj: Context, workers: int) -> None:
     that dies is started again.
     """
     settings = obj.settings
+    memory = preflight.in_memory(settings.database.url)
+    if memory is not None:
+        fail(memory)
     if workers > 1:
         _check_workers(settings, workers)
     try:
         with asyncio.Runner(loop_factory=new_event_loop) as runner:
             clean = runner.run(_serve(settings, workers))
     except (AljexSyncError, OSError) as e:
-        fail(str(e))
+        hint = " (is aljex-sync already running?)" if "Address already in use" in str(e) else ""
+        fail(f"{e}{hint}")
     finally:
         _end_children()
     if not clean:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
+from pathlib import Path
 
 import click
 
 from .. import overview
+from ..inbox import taken_files, waiting_files
 from ..notifier import read_holder
 from ..notify import sink_states
 from ..overview import Summary
@@ -30,9 +33,11 @@ def status(obj: Context, as_json: bool, types: bool) -> None:
         view_errors = views.errors()
         sinks = sink_states(engine)
         holder = read_holder(engine)
+    waiting = _waiting(settings.morning.inbox) if settings.morning.enabled else []
     if as_json:
         extra: dict[str, object] = {"types": [vars(m) for m in misfits or []]} if types else {}
         extra["notify"] = [vars(s) for s in sinks]
+        extra["waiting"] = waiting
         extra["views_not_refreshed"] = [vars(e) for e in view_errors]
         extra["notifier"] = vars(holder) if holder is not None else None
         click.echo(json.dumps({**_overview_dict(found), **extra}, indent=2, default=str))
@@ -69,6 +74,15 @@ def status(obj: Context, as_json: bool, types: bool) -> None:
         console.print(
             "See inbox/failed, inbox/held and inbox/unmatched; `aljex-sync load` retries."
         )
+    if waiting:
+        table = fitting_table("Waiting in the inbox", "file", "bytes", "arrived (UTC)")
+        for w in waiting:
+            table.add_row(str(w["name"]), str(w["size"]), f"{w['arrived']:%m-%d %H:%M}")
+        console.print(table)
+        console.print(
+            "Not loaded yet: serve loads a file as its upload completes, tries one the"
+            " database refused again every minute, and loads one left over at its next start."
+        )
     if found.recent:
         recent = fitting_table(
             "Recent morning files",
@@ -101,6 +115,19 @@ def status(obj: Context, as_json: bool, types: bool) -> None:
         console.print(f"Notifications sent by {holder.line()}", highlight=False, overflow="fold")
     for sink in sinks:  # [notify]: how far each sink is delivered
         console.print(f"Notifications to {sink.line()}", highlight=False, overflow="fold")
+
+
+def _waiting(inbox: Path) -> list[dict[str, object]]:
+    """The files in the inbox root that no load has taken out yet, oldest first."""
+    found = []
+    for path in [*taken_files(inbox), *waiting_files(inbox)]:
+        try:
+            st = path.stat()
+        except OSError:  # loaded and moved meanwhile
+            continue
+        arrived = datetime.fromtimestamp(st.st_mtime, UTC).replace(tzinfo=None)
+        found.append({"name": path.name, "size": st.st_size, "arrived": arrived})
+    return sorted(found, key=lambda f: str(f["arrived"]))
 
 
 def _print_misfits(misfits: list[Misfits] | None) -> None:
