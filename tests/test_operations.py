@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import httpx
 import pytest
 from click.testing import CliRunner
 from cryptography import x509
@@ -92,6 +93,70 @@ def test_events_filters_by_table_and_time_and_prints_json(a_day_in):
     code, out = run("-c", str(a_day_in), "events", "--status", "rejected", "--json")
     (rejected,) = json.loads(out)
     assert rejected["action"] == "explode" and "explode" in rejected["reason"]
+
+
+ODD_BODIES = [  # what Aljex may send oddly: accepted, with a warning in the journal
+    b"web_sync_table_name=loads&web_sync_action=create&id=L1&name=a&name=b",
+    b"web_sync_table_name=loads&web_sync_action=create&id=L2&City=Reno&city=Elko",
+    b"web_sync_table_name=carriers&web_sync_action=create&id=C1&name=caf%C3%A9%FF",
+    b"web_sync_table_name=loads&web_sync_action=create&id=L3&name=plain",
+]
+
+
+@pytest.fixture
+def odd_requests_in(database_url: str, tmp_path: Path) -> Path:
+    """A config on a database whose journal holds three requests with warnings, one without."""
+    with RunningService(make_settings(database_url, tmp_path)) as running:
+        for body in ODD_BODIES:
+            reply = httpx.post(
+                running.url,
+                content=body,
+                auth=("aljex", TEST_PASSWORD),
+                headers={"Content-Type": "application/x-www-form-urlencoded"},
+                timeout=30,
+            )
+            assert reply.status_code == 200, reply.text
+    return write_config(tmp_path, database_url)
+
+
+def test_events_json_shows_each_requests_warnings(odd_requests_in):
+    code, out = run("-c", str(odd_requests_in), "events", "--json")
+    assert code == 0, out
+    by_key = {e["key"]: e for e in json.loads(out)}
+    assert by_key["L1"]["warnings"] == ["field 'name' was sent more than once; the last value won"]
+    assert "field 'city' was also sent as 'City'" in by_key["L2"]["warnings"][0]
+    assert "1 name(s) or value(s) were not all UTF-8" in by_key["C1"]["warnings"][0]
+    assert by_key["L3"]["warnings"] == []
+    assert {e["status"] for e in by_key.values()} == {"applied"}
+
+
+def test_events_shows_warnings_under_the_reason_in_80_columns(odd_requests_in):
+    code, out = run("-c", str(odd_requests_in), "events")
+    assert code == 0, out
+    assert max(len(line) for line in out.splitlines()) <= 80
+    text = " ".join(out.replace("│", " ").split())
+    assert "warning: field 'name' was sent more than once; the last value won" in text
+    assert "warning: 1 name(s) or value(s) were not all UTF-8" in text
+
+
+def test_events_with_warnings_lists_only_requests_with_warnings(odd_requests_in):
+    code, out = run("-c", str(odd_requests_in), "events", "--with-warnings", "--json")
+    assert code == 0, out
+    assert sorted(e["key"] for e in json.loads(out)) == ["C1", "L1", "L2"]
+
+
+def test_status_counts_requests_with_warnings_per_table(odd_requests_in):
+    code, out = run("-c", str(odd_requests_in), "status", "--json")
+    assert code == 0, out
+    found = json.loads(out)["warnings"]
+    assert [(w["table"], w["count"]) for w in found] == [("carriers", 1), ("loads", 2)]
+    code, out = run("-c", str(odd_requests_in), "status")
+    assert code == 0, out
+    assert max(len(line) for line in out.splitlines()) <= 80
+    text = " ".join(out.split())
+    section = text.split("Requests with warnings")[1]
+    assert "│ carriers │ 1 │" in section and "│ loads │ 2 │" in section
+    assert "aljex-sync events --with-warnings" in section
 
 
 def test_events_refuses_a_since_too_far_back_or_a_limit_below_one_in_one_line(a_day_in):

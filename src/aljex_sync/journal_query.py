@@ -30,7 +30,11 @@ class BadSince(AljexSyncError):
 
 @dataclass(frozen=True)
 class EventLine:
-    """One journal entry as ``events`` lists it: what came, what became of it, and why."""
+    """One journal entry as ``events`` lists it: what came, what became of it, and why.
+
+    ``warnings`` is what was accepted but odd (a field sent twice, bytes that were not
+    UTF-8), one line each, as the journal keeps them.
+    """
 
     id: int
     received_at: datetime
@@ -39,6 +43,7 @@ class EventLine:
     key: str | None
     status: str
     reason: str | None
+    warnings: tuple[str, ...]
 
 
 def parse_since(text: str, now: datetime | None = None) -> datetime:
@@ -67,10 +72,14 @@ def list_events(
     status: str | None = None,
     table: str | None = None,
     since: datetime | None = None,
+    with_warnings: bool = False,
     limit: int = 50,
 ) -> list[EventLine]:
-    """The latest journal entries, newest first, filtered by status, table and time."""
+    """The latest journal entries, newest first, filtered by status, table, time and
+    whether they carry warnings."""
     where: list[ColumnElement[bool]] = []
+    if with_warnings:
+        where.append(events.c.warnings.is_not(None))
     if status:
         where.append(events.c.status == status)
     if table:
@@ -87,6 +96,7 @@ def list_events(
             events.c.record_key,
             events.c.status,
             events.c.error,
+            events.c.warnings,
         )
         .where(*where)
         .order_by(events.c.id.desc())
@@ -103,6 +113,7 @@ def list_events(
             r.record_key,
             str(r.status),
             r.error,
+            tuple(r.warnings.splitlines()) if r.warnings else (),
         )
         for r in rows
     ]

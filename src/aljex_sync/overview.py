@@ -78,6 +78,7 @@ class Overview:
     rejected: list[tuple[str, int]]  # reason, requests
     problems: list[FileProblem]
     recent: list[dict[str, object]]
+    warned: list[tuple[str, int, datetime]]  # table, requests with warnings, the last one
 
 
 def held_reasons(conn: Connection, limit: int) -> list[tuple[str, str, int]]:
@@ -113,9 +114,19 @@ def find_tables(engine: Engine) -> bool:
 
 
 def read(engine: Engine, *, limit: int = 10) -> Overview:
-    """The journal's counts, rejected requests by reason, and the files that need a look."""
+    """The journal's counts, rejected requests by reason, requests accepted with warnings by
+    table, and the files that need a look."""
     summary = summarize(engine)
     with reading(engine) as conn:
+        warned = [
+            (str(t or "-"), int(n), last)
+            for t, n, last in conn.execute(
+                select(events.c.table_name, func.count(), func.max(events.c.received_at))
+                .where(events.c.warnings.is_not(None))
+                .group_by(events.c.table_name)
+                .order_by(events.c.table_name)
+            )
+        ]
         rejected = [
             (str(reason or "-"), int(n))
             for reason, n in conn.execute(
@@ -151,7 +162,7 @@ def read(engine: Engine, *, limit: int = 10) -> Overview:
                 .limit(limit)
             )
         ]
-    return Overview(summary, rejected, problems, recent_files(engine, limit))
+    return Overview(summary, rejected, problems, recent_files(engine, limit), warned)
 
 
 def recent_files(engine: Engine, limit: int = 10) -> list[dict[str, object]]:

@@ -22,6 +22,11 @@ from .common import Context, console, database, fail, fitting_table
     "--since", help="Only since: a duration (90m, 2h, 3d) or a UTC time (2026-03-02T06:30)."
 )
 @click.option(
+    "--with-warnings",
+    is_flag=True,
+    help="Only requests accepted with a warning (a field sent twice, bytes not UTF-8).",
+)
+@click.option(
     "--limit",
     type=click.IntRange(min=1),
     default=50,
@@ -35,10 +40,12 @@ def events(
     status: str | None,
     table: str | None,
     since: str | None,
+    with_warnings: bool,
     limit: int,
     as_json: bool,
 ) -> None:
-    """List the latest Live Sync requests in the journal, with what became of each and why.
+    """List the latest Live Sync requests in the journal, with what became of each and why,
+    and the warnings of a request accepted with something odd in it.
 
     For example, `aljex-sync events --status held` shows the records waiting for a replay.
     Changes nothing.
@@ -51,7 +58,12 @@ def events(
         fail(f"--since {since!r}: reaches back past the earliest date; give a shorter duration")
     with database(obj.settings) as engine:
         found = journal_query.list_events(
-            engine, status=status, table=table, since=start, limit=limit
+            engine,
+            status=status,
+            table=table,
+            since=start,
+            with_warnings=with_warnings,
+            limit=limit,
         )
     if as_json:
         click.echo(json.dumps([vars(line) for line in found], indent=2, default=str))
@@ -67,9 +79,20 @@ def events(
             line.action or "-",
             line.key or "-",
             line.status,
-            line.reason or "-",
+            _why(line),
         )
     console.print(listing if found else "No events match.")
+
+
+SHOWN_WARNINGS = 3  # a request may carry hundreds (every field sent twice); --json has all
+
+
+def _why(line: journal_query.EventLine) -> str:
+    """The reason, then each warning on a line of its own under it."""
+    notes = [f"warning: {w}" for w in line.warnings[:SHOWN_WARNINGS]]
+    if len(line.warnings) > SHOWN_WARNINGS:
+        notes.append(f"(and {len(line.warnings) - SHOWN_WARNINGS} more warnings; see --json)")
+    return "\n".join([line.reason, *notes] if line.reason else notes) or "-"
 
 
 @click.command()

@@ -61,6 +61,15 @@ def status(obj: Context, as_json: bool, types: bool) -> None:
             held.add_row(name, reason, str(n))
         console.print(held)
         console.print("Fix the cause, then run `aljex-sync replay`.")
+    if found.warned:
+        warned = fitting_table("Requests with warnings", "table", "requests", "last (UTC)")
+        for name, n, last in found.warned:
+            warned.add_row(name, str(n), f"{last:%Y-%m-%d %H:%M:%S}")
+        console.print(warned)
+        console.print(
+            "Accepted, but Aljex sent something odd (a field twice, bytes not UTF-8);"
+            " `aljex-sync events --with-warnings` lists them."
+        )
     if found.rejected:
         rejected = fitting_table("Rejected requests", "refused because", "requests")
         for reason, n in found.rejected:
@@ -152,6 +161,9 @@ def _overview_dict(found: overview.Overview) -> dict[str, object]:
     return {
         **_summary_dict(found.summary),
         "rejected": [{"reason": r, "count": n} for r, n in found.rejected],
+        "warnings": [
+            {"table": t, "count": n, "last_received": last} for t, n, last in found.warned
+        ],
         "not_loaded": [
             {
                 "name": p.name,
