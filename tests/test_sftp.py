@@ -589,7 +589,10 @@ def test_ssh_banner_names_no_library_version(server: RunningInbox) -> None:
 def test_parallel_password_guesses_are_checked_at_most_the_limit(
     serve: Callable[..., RunningInbox],
 ) -> None:
-    """Each attempt takes its slot before the (slow) check: 40 at once get 5 checks, not 40."""
+    """Each attempt takes its slot before the (slow) check: 40 at once get 5 checks, not 40.
+
+    The connection limits are raised so that all 40 get as far as their password.
+    """
     checks: list[str] = []
     lock = threading.Lock()
 
@@ -599,7 +602,14 @@ def test_parallel_password_guesses_are_checked_at_most_the_limit(
         time.sleep(0.3)
         return password == PASSWORD
 
-    server = serve(check_password=slow_check, max_failed_logins=5, failed_login_delay=0.0)
+    server = serve(
+        check_password=slow_check,
+        max_failed_logins=5,
+        failed_login_delay=0.0,
+        max_unauthenticated=40,
+        max_unauthenticated_per_address=40,
+        max_connections=40,
+    )
 
     async def guess(n: int) -> str:
         try:

@@ -42,20 +42,20 @@ from collections.abc import Awaitable, Callable
 import asyncssh
 
 from .sftp_files import InboxSFTPServer, Upload, remove_stale_temp_files
-from .sftp_login import InboxSSHServer, LoginGuard
+from .sftp_login import Closings, ConnectionGate, InboxSSHServer, LoginGuard
 from .sftp_settings import (
     CIPHERS,
     HOST_KEY_ALGORITHM,
     KEX_ALGORITHMS,
     MACS,
     SERVER_VERSION,
+    SSH_BACKLOG,
     SftpSettings,
     load_or_create_host_key,
 )
 
 log = logging.getLogger("aljex_sync.sftp")
 
-_LOGIN_TIMEOUT = 60.0
 _SESSION_EXIT_TIMEOUT = 10.0
 
 
@@ -68,6 +68,8 @@ class SftpInbox:
         self.settings = settings
         self._on_upload = on_upload
         self.guard = LoginGuard(settings.max_failed_logins, settings.failed_login_window)
+        self.gate = ConnectionGate(settings)
+        self.closings = Closings()
         self._acceptor: asyncssh.SSHAcceptor | None = None
         self._fingerprint: str | None = None
         self.connections: set[asyncssh.SSHServerConnection] = set()
@@ -99,7 +101,9 @@ class SftpInbox:
             kbdint_auth=False,
             host_based_auth=False,
             gss_host=None,
-            login_timeout=_LOGIN_TIMEOUT,
+            # InboxSSHServer keeps settings.login_timeout itself, and logs what it closes.
+            login_timeout=0,
+            backlog=SSH_BACKLOG,
             # Only the sftp subsystem: no session factory means shell and exec are refused.
             sftp_factory=lambda chan: InboxSFTPServer(chan, self),
             allow_scp=False,
@@ -147,6 +151,7 @@ class SftpInbox:
         except TimeoutError:
             log.warning("%d SFTP sessions did not end in time", len(self._sessions))
         await asyncio.gather(*self._callbacks)
+        self.closings.flush()
 
     def session_started(self, session: InboxSFTPServer) -> None:
         self._sessions.add(session)

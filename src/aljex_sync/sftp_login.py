@@ -1,7 +1,13 @@
-"""The SFTP server's SSH side: password login for one user, with a lockout per address.
+"""The SFTP server's SSH side: who may connect, and password login for one user.
 
 Only password authentication is offered. A failed password is slowed down, and an address
 with too many failures within the window is refused before its password is checked.
+
+Every connection holds a file descriptor of the process Live Sync runs in, so a connection
+beyond a limit (:class:`ConnectionGate`) is closed as soon as it is accepted, before the
+SSH banner, and one not logged in within the login time is closed then. Connections closed
+for these reasons are logged as one line per reason and ``REPORT_INTERVAL``
+(:class:`Closings`), however many there are, as Live Sync's are.
 """
 
 from __future__ import annotations
@@ -10,15 +16,106 @@ import asyncio
 import hmac
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from typing import TYPE_CHECKING, NoReturn
 
 import asyncssh
+
+from .sftp_settings import SftpSettings
 
 if TYPE_CHECKING:
     from .sftp import SftpInbox
 
 log = logging.getLogger("aljex_sync.sftp")
+
+REPORT_INTERVAL = 60.0
+
+
+class ConnectionGate:
+    """The SSH connections open, and whether one more may be: at most ``max_connections``,
+    of which ``max_unauthenticated`` not logged in yet, ``max_unauthenticated_per_address``
+    of those from one address."""
+
+    def __init__(self, settings: SftpSettings) -> None:
+        self._settings = settings
+        self.open = 0
+        self._waiting = 0  # not logged in yet
+        self._waiting_from: Counter[str] = Counter()
+
+    def admit(self, addr: str) -> str | None:
+        """Count in a connection from ``addr``; or, if it would pass a limit, which one."""
+        settings = self._settings
+        if self.open >= settings.max_connections:
+            return f"over {settings.max_connections} connections at once"
+        if self._waiting >= settings.max_unauthenticated:
+            return f"over {settings.max_unauthenticated} connections not logged in"
+        per_address = settings.max_unauthenticated_per_address
+        if self._waiting_from[addr] >= per_address:
+            return f"over {per_address} connections not logged in from one address"
+        self.open += 1
+        self._waiting += 1
+        self._waiting_from[addr] += 1
+        return None
+
+    def logged_in(self, addr: str) -> None:
+        self._done_waiting(addr)
+
+    def left(self, addr: str, *, logged_in: bool) -> None:
+        self.open -= 1
+        if not logged_in:
+            self._done_waiting(addr)
+
+    def _done_waiting(self, addr: str) -> None:
+        self._waiting -= 1
+        self._waiting_from[addr] -= 1
+        if self._waiting_from[addr] <= 0:
+            del self._waiting_from[addr]
+
+
+class Closings:
+    """Counts connections closed for one reason and logs them once per interval.
+
+    The first of each reason is logged at once, with its address; the rest are added up
+    and logged when the interval is over (or the server stops), with the address most of
+    them came from, so a flood costs a few log lines, not one per connection.
+    """
+
+    def __init__(self, interval: float = REPORT_INTERVAL) -> None:
+        self.interval = interval
+        self._last: dict[str, float] = {}
+        self._counts: dict[str, Counter[str]] = {}  # reason: connections per address
+        self._since = 0.0
+        self._flush: asyncio.TimerHandle | None = None
+
+    def count(self, reason: str, addr: str) -> None:
+        now = time.monotonic()
+        if now - self._last.get(reason, -self.interval) >= self.interval:
+            self._last[reason] = now
+            log.warning("closed an SSH connection from %s: %s", addr, reason)
+            return
+        if not self._counts:
+            self._since = now
+        self._counts.setdefault(reason, Counter())[addr] += 1
+        if self._flush is None:
+            self._flush = asyncio.get_running_loop().call_later(self.interval, self.flush)
+
+    def flush(self) -> None:
+        """Log the connections counted and not logged yet, one line per reason."""
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
+        counts, self._counts = self._counts, {}
+        now = time.monotonic()
+        for reason, by_addr in counts.items():
+            self._last[reason] = now
+            (most, _), *_ = by_addr.most_common(1)
+            log.warning(
+                "closed %d more SSH connection(s) in %.0f s: %s (most from %s)",
+                by_addr.total(),
+                now - self._since,
+                reason,
+                most,
+            )
 
 
 class LoginGuard:
@@ -74,15 +171,45 @@ class InboxSSHServer(asyncssh.SSHServer):
         self._settings = inbox.settings
         self._conn: asyncssh.SSHServerConnection | None = None
         self._addr = "unknown"
+        self._admitted = False
+        self._logged_in = False
+        self._deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._conn = conn
         self._addr = peer_address(conn)
+        refused = self._inbox.gate.admit(self._addr)
+        if refused is not None:
+            self._inbox.closings.count(refused, self._addr)
+            conn.abort()  # before the banner: the descriptor goes back at once
+            return
+        self._admitted = True
         self._inbox.connections.add(conn)
+        timeout = self._settings.login_timeout
+        self._deadline = asyncio.get_running_loop().call_later(timeout, self._too_slow, timeout)
+
+    def auth_completed(self) -> None:
+        self._cancel_deadline()
+        self._logged_in = True
+        self._inbox.gate.logged_in(self._addr)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._conn is not None:
+        self._cancel_deadline()
+        if self._admitted and self._conn is not None:
+            self._admitted = False
             self._inbox.connections.discard(self._conn)
+            self._inbox.gate.left(self._addr, logged_in=self._logged_in)
+
+    def _too_slow(self, timeout: float) -> None:
+        self._deadline = None
+        if self._conn is not None:
+            self._inbox.closings.count(f"not logged in within {timeout:g} s", self._addr)
+            self._conn.abort()
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
 
     async def begin_auth(self, username: str) -> bool:
         self._refuse_if_locked(username)

@@ -2,6 +2,10 @@
 
 The algorithms are chosen to pass ssh-audit; the host key is ed25519, generated once and
 kept, since the customer gives its fingerprint to Aljex.
+
+The connection limits keep the server inside the file descriptors Live Sync leaves to
+everything else (``http_server.RESERVED_DESCRIPTORS``): the SFTP server takes at most half
+of them, whatever a client does. Aljex logs in with one connection, or a few.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import asyncssh
 from asyncssh.crypto import mlkem_available
 
 from .errors import ConfigError
+from .http_server import RESERVED_DESCRIPTORS
 
 log = logging.getLogger("aljex_sync.sftp")
 
@@ -52,6 +57,23 @@ SERVER_VERSION = "aljex-sync"
 #: Host key signature algorithm; the host key is always ed25519.
 HOST_KEY_ALGORITHM = "ssh-ed25519"
 
+#: The descriptors the SFTP server may hold: half of what Live Sync leaves to the rest.
+SSH_DESCRIPTORS = RESERVED_DESCRIPTORS // 2
+#: The listen backlog: asyncio accepts up to this many connections in one go, before any
+#: of them can be refused, and may do so twice before the first are closed. A backlog
+#: much smaller makes a flood crowd out Aljex's connection in the kernel's queue.
+SSH_BACKLOG = SSH_DESCRIPTORS // 4
+#: SSH connections at once; each holds a socket, and while it uploads, a file.
+MAX_CONNECTIONS = (SSH_DESCRIPTORS - 2 * SSH_BACKLOG) // 2
+#: Of those, connections not logged in yet (OpenSSH's MaxStartups): the rest stay free for
+#: Aljex once logged in, whoever else connects.
+MAX_UNAUTHENTICATED = MAX_CONNECTIONS // 2
+#: Connections not logged in yet from one address: one scanner or flood from a single
+#: address cannot take the room Aljex needs to log in.
+MAX_UNAUTHENTICATED_PER_ADDRESS = 3
+#: Seconds a connection has to log in (OpenSSH's LoginGraceTime); then it is closed.
+LOGIN_TIMEOUT = 30.0
+
 
 @dataclass(frozen=True)
 class SftpSettings:
@@ -68,6 +90,10 @@ class SftpSettings:
     max_failed_logins: int = 5  # per source address within failed_login_window
     failed_login_window: float = 300.0
     failed_login_delay: float = 1.0  # seconds each failed password attempt is slowed by
+    max_connections: int = MAX_CONNECTIONS  # more are closed as soon as they are accepted
+    max_unauthenticated: int = MAX_UNAUTHENTICATED
+    max_unauthenticated_per_address: int = MAX_UNAUTHENTICATED_PER_ADDRESS
+    login_timeout: float = LOGIN_TIMEOUT
 
 
 def host_key_fingerprint(path: Path) -> str:

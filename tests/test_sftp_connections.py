@@ -1,0 +1,222 @@
+"""The SFTP server's connection limits: idle or endless connections cannot starve the process.
+
+Each SSH connection holds a file descriptor, and the SFTP server shares the process's
+descriptors with Live Sync. A connection beyond a limit is closed as soon as it is
+accepted, one not logged in within the login time is closed then, and the log says so in
+one line per reason and interval, however many there are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import selectors
+import socket
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+import pytest
+
+from aljex_sync import sftp_settings
+from aljex_sync.http_server import RESERVED_DESCRIPTORS
+from aljex_sync.sftp_settings import SftpSettings
+
+from .support import (
+    SFTP_PASSWORD,
+    SFTP_USER,
+    RunningInbox,
+    RunningService,
+    make_settings,
+    post_note,
+    sftp_upload,
+)
+from .support import (
+    sftp_settings as inbox_settings,
+)
+
+PROMPTLY = 3.0  # seconds: a refused connection is closed long before this
+
+
+@pytest.fixture
+def sftp_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    caplog.set_level(logging.INFO, logger="aljex_sync.sftp")
+    return caplog
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Callable[..., RunningInbox]]:
+    """Start SFTP inboxes with the tests' settings, some overridden; stop them at teardown."""
+    settings = inbox_settings(tmp_path / "inbox", tmp_path / "host_key")
+    running: list[RunningInbox] = []
+
+    def start(**overrides: Any) -> RunningInbox:
+        server = RunningInbox(replace(settings, **overrides))
+        running.append(server)
+        return server
+
+    yield start
+    for server in running:
+        server.stop()
+
+
+def open_idle(port: int, count: int, source: str, stack: ExitStack) -> list[socket.socket]:
+    """``count`` TCP connections to ``port`` from address ``source``, that never send a byte."""
+    opened = []
+    for _ in range(count):
+        sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+        sock.bind((source, 0))
+        sock.connect(("127.0.0.1", port))
+        opened.append(sock)
+    return opened
+
+
+def closed_within(socks: list[socket.socket], seconds: float) -> tuple[int, int]:
+    """How many of ``socks`` the server closes within ``seconds``, and how many it keeps."""
+    selector = selectors.DefaultSelector()
+    for sock in socks:
+        sock.setblocking(False)
+        selector.register(sock, selectors.EVENT_READ)
+    closed = 0
+    deadline = time.monotonic() + seconds
+    while selector.get_map() and (left := deadline - time.monotonic()) > 0:
+        for key, _ in selector.select(left):
+            sock = key.fileobj
+            assert isinstance(sock, socket.socket)
+            try:
+                data = sock.recv(4096)  # the banner of a kept connection, or the end
+            except ConnectionResetError:
+                data = b""
+            if not data:
+                selector.unregister(sock)
+                closed += 1
+    kept = len(selector.get_map())
+    selector.close()
+    return closed, kept
+
+
+def lines_of(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
+    """The SFTP server's log lines that say ``text``."""
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "aljex_sync.sftp" and text in r.getMessage()
+    ]
+
+
+def test_an_idle_flood_is_closed_at_once_while_uploads_and_live_sync_go_on(
+    database_url: str, tmp_path: Path, sftp_log: pytest.LogCaptureFixture
+) -> None:
+    """The trial's flood: idle connections to the SSH port. All but a few from the flooding
+    address are closed at once; an upload from another address and Live Sync still work."""
+    settings = make_settings(database_url, tmp_path)
+    per_address = sftp_settings.MAX_UNAUTHENTICATED_PER_ADDRESS
+    flood = 200
+    with RunningService(settings) as running, ExitStack() as stack:
+        assert running.service.sftp is not None
+        port = running.service.sftp.port
+        idle = open_idle(port, flood, "127.0.0.2", stack)
+        assert closed_within(idle, PROMPTLY) == (flood - per_address, per_address)
+        local = tmp_path / "Customers.csv"
+        local.write_text("id,name\nC1,Acme\n")
+        result = sftp_upload(port, [f"put {local}"], tmp_path / "client")
+        assert result.returncode == 0, result.stderr
+        assert post_note(running) == 200
+    refused = lines_of(sftp_log, "SSH connection")
+    assert refused[0] == (
+        f"closed an SSH connection from 127.0.0.2: over {per_address} connections"
+        " not logged in from one address"
+    )
+    # The rest in one line, written at the latest when the server stops.
+    assert len(refused) == 2, refused
+    assert refused[1].startswith(f"closed {flood - per_address - 1} more SSH connection(s) in ")
+    assert refused[1].endswith("not logged in from one address (most from 127.0.0.2)")
+
+
+def test_connections_not_logged_in_are_capped_across_addresses(
+    serve: Callable[..., RunningInbox], sftp_log: pytest.LogCaptureFixture
+) -> None:
+    server = serve(max_unauthenticated=4, max_unauthenticated_per_address=2)
+    with ExitStack() as stack:
+        idle = [
+            *open_idle(server.port, 2, "127.0.0.2", stack),
+            *open_idle(server.port, 2, "127.0.0.3", stack),
+        ]
+        assert closed_within(idle, 0.5) == (0, 4)
+        late = open_idle(server.port, 3, "127.0.0.4", stack)
+        assert closed_within(late, PROMPTLY) == (3, 0)
+    assert lines_of(sftp_log, "closed an SSH connection") == [
+        "closed an SSH connection from 127.0.0.4: over 4 connections not logged in"
+    ]
+
+
+def test_a_connection_not_logged_in_within_the_login_time_is_closed_and_logged(
+    serve: Callable[..., RunningInbox], sftp_log: pytest.LogCaptureFixture
+) -> None:
+    server = serve(login_timeout=0.5)
+    with ExitStack() as stack:
+        idle = open_idle(server.port, 1, "127.0.0.1", stack)
+        started = time.monotonic()
+        assert closed_within(idle, PROMPTLY) == (1, 0)
+        assert 0.4 < time.monotonic() - started < PROMPTLY
+    assert lines_of(sftp_log, "closed an SSH connection") == [
+        "closed an SSH connection from 127.0.0.1: not logged in within 0.5 s"
+    ]
+
+
+def test_logged_in_connections_are_capped_and_a_freed_place_takes_the_next(
+    serve: Callable[..., RunningInbox], tmp_path: Path, sftp_log: pytest.LogCaptureFixture
+) -> None:
+    server = serve(max_connections=2)
+    local = tmp_path / "Loads.csv"
+    local.write_text("id\nL1\n")
+
+    def upload() -> int:
+        result = sftp_upload(
+            server.port, [f"put {local}"], tmp_path / "client", password=SFTP_PASSWORD
+        )
+        return result.returncode
+
+    async def while_two_are_logged_in() -> tuple[int, int]:
+        held = [await login(server.port) for _ in range(2)]
+        refused = await asyncio.to_thread(upload)
+        held.pop().close()
+        await asyncio.sleep(0.2)
+        uploaded = await asyncio.to_thread(upload)
+        for conn in held:
+            conn.close()
+        return refused, uploaded
+
+    refused, uploaded = asyncio.run(while_two_are_logged_in())
+    assert refused != 0 and uploaded == 0
+    assert server.next_upload().name == "Loads.csv"
+    assert lines_of(sftp_log, "closed an SSH connection") == [
+        "closed an SSH connection from 127.0.0.1: over 2 connections at once"
+    ]
+
+
+async def login(port: int) -> asyncssh.SSHClientConnection:
+    return await asyncssh.connect(
+        "127.0.0.1",
+        port,
+        username=SFTP_USER,
+        password=SFTP_PASSWORD,
+        known_hosts=None,
+        client_keys=None,
+        config=None,
+        preferred_auth="password",
+    )
+
+
+def test_the_sftp_server_fits_in_the_descriptors_live_sync_leaves_to_the_rest() -> None:
+    """Each connection may hold a socket and an upload's file; asyncio accepts up to a
+    backlog at once before any is refused (twice over, as Live Sync counts them)."""
+    defaults = SftpSettings("127.0.0.1", 0, "u", bool, Path("inbox"), Path("key"))
+    worst = 2 * defaults.max_connections + 2 * sftp_settings.SSH_BACKLOG
+    assert worst <= RESERVED_DESCRIPTORS // 2
+    assert defaults.max_unauthenticated_per_address < defaults.max_unauthenticated
+    assert defaults.max_unauthenticated < defaults.max_connections
