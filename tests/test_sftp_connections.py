@@ -109,11 +109,11 @@ def lines_of(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
 
 
 def test_an_idle_flood_is_closed_at_once_while_uploads_and_live_sync_go_on(
-    database_url: str, tmp_path: Path, sftp_log: pytest.LogCaptureFixture
+    sqlite_url: str, tmp_path: Path, sftp_log: pytest.LogCaptureFixture
 ) -> None:
     """The trial's flood: idle connections to the SSH port. All but a few from the flooding
     address are closed at once; an upload from another address and Live Sync still work."""
-    settings = make_settings(database_url, tmp_path)
+    settings = make_settings(sqlite_url, tmp_path)
     per_address = sftp_settings.MAX_UNAUTHENTICATED_PER_ADDRESS
     flood = 200
     with RunningService(settings) as running, ExitStack() as stack:

@@ -45,6 +45,7 @@ from sqlalchemy import (
     inspect,
     select,
 )
+from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 
@@ -62,6 +63,10 @@ log = logging.getLogger("aljex_sync.views")
 VIEW_SUFFIX = "_typed"
 CONFIG, CATALOG, INFERRED_FROM_VALUES, NO_VALUES_YET = "config", "catalog", "inferred", "empty"
 
+# A view's columns described in JSON take about 90 bytes each, up to 200 with long names:
+# over MariaDB's TEXT (64 KiB) from about 700 columns, and a table may have 1,013.
+ColumnsText = Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
+
 VIEWS = MetaData()
 views_table = Table(
     "_aljex_views",
@@ -69,7 +74,7 @@ views_table = Table(
     Column("table_name", Name, primary_key=True),
     Column("view_name", Name, nullable=False),
     Column("signature", String(64), nullable=False),
-    Column("columns", Text, nullable=False),  # JSON: a list of ViewColumn
+    Column("columns", ColumnsText, nullable=False),  # JSON: a list of ViewColumn
     Column("built_at", Timestamp, nullable=False),
     **MYSQL_TABLE,
 )
@@ -308,6 +313,7 @@ class TypedViews:
                 self.engine.begin() as conn,
             ):
                 VIEWS.create_all(conn, checkfirst=True)
+                _widen_columns_text(conn)
             self._installed = True
 
     @staticmethod
@@ -432,6 +438,21 @@ class TypedViews:
                     for c, n in zip(typed_columns, counts, strict=True)
                 ]
         return found
+
+
+def _widen_columns_text(conn: Connection) -> None:
+    """``_aljex_views.columns`` as MEDIUMTEXT on MariaDB, where earlier versions made it
+    TEXT, too small for a view of 700 columns; safe to run again."""
+    if conn.dialect.name not in ("mysql", "mariadb"):
+        return
+    found = {c["name"]: c["type"] for c in inspect(conn).get_columns(views_table.name)}
+    if type(found["columns"]) is not mysql.TEXT:
+        return
+    quote = conn.dialect.identifier_preparer.quote
+    conn.exec_driver_sql(
+        f"ALTER TABLE {quote(views_table.name)} MODIFY {quote('columns')} MEDIUMTEXT NOT NULL"
+    )
+    log.info("%s: columns widened to MEDIUMTEXT for wide tables", views_table.name)
 
 
 def _create_view(conn: Connection, name: str, sql: str) -> None:
