@@ -33,7 +33,7 @@ from typing import Literal
 
 import uvicorn
 
-from . import http_server, tls
+from . import http_server, metrics, tls
 from .admin import admin_routes
 from .chores import Chores
 from .config import Settings
@@ -176,7 +176,13 @@ class Service:
                 database_probe(self.engine, self.settings.database.timeout),
                 self.journal.healthy,
             )
-            self.live = LiveEndpoint(live, self.writer, probes=probes, details=self._health_lines)
+            self.live = LiveEndpoint(
+                live,
+                self.writer,
+                probes=probes,
+                details=self._health_lines,
+                refusals=metrics.write_refusals(self.engine),  # what /metrics reads too
+            )
             extra = admin_routes(self.settings, self.engine, health=self.chores.health)
             config = http_server.config(self.live.app(extra_routes=extra), live, context)
             self._server = _Server(config)
