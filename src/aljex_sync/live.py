@@ -28,7 +28,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from . import metrics
+from . import http_server, metrics
 from .clock import utcnow
 from .config import LiveSettings, Network
 from .credentials import PasswordCheck
@@ -272,6 +272,12 @@ class LiveEndpoint:
         except RequestTooLarge as e:
             return await self._reject(e, b"", source, received_at, line, close=True)
         except ClientDisconnect:
+            cut = http_server.cut_short(request.scope)
+            if cut is not None:  # the server stopped waiting for it (body_timeout)
+                # Journaled without what came of it, as a body over the limit is: a record
+                # cut short must never be replayed. 408 in the log; no reply goes out.
+                cut_error = MalformedRequest(cut)
+                return await self._reject(cut_error, b"", source, received_at, line, status=408)
             line.emit(400, "client disconnected")
             return _text(400, "client disconnected")
         content_type = request.headers.get("content-type")
@@ -380,6 +386,7 @@ class LiveEndpoint:
         line: _RequestLogLine,
         *,
         close: bool = False,
+        status: int | None = None,
     ) -> Response:
         """Answer a 4xx, after journaling the request as rejected (best effort)."""
         received = Received(body, source, received_at, rejection=error)
@@ -387,12 +394,19 @@ class LiveEndpoint:
             await self.journal.write(received)
         except DatabaseUnavailable as e:
             log.warning("could not journal a rejected request: %s", e)
-        return self._refuse(error, line, close=close)
+        return self._refuse(error, line, close=close, status=status)
 
     @staticmethod
-    def _refuse(error: WireError, line: _RequestLogLine, *, close: bool = False) -> Response:
-        """The 4xx reply for a refused request, and its log line."""
-        status = STATUS_OF.get(type(error), 400)
+    def _refuse(
+        error: WireError,
+        line: _RequestLogLine,
+        *,
+        close: bool = False,
+        status: int | None = None,
+    ) -> Response:
+        """The 4xx reply for a refused request, and its log line; ``status`` when the
+        error's own (``STATUS_OF``) does not say it."""
+        status = status or STATUS_OF.get(type(error), 400)
         line.table = error.table or "-"
         line.action = error.action or "-"
         line.emit(status, error.reason, level=logging.WARNING)
