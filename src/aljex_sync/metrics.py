@@ -10,11 +10,10 @@ Two kinds, in one exposition (``/metrics``, behind the admin credentials):
   :func:`set_notify_lag` / :func:`count_notify_failure` (``notify``, per sink);
 - **the database**, read at each scrape by :class:`DatabaseCollector`: whether it is up (as
   ``/healthz`` says: read, and not refusing Live Sync's writes, :class:`WriteRefusals`),
-  journal events by
-  table, action and status, held records, morning files by status and rows by outcome,
-  the feed health of each table's last morning file, and the times of the last live event
-  and the last morning file. These survive restarts and count what other processes
-  (``aljex-sync load``, ``replay``) did too.
+  journal events by table, action and status, held records, morning files by status and
+  rows by outcome, the feed health of each table's last morning file, and the times of
+  the last live event and the last morning file. These survive restarts and count what
+  other processes (``aljex-sync load``, ``replay``) did too.
 
 Nothing is registered in prometheus-client's global registry: :func:`registry_for` builds
 a registry per database, so tests and embedders can run several services in one process.
