@@ -9,12 +9,14 @@ import queue
 import shlex
 import subprocess
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 import httpx
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from aljex_sync import config
 from aljex_sync.config import Settings
@@ -51,6 +53,32 @@ class RunningService(BackgroundService):
 
     def engine(self) -> Engine:
         return open_engine(self.settings.database.url)
+
+
+@contextmanager
+def full_disk(engine: Engine) -> Iterator[None]:
+    """PostgreSQL refusing every new journal row as a full disk does (SQLSTATE 53100),
+    while it still reads; writes land again after the block."""
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "CREATE FUNCTION aljex_test_full() RETURNS trigger AS $$ BEGIN RAISE"
+                " EXCEPTION 'could not extend file: No space left on device' USING"
+                " ERRCODE = '53100'; END $$ LANGUAGE plpgsql"
+            )
+        )
+        conn.execute(
+            text(
+                "CREATE TRIGGER aljex_test_full BEFORE INSERT ON _aljex_events"
+                " FOR EACH ROW EXECUTE FUNCTION aljex_test_full()"
+            )
+        )
+    try:
+        yield
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text("DROP TRIGGER aljex_test_full ON _aljex_events"))
+            conn.execute(text("DROP FUNCTION aljex_test_full()"))
 
 
 def post_note(running: RunningService, key: str = "1", *, timeout: float = 30.0) -> int:

@@ -16,7 +16,7 @@ from sqlalchemy import create_engine, text
 from aljex_sync.store.database import normalize_url
 
 from .conftest import MY_SERVER, PG_SERVER
-from .support import RunningService, make_settings, post_note
+from .support import RunningService, full_disk, make_settings, post_note
 
 
 def health(running: RunningService) -> httpx.Response:
@@ -113,28 +113,12 @@ def test_health_is_503_while_the_database_refuses_every_write_it_can_still_read(
     request itself must turn /healthz to 503, until a request lands again."""
     with RunningService(make_settings(database_url, tmp_path)) as running:
         engine = running.engine()
-        with engine.begin() as conn:
-            conn.execute(
-                text(
-                    "CREATE FUNCTION aljex_test_full() RETURNS trigger AS $$ BEGIN RAISE"
-                    " EXCEPTION 'could not extend file: No space left on device' USING"
-                    " ERRCODE = '53100'; END $$ LANGUAGE plpgsql"
-                )
-            )
-            conn.execute(
-                text(
-                    "CREATE TRIGGER aljex_test_full BEFORE INSERT ON _aljex_events"
-                    " FOR EACH ROW EXECUTE FUNCTION aljex_test_full()"
-                )
-            )
-        assert post_note(running, "1") == 503
-        response = health(running)
+        with full_disk(engine):
+            assert post_note(running, "1") == 503
+            response = health(running)
+        engine.dispose()
         assert response.status_code == 503
         assert response.text.startswith("database unavailable: the last request was not stored")
         assert "No space left on device" in response.text
-        with engine.begin() as conn:
-            conn.execute(text("DROP TRIGGER aljex_test_full ON _aljex_events"))
-            conn.execute(text("DROP FUNCTION aljex_test_full()"))
-        engine.dispose()
         assert post_note(running, "2") == 200
         assert health(running).status_code == 200

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, text
 
+from aljex_sync.service import INBOX_LOCK
 from aljex_sync.store.schema import files
 
 from .support import RunningService, make_settings, sftp_upload
@@ -91,7 +92,8 @@ def _temp_files(inbox: Path) -> list[Path]:
 def settled(running: RunningService, inbox: Path) -> None:
     """Wait until the upload is gone from the inbox root and every load is done."""
     deadline = time.monotonic() + 60
-    while any(p.is_file() for p in inbox.iterdir()):  # temp files and uploads alike
+    # Temp files and uploads alike; not serve's lock, which stays while it runs.
+    while any(p.is_file() and p.name != INBOX_LOCK for p in inbox.iterdir()):
         assert time.monotonic() < deadline, sorted(p.name for p in inbox.iterdir())
         time.sleep(0.02)
     loads = running.service.loads

@@ -20,7 +20,7 @@ from .admin_support import (
     count_files,
     scalar,
 )
-from .support import RunningService
+from .support import RunningService, full_disk, post_note
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -179,3 +179,33 @@ def test_a_served_request_shows_in_the_request_group_and_queue_metrics(sqlite_ur
     groups = "aljex_sync_journal_group_size_count"
     assert value(found, groups) > value(before, groups)
     assert value(found, "aljex_sync_journal_queue_depth") == 0
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_database_up_is_0_while_the_database_refuses_every_write_as_healthz_is_503(
+    database_url, tmp_path
+):
+    """A full disk: every read works, every request gets 503. The metric says what
+    /healthz says, from the same record of the refused request, until one lands."""
+    with RunningService(admin_settings(database_url, tmp_path)) as running:
+        base = f"http://127.0.0.1:{running.service.http_port}"
+
+        def up() -> float:
+            scrape = httpx.get(f"{base}/metrics", auth=ADMIN_AUTH, timeout=30)
+            return value(samples(scrape.text), "aljex_sync_database_up")
+
+        def health() -> int:
+            return httpx.get(f"{base}/healthz", timeout=30).status_code
+
+        assert (up(), health()) == (1, 200)
+        engine = running.engine()
+        with full_disk(engine):
+            assert post_note(running, "1") == 503
+            refused = (up(), health())
+            found = samples(httpx.get(f"{base}/metrics", auth=ADMIN_AUTH, timeout=30).text)
+        engine.dispose()
+        assert refused == (0, 503)
+        # What can be read still is: the database is not gone, it refuses to write.
+        assert any(name == "aljex_sync_morning_rows_total" for name, _ in found)
+        assert post_note(running, "2") == 200
+        assert (up(), health()) == (1, 200)

@@ -1,9 +1,9 @@
 """One notifier among several receivers: only the process holding the notifier's lock sends
 `[notify]`'s notices; when it dies, another takes over and goes on from the cursor.
 
-Real receivers (`serve`, and `serve --workers 2`) sharing one database, a webhook on
-loopback, SIGKILL: each change reaches the webhook at least once and in journal order, and
-exactly once while nothing is killed.
+Real receivers (`serve`, and `serve --workers 2`) sharing one PostgreSQL or MariaDB
+database, a webhook on loopback, SIGKILL: each change reaches the webhook at least once and
+in journal order, and exactly once while nothing is killed.
 """
 
 from __future__ import annotations
@@ -81,14 +81,17 @@ def first_arrivals(ids: list[int]) -> list[int]:
     return [i for i in ids if not (i in seen or seen.add(i))]
 
 
-@pytest.mark.backend
+@pytest.mark.parametrize("database_url", ["postgresql", "mariadb"], indirect=True)
 def test_one_receiver_sends_each_change_and_another_takes_over_when_it_is_killed(
     database_url, tmp_path
 ):
-    # On a database server the first receiver runs workers, which must not send either.
-    workers = [] if database_url.startswith("sqlite") else ["--workers", "2"]
+    """On a database server: one serve per SQLite database (a second is refused), and
+    tests/test_notify_restart.py restarts it after a SIGKILL."""
     with WebhookReceiver() as hook:
-        first = Lines(aljex_sync(config(tmp_path, database_url, hook.url, "a"), "serve", *workers))
+        # The first receiver runs workers, which must not send either.
+        first = Lines(
+            aljex_sync(config(tmp_path, database_url, hook.url, "a"), "serve", "--workers", "2")
+        )
         second: Lines | None = None
         try:
             holder = int(first.wait_for(SENDS).group(1))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 import socket
 import time
 from pathlib import Path
@@ -289,6 +290,27 @@ def test_check_passes_and_leaves_no_table_behind(database_url, tmp_path):
     assert set(inspect(engine).get_table_names()) == before
     engine.dispose()
     assert not (tmp_path / "host_key").exists()  # not even the key it would create
+
+
+@pytest.mark.backend
+def test_check_says_when_a_serve_already_runs_on_the_sqlite_database_or_the_inbox(
+    database_url, tmp_path
+):
+    config = write_config(tmp_path, database_url)
+    with RunningService(make_settings(database_url, tmp_path)):
+        code, out = run("-c", str(config), "check")
+    # On SQLite the database is what the second serve is refused on first; on a database
+    # server, several receivers are fine, each with an inbox of its own.
+    used = database_url if database_url.startswith("sqlite") else f"the inbox {tmp_path / 'inbox'}"
+    assert code == 1
+    problems = [line for line in out.splitlines() if line.startswith("problem: ")]
+    assert problems == [
+        f"problem: another aljex-sync serve (pid {os.getpid()}) is already using {used};"
+        " stop it first"
+    ]
+    code, out = run("-c", str(config), "check")  # stopped: nothing holds them any more
+    assert code == 0, out
+    assert "ok: no other aljex-sync serve on " in out
 
 
 def test_check_prints_one_line_per_problem_and_exits_1(tmp_path):

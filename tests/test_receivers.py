@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -250,9 +251,51 @@ def test_serve_refuses_several_workers_on_sqlite(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: --workers 2: SQLite"), lines
 
 
+def with_inbox(tmp_path: Path, url: str, name: str, inbox: str) -> Path:
+    """A receiver's config with the SFTP inbox ``inbox``, on a port of its own."""
+    return write_config(
+        tmp_path,
+        url,
+        f"{name}.toml",
+        listen="127.0.0.1:0",
+        password=TEST_PASSWORD,
+        inbox=inbox,
+        host_key=f"{name}.key",
+    )
+
+
+@pytest.mark.parametrize("database_url", SERVERS, indirect=True)
+def test_receivers_share_a_database_but_each_needs_an_inbox_of_its_own(database_url, tmp_path):
+    receivers: list[Lines] = []
+
+    def receiver(name: str, inbox: str) -> Lines:
+        receivers.append(
+            Lines(aljex_sync(with_inbox(tmp_path, database_url, name, inbox), "serve"))
+        )
+        return receivers[-1]
+
+    try:
+        first = receiver("a", "inbox-a")
+        first.wait_for("SFTP inbox")
+        second = receiver("b", "inbox-b")
+        second.wait_for("SFTP inbox")
+        third = receiver("c", "inbox-a")
+        assert third.process.wait(60) == 1
+        third.wait_for(
+            f"error: another aljex-sync serve \\(pid {first.process.pid}\\) is already using the"
+            f" inbox {re.escape(str(tmp_path / 'inbox-a'))}; stop it first$"
+        )
+        assert [first.stop(), second.stop()] == [0, 0]
+    finally:
+        for running in receivers:
+            running.close()
+
+
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_serve_workers_share_one_port_and_a_dead_worker_is_started_again(database_url, tmp_path):
-    serve = Lines(aljex_sync(write_config(tmp_path, database_url), "serve", "--workers", "2"))
+    # With an inbox: only the main process locks it, and the workers start all the same.
+    config = with_inbox(tmp_path, database_url, "workers", "inbox")
+    serve = Lines(aljex_sync(config, "serve", "--workers", "2"))
     try:
         port = int(serve.wait_for(r"live sync: 2 workers on 127\.0\.0\.1:(\d+)").group(1))
         pids = {n: int(serve.wait_for(rf"worker {n} ready \(pid (\d+)\)").group(1)) for n in (1, 2)}

@@ -7,6 +7,7 @@ moment must end it. The time bounds below only guard against a hang.
 
 from __future__ import annotations
 
+import errno
 import os
 import queue
 import signal
@@ -21,6 +22,8 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pytest
+
+from aljex_sync.service import bind
 
 HANG_GUARD = 10.0  # seconds; a correct exit takes about one
 
@@ -146,6 +149,84 @@ def test_a_taken_port_asks_whether_aljex_sync_is_already_running(tmp_path):
         code, lines, _ = serve.finish()
     assert code == 1
     assert_one_error_line(lines, "in use (is aljex-sync already running?)")
+
+
+def test_a_port_that_cannot_be_listened_on_says_why_by_its_errno():
+    with port_taken() as port, pytest.raises(OSError) as taken:
+        bind("127.0.0.1", port, "Live Sync HTTP")
+    assert taken.value.errno == errno.EADDRINUSE
+    assert str(taken.value) == (
+        f"Live Sync HTTP: cannot listen on 127.0.0.1:{port}: Address already in use"
+    )
+
+
+def test_an_address_not_on_this_host_is_one_line_without_the_already_running_hint(tmp_path):
+    config = write_config(tmp_path, http="192.0.2.1:8080")  # TEST-NET-1: on no host
+    with serving(config) as serve:
+        code, lines, _ = serve.finish()
+    assert code == 1
+    assert_one_error_line(lines, "Live Sync HTTP: cannot listen on 192.0.2.1:8080: ")
+    assert "already running" not in lines[0] and "[Errno" not in lines[0]
+
+
+def free_port() -> int:
+    with port_taken() as port:
+        return port
+
+
+def other_ports() -> dict[str, str]:
+    """Ports of its own for a second serve on one config, as an operator would give it."""
+    return {
+        "ALJEX_SYNC_LIVE_LISTEN": f"127.0.0.1:{free_port()}",
+        "ALJEX_SYNC_MORNING_LISTEN": f"127.0.0.1:{free_port()}",
+    }
+
+
+def test_a_second_serve_on_the_same_sqlite_database_exits_with_one_line(tmp_path):
+    config = write_config(tmp_path)
+    with serving(config, level="info") as first:
+        first.wait_for_line("SFTP inbox")
+        with serving(config, other_ports()) as second:
+            code, lines, _ = second.finish()
+        assert first.process.poll() is None  # the first one serves on
+    assert code == 1
+    assert_one_error_line(
+        lines,
+        f"another aljex-sync serve (pid {first.process.pid}) is already using"
+        f" sqlite:///{tmp_path / 'aljex.db'}; stop it first",
+    )
+
+
+def test_a_second_serve_on_the_same_inbox_exits_with_one_line(tmp_path):
+    """Another database, the same inbox: both would take each upload."""
+    config = write_config(tmp_path)
+    with serving(config, level="info") as first:
+        first.wait_for_line("SFTP inbox")
+        other = {**other_ports(), "ALJEX_SYNC_DATABASE_URL": f"sqlite:///{tmp_path / 'b.db'}"}
+        with serving(config, other) as second:
+            code, lines, _ = second.finish()
+    assert code == 1
+    assert_one_error_line(
+        lines,
+        f"another aljex-sync serve (pid {first.process.pid}) is already using the inbox"
+        f" {tmp_path / 'inbox'}; stop it first",
+    )
+    assert not (tmp_path / "b.db").exists()  # refused before it touched anything
+
+
+def test_the_locks_of_a_serve_killed_with_sigkill_are_free_at_once(tmp_path):
+    """The kernel lets go of them with the process, even while its journal writer, a child
+    of its own, outlives it for a moment."""
+    config = write_config(tmp_path)
+    with serving(config, level="info") as first:
+        first.wait_for_line("SFTP inbox")
+        os.kill(first.process.pid, signal.SIGKILL)  # serve alone, not its process group
+        first.process.wait()
+        with serving(config, level="info") as second:
+            second.wait_for_line("SFTP inbox")
+            second.process.send_signal(signal.SIGTERM)
+            code, lines, _ = second.finish()
+    assert code == 0, lines
 
 
 @pytest.mark.parametrize(

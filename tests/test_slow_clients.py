@@ -6,6 +6,7 @@ Real sockets on loopback against the running service; every wait is bounded.
 from __future__ import annotations
 
 import base64
+import logging
 import re
 import shlex
 import signal
@@ -89,23 +90,51 @@ def test_a_connection_that_sends_nothing_is_closed(impatient):
     assert read_until_closed(sock).startswith(b"HTTP/1.1 408 ")
 
 
-def test_a_body_that_stalls_is_cut_and_nothing_is_stored(impatient):
+def test_a_body_that_stalls_is_cut_logged_once_and_journaled_as_rejected(impatient, caplog):
+    """The server stops waiting for the body: no reply, one WARNING saying so (the client
+    did not disconnect), and the request journaled as rejected, as a refused request is,
+    without the part that came (a record cut short must never be replayed)."""
+    cut = "body not received within 0.5 s; connection closed"
     sock = connect(impatient)
-    sock.sendall(
-        (
-            f"POST {impatient.settings.live.path} HTTP/1.1\r\nHost: x\r\n"
-            f"Authorization: Basic {AUTH}\r\n"
-            "Content-Type: application/x-www-form-urlencoded\r\n"
-            f"Content-Length: {len(BODY)}\r\n\r\n{BODY[:10]}"
-        ).encode()
-    )
-    assert read_until_closed(sock) == b""  # closed without a reply: the body never came
-    assert normal_post(impatient, key="2") == 200
+    with caplog.at_level(logging.INFO, logger="aljex_sync"):
+        sock.sendall(
+            (
+                f"POST {impatient.settings.live.path} HTTP/1.1\r\nHost: x\r\n"
+                f"Authorization: Basic {AUTH}\r\n"
+                "Content-Type: application/x-www-form-urlencoded\r\n"
+                f"Content-Length: {len(BODY)}\r\n\r\n{BODY[:10]}"
+            ).encode()
+        )
+        assert read_until_closed(sock) == b""  # closed without a reply: the body never came
+        assert normal_post(impatient, key="2") == 200
+        deadline = time.monotonic() + 10
+        while not any(cut in r.getMessage() for r in caplog.records):
+            assert time.monotonic() < deadline, "the cut request was never logged"
+            time.sleep(0.05)
+    said = [
+        (r.levelno, r.getMessage())
+        for r in caplog.records
+        if any(word in r.getMessage() for word in ("body", "disconnected"))
+    ]
+    assert len(said) == 1, said
+    level, message = said[0]
+    assert level == logging.WARNING
+    assert re.fullmatch(rf"127\.0\.0\.1 - - - 408 {cut} [\d.]+ms", message), message
     engine = impatient.engine()
     with engine.connect() as conn:
-        keys = [r[0] for r in conn.exec_driver_sql("SELECT record_key FROM _aljex_events")]
+        journaled = sorted(
+            tuple(row)
+            for row in conn.exec_driver_sql(
+                "SELECT status, record_key, error, body FROM _aljex_events"
+            )
+        )
+        stored = [r[0] for r in conn.exec_driver_sql("SELECT id FROM notes")]
     engine.dispose()
-    assert keys == ["2"]
+    assert journaled == [
+        ("applied", "2", None, b"web_sync_table_name=notes&web_sync_action=create&id=2"),
+        ("rejected", None, cut, b""),
+    ]
+    assert stored == ["2"]
 
 
 def test_headers_over_the_size_cap_get_431(impatient):

@@ -10,9 +10,11 @@ is what Aljex waits on); ``EdgeProtocol`` is its protocol with, per connection:
   seconds of the connection opening (or, on a kept-alive connection, of the request's
   first byte), else the client gets 408 and the connection is closed;
 - a body deadline: the body must arrive within ``body_timeout`` seconds of the headers,
-  else the connection is closed (the endpoint sees a disconnected client). uvicorn stops
-  reading a body past 64 KiB until the endpoint takes it, so for such a body the
-  deadline also covers the endpoint's checks before it reads (normally milliseconds);
+  else the connection is closed without a reply. The endpoint, which sees the connection
+  end, finds why in the request's scope (:func:`cut_short`) and logs the request so; a
+  body it had already answered without reading is reported below. uvicorn stops reading a
+  body past 64 KiB until the endpoint takes it, so for such a body the deadline also
+  covers the endpoint's checks before it reads (normally milliseconds);
 - a header size cap (``MAX_HEADER_BYTES``), answered with 431;
 - a connection cap: a connection beyond ``max_connections`` is answered 503 and closed as
   soon as it is accepted, so the descriptors it would hold go back at once.
@@ -25,7 +27,8 @@ nothing else. ``config`` raises the soft limit as far as the hard limit allows, 
 sizes the backlog and, with a warning if it must, lowers the cap, so that the reserve,
 the connections and two backlogs of accepted ones fit.
 
-Connections closed for these reasons are counted and logged as one line per reason and
+Connections closed for these reasons (but a body the endpoint was waiting for, which its
+own request line reports) are counted and logged as one line per reason and
 ``REPORT_INTERVAL``, however many there are.
 """
 
@@ -37,6 +40,7 @@ import ssl
 import sys
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -57,6 +61,9 @@ KEEP_ALIVE_TIMEOUT = 5.0
 # writer's link, the SFTP server, log files (a quarter of the limit if that is less).
 RESERVED_DESCRIPTORS = 128
 MAX_BACKLOG = 1024
+CUT = "aljex_sync.cut"
+"""The ASGI scope extension in which the server says why it closed the connection of a
+request whose body it stopped waiting for: ``{"reason": ...}``."""
 
 
 @dataclass(frozen=True)
@@ -120,6 +127,13 @@ def _room_for(connections: int) -> tuple[int, int]:
         )
         return room, backlog
     return connections, backlog
+
+
+def cut_short(scope: Mapping[str, Any]) -> str | None:
+    """Why the server closed the connection before the request's body came whole (its
+    body deadline), or None: the client went away of its own accord."""
+    cut = scope.get("extensions", {}).get(CUT)
+    return None if cut is None else str(cut["reason"])
 
 
 def edge_protocol(limits: Limits) -> type[EdgeProtocol]:
@@ -194,11 +208,19 @@ class EdgeProtocol(HttpToolsProtocol):
         self._deadline = None
         if self.transport.is_closing():
             return
-        self.report.count(f"{part} not sent within {seconds:g} s")
         if part == "headers":
+            self.report.count(f"{part} not sent within {seconds:g} s")
             self._answer_and_close(408, f"request headers not sent within {seconds:g} s")
-        else:  # the endpoint is reading the body: it sees a disconnect and answers nothing
-            self.transport.close()
+            return
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            # The endpoint reads the body, or will: it sees the connection end, finds why
+            # here, and its request line says so (once, with who sent it).
+            reason = f"body not received within {seconds:g} s; connection closed"
+            cycle.scope.setdefault("extensions", {})[CUT] = {"reason": reason}
+        else:  # answered already, without the body: no request line will mention it
+            self.report.count(f"{part} not sent within {seconds:g} s")
+        self.transport.close()
 
     def _answer_and_close(self, status: int, reason: str) -> None:
         """Answer before any request was handed to the endpoint, and close."""

@@ -28,7 +28,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from . import metrics
+from . import http_server, metrics
 from .clock import utcnow
 from .config import LiveSettings, Network
 from .credentials import PasswordCheck
@@ -59,11 +59,6 @@ STATUS_OF: dict[type[WireError], int] = {
     TableNotAccepted: 403,
 }
 
-
-WRITE_FAILURE_SHOWN = 60.0
-"""Seconds /healthz answers 503 after a request the database refused, unless one lands: long
-enough for a monitor to see it while Aljex keeps retrying; short enough that a monitor that
-takes the service out of rotation for it lets Aljex's retries back in."""
 
 # A health probe: None when its part is up, else one line saying what is wrong.
 Probe = Callable[[], Awaitable[str | None]]
@@ -201,7 +196,10 @@ class LiveEndpoint:
         *,
         probes: tuple[Probe, ...] = (),
         details: Callable[[], list[str]] | None = None,
+        refusals: metrics.WriteRefusals | None = None,
     ) -> None:
+        """``refusals``: where the requests the database refused are recorded, for
+        /healthz and /metrics to read alike (``metrics.write_refusals``)."""
         self.settings = settings
         self.journal = journal
         self.check = check or PasswordCheck(
@@ -213,9 +211,9 @@ class LiveEndpoint:
         )
         self.probes = probes
         self.details = details  # more lines for a 200 (the feeds' health: alerts.py)
-        # The last request the database refused as unavailable, while no later one landed:
-        # (time.monotonic(), why). The probes only read, and a full disk refuses only writes.
-        self._write_failure: tuple[float, str] | None = None
+        # The probes only read, and a full disk refuses only writes: the requests it refused
+        # turn /healthz to 503 (and aljex_sync_database_up to 0) until one lands.
+        self.refusals = refusals if refusals is not None else metrics.WriteRefusals()
 
     def app(self, *, extra_routes: list[Route] | None = None) -> Starlette:
         routes = [
@@ -232,10 +230,10 @@ class LiveEndpoint:
         A 200 carries, after "ok", one line per watched feed; a silent feed never makes it
         a 503, so a quiet night does not get the service restarted.
         """
-        failure = self._write_failure
-        if failure is not None and time.monotonic() - failure[0] < WRITE_FAILURE_SHOWN:
+        refused = self.refusals.current()
+        if refused is not None:
             line = " ".join(
-                f"database unavailable: the last request was not stored: {failure[1]}".split()
+                f"database unavailable: the last request was not stored: {refused}".split()
             )
             log.warning("health check: %s", line[:300])
             return _text(503, line[:300])
@@ -274,6 +272,12 @@ class LiveEndpoint:
         except RequestTooLarge as e:
             return await self._reject(e, b"", source, received_at, line, close=True)
         except ClientDisconnect:
+            cut = http_server.cut_short(request.scope)
+            if cut is not None:  # the server stopped waiting for it (body_timeout)
+                # Journaled without what came of it, as a body over the limit is: a record
+                # cut short must never be replayed. 408 in the log; no reply goes out.
+                cut_error = MalformedRequest(cut)
+                return await self._reject(cut_error, b"", source, received_at, line, status=408)
             line.emit(400, "client disconnected")
             return _text(400, "client disconnected")
         content_type = request.headers.get("content-type")
@@ -283,10 +287,10 @@ class LiveEndpoint:
         try:
             outcome = await self.journal.write(Received(body, source, received_at))
         except DatabaseUnavailable as e:
-            self._write_failure = (time.monotonic(), str(e))
+            self.refusals.refused(str(e))
             line.emit(503, f"database unavailable: {e}"[:300], level=logging.ERROR)
             return _text(503, f"database unavailable, nothing was stored: {e}"[:300])
-        self._write_failure = None
+        self.refusals.landed()
         return self._reply(outcome, line)
 
     def _reply(self, outcome: Outcome, line: _RequestLogLine) -> Response:
@@ -382,6 +386,7 @@ class LiveEndpoint:
         line: _RequestLogLine,
         *,
         close: bool = False,
+        status: int | None = None,
     ) -> Response:
         """Answer a 4xx, after journaling the request as rejected (best effort)."""
         received = Received(body, source, received_at, rejection=error)
@@ -389,12 +394,19 @@ class LiveEndpoint:
             await self.journal.write(received)
         except DatabaseUnavailable as e:
             log.warning("could not journal a rejected request: %s", e)
-        return self._refuse(error, line, close=close)
+        return self._refuse(error, line, close=close, status=status)
 
     @staticmethod
-    def _refuse(error: WireError, line: _RequestLogLine, *, close: bool = False) -> Response:
-        """The 4xx reply for a refused request, and its log line."""
-        status = STATUS_OF.get(type(error), 400)
+    def _refuse(
+        error: WireError,
+        line: _RequestLogLine,
+        *,
+        close: bool = False,
+        status: int | None = None,
+    ) -> Response:
+        """The 4xx reply for a refused request, and its log line; ``status`` when the
+        error's own (``STATUS_OF``) does not say it."""
+        status = status or STATUS_OF.get(type(error), 400)
         line.table = error.table or "-"
         line.action = error.action or "-"
         line.emit(status, error.reason, level=logging.WARNING)

@@ -8,11 +8,12 @@ Two kinds, in one exposition (``/metrics``, behind the admin credentials):
   :func:`set_queue` (requests sent to the writer and not yet answered),
   :func:`set_feed_health` (``alerts``, each watched feed's health at each check) and
   :func:`set_notify_lag` / :func:`count_notify_failure` (``notify``, per sink);
-- **the database**, read at each scrape by :class:`DatabaseCollector`: journal events by
-  table, action and status, held records, morning files by status and rows by outcome,
-  the feed health of each table's last morning file, and the times of the last live event
-  and the last morning file. These survive restarts and count what other processes
-  (``aljex-sync load``, ``replay``) did too.
+- **the database**, read at each scrape by :class:`DatabaseCollector`: whether it is up (as
+  ``/healthz`` says: read, and not refusing Live Sync's writes, :class:`WriteRefusals`),
+  journal events by table, action and status, held records, morning files by status and
+  rows by outcome, the feed health of each table's last morning file, and the times of
+  the last live event and the last morning file. These survive restarts and count what
+  other processes (``aljex-sync load``, ``replay``) did too.
 
 Nothing is registered in prometheus-client's global registry: :func:`registry_for` builds
 a registry per database, so tests and embedders can run several services in one process.
@@ -23,6 +24,8 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
+import weakref
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 
@@ -167,6 +170,57 @@ class _Hooks(Collector):
         return HOOKS.collect()
 
 
+WRITE_REFUSAL_SHOWN = 60.0
+"""Seconds the database counts as down (/healthz 503, ``aljex_sync_database_up`` 0) after a
+request it refused, unless one lands: long enough for a monitor to see it while Aljex keeps
+retrying; short enough that a monitor that takes the service out of rotation for it lets
+Aljex's retries back in."""
+
+
+class WriteRefusals:
+    """The last Live Sync request the database refused as unavailable, while none landed.
+
+    The health probe and the scrape only read, and a full disk refuses only writes: the
+    refused requests are what tell them. The HTTP edge records each request's fate here;
+    ``/healthz`` (``live.py``) and ``aljex_sync_database_up`` read the same record, the one
+    :func:`write_refusals` keeps for their database, so that they agree.
+    """
+
+    def __init__(self, shown: float = WRITE_REFUSAL_SHOWN) -> None:
+        self.shown = shown
+        self._last: tuple[float, str] | None = None  # (time.monotonic(), why)
+
+    def refused(self, why: str) -> None:
+        """A request the database refused: nothing of it was stored."""
+        self._last = (time.monotonic(), why)
+
+    def landed(self) -> None:
+        """A request the database stored: it writes again."""
+        self._last = None
+
+    def current(self) -> str | None:
+        """Why the last request was not stored, for ``shown`` seconds after it unless one
+        landed since; else None."""
+        last = self._last
+        if last is None or time.monotonic() - last[0] >= self.shown:
+            return None
+        return last[1]
+
+
+_refusals: weakref.WeakKeyDictionary[Engine, WriteRefusals] = weakref.WeakKeyDictionary()
+_refusals_lock = threading.Lock()
+
+
+def write_refusals(engine: Engine) -> WriteRefusals:
+    """The one record of refused writes for the database ``engine`` opens, in this process
+    (each service, and each ``serve --workers`` worker, has its own engine)."""
+    with _refusals_lock:
+        found = _refusals.get(engine)
+        if found is None:
+            found = _refusals[engine] = WriteRefusals()
+        return found
+
+
 def _seconds(moment: datetime | None) -> float | None:
     """A naive UTC timestamp from the database as Unix seconds."""
     return None if moment is None else moment.replace(tzinfo=UTC).timestamp()
@@ -176,7 +230,8 @@ class DatabaseCollector(Collector):
     """Reads the bookkeeping tables at each scrape; aggregated in SQL, bounded in size.
 
     If the database cannot be read, the scrape still succeeds with ``aljex_sync_database_up``
-    at 0 and the other database metrics left out.
+    at 0 and the other database metrics left out. While it refuses Live Sync's writes
+    (:class:`WriteRefusals`) the metric is 0 too, and what it can still read is there.
     """
 
     def __init__(self, engine: Engine) -> None:
@@ -187,7 +242,9 @@ class DatabaseCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily(
-            f"{NAMESPACE}_database_up", "1 if the bookkeeping tables could be read at this scrape"
+            f"{NAMESPACE}_database_up",
+            "1 while the database is up as /healthz says: the bookkeeping tables could be read"
+            " at this scrape, and the last Live Sync request was not refused by it",
         )
         try:
             found = list(self._read())
@@ -196,7 +253,7 @@ class DatabaseCollector(Collector):
             up.add_metric([], 0)
             yield up
             return
-        up.add_metric([], 1)
+        up.add_metric([], 0 if write_refusals(self.engine).current() is not None else 1)
         yield up
         yield from found
 

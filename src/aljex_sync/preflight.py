@@ -5,13 +5,13 @@ refuses typos and wrong values). Then each thing ``serve`` needs is tried the wa
 ``serve`` would use it: the database by creating, writing and dropping a scratch table
 (``serve`` creates tables and columns as fields arrive, so it needs that right); the
 ports by binding them; the SFTP host key by reading it, or, when it does not exist yet,
-by finding its folder writable; the TLS files, when configured, by loading them.
+by finding its folder writable; the TLS files, when configured, by loading them; and
+that no ``serve`` already runs on the SQLite database or the inbox, by trying its locks.
 Nothing is left behind: no table, no file, no key.
 """
 
 from __future__ import annotations
 
-import errno
 import os
 import secrets
 import socket
@@ -25,6 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .config import Settings
 from .overview import database_file_missing
+from .service import port_taken, serve_locks
 from .sftp_settings import HOST_KEY_ALGORITHM
 from .store.database import display_url, normalize_url, open_engine, reading, translate
 
@@ -47,6 +48,9 @@ def run(settings: Settings) -> Report:
     """Check everything ``serve`` needs with these settings."""
     report = Report()
     report.add(check_database(settings), f"database {display_url(settings.database.url)}")
+    running = check_running(settings)
+    if running is not None:
+        report.add(*running)
     live, morning = settings.live, settings.morning
     if live.enabled:
         report.add(check_port("live.listen", live.host, live.port), f"port {live.port} free")
@@ -118,6 +122,23 @@ def check_database(settings: Settings) -> str | None:
     return None
 
 
+def check_running(settings: Settings) -> tuple[str | None, str] | None:
+    """No ``serve`` holds the locks a second one would be refused on (``serve_locks``):
+    on the SQLite database, on the inbox. None when there are none to hold (a database
+    server, no inbox)."""
+    locks = serve_locks(settings)
+    if not locks:
+        return None
+    for lock in locks:
+        try:
+            in_use = lock.file.in_use()
+        except OSError:  # cannot be opened: check_database or check_folder say why
+            continue
+        if in_use:
+            return lock.refusal(), ""
+    return None, "no other aljex-sync serve on " + " or ".join(lock.what for lock in locks)
+
+
 def check_port(key: str, host: str, port: int) -> str | None:
     """The port is free: bind it as ``serve`` would (port 0 is always free). None if fine."""
     if port == 0:
@@ -128,7 +149,7 @@ def check_port(key: str, host: str, port: int) -> str | None:
         try:
             sock.bind((host, port))
         except OSError as e:
-            hint = " (is aljex-sync already running?)" if e.errno == errno.EADDRINUSE else ""
+            hint = " (is aljex-sync already running?)" if port_taken(e) else ""
             return f"{key}: cannot listen on {host}:{port}: {e.strerror}{hint}"
     return None
 

@@ -9,27 +9,36 @@ running then is abandoned (the journal's writer is killed; nothing it had not co
 was acknowledged), so a service manager can always restart the service. A start that
 fails stops whatever had already started, so the error reaches the caller at once. The
 typed views are brought up to date in the background once the rest runs (``view_refresh``).
+
+Only one ``serve`` may use an SQLite database, and only one an inbox folder: the main
+process locks them before anything else (``serve_locks``), and a second one is refused
+with one line naming the first one's pid. The operating system lets go of the locks when
+the process ends, however it ends.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import signal
 import socket
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from types import TracebackType
+from typing import Literal
 
 import uvicorn
 
-from . import http_server, tls
+from . import http_server, metrics, tls
 from .admin import admin_routes
 from .chores import Chores
 from .config import Settings
 from .credentials import PasswordCheck
+from .errors import AljexSyncError, DatabaseUnavailable
 from .inbox import FolderWatch, LoadQueue, left_over
 from .journal_inline import InlineFirst
 from .journal_process import JournalProcess
@@ -38,7 +47,8 @@ from .morning import MorningLoader
 from .notifier import Notifier
 from .sftp import SftpInbox
 from .sftp_settings import SftpSettings
-from .store.database import display_url, open_engine
+from .store.database import display_url, normalize_url, open_engine
+from .store.locks import FileLock, beside
 from .store.schema import Schema
 from .view_refresh import ViewRefresher
 
@@ -46,6 +56,61 @@ log = logging.getLogger("aljex_sync.service")
 
 STOP_TIMEOUT = 30.0
 """Seconds a stop may take, from the first signal to the exit, whatever is in flight."""
+
+SERVE_LOCK = "serve"  # beside an SQLite database: <database>.serve.lock
+INBOX_LOCK = ".aljex-sync.lock"  # in the inbox: a hidden name, never loaded nor uploaded
+
+
+class AlreadyServing(AljexSyncError):
+    """Another ``serve`` already uses what only one may: this SQLite database, this inbox."""
+
+
+class CannotListen(OSError):
+    """A port that cannot be listened on; ``errno`` says why (:func:`port_taken`)."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)  # the message alone, without OSError's "[Errno n]"
+
+
+def port_taken(error: OSError) -> bool:
+    """Whether ``error`` says the address is in use (by another process, most likely)."""
+    return error.errno in (errno.EADDRINUSE, getattr(errno, "WSAEADDRINUSE", errno.EADDRINUSE))
+
+
+@dataclass(frozen=True)
+class ServeLock:
+    """A lock the main process of ``serve`` holds while it runs, and what it guards."""
+
+    file: FileLock
+    kind: Literal["database", "inbox"]
+    what: str  # as the refusal names it: the database's URL, "the inbox <folder>"
+
+    def refusal(self) -> str:
+        """The one line a second ``serve`` stops with."""
+        pid = self.file.holder()
+        who = "another aljex-sync serve" + (f" (pid {pid})" if pid else "")
+        return f"{who} is already using {self.what}; stop it first"
+
+
+def serve_locks(settings: Settings) -> list[ServeLock]:
+    """What only one ``serve`` may use, locked by its main process while it runs.
+
+    An SQLite database takes one writer at a time, which one service keeps busy (so
+    ``serve --workers`` is refused on it too): its lock is a file beside it. Two services
+    on one inbox would both take each upload: its lock is a hidden file in it. Receivers
+    sharing a PostgreSQL or MariaDB database, each with an inbox of its own, are fine.
+    """
+    locks = []
+    url = normalize_url(settings.database.url)
+    database = url.database or ""
+    in_memory = database in ("", ":memory:") or url.query.get("mode") == "memory"
+    if url.get_backend_name() == "sqlite" and not in_memory:
+        file = FileLock(beside(database, SERVE_LOCK))
+        locks.append(ServeLock(file, "database", display_url(url)))
+    if settings.morning.enabled:
+        inbox = settings.morning.inbox
+        locks.append(ServeLock(FileLock(inbox / INBOX_LOCK), "inbox", f"the inbox {inbox}"))
+    return locks
 
 
 class Service:
@@ -55,8 +120,8 @@ class Service:
         self, settings: Settings, *, sock: socket.socket | None = None, chores: bool = True
     ) -> None:
         """``sock``: a listening socket for Live Sync, bound by a parent (``workers.py``);
-        ``chores``: whether this process runs the background chores and refreshes the typed
-        views (one process should)."""
+        ``chores``: whether this is the main process, which holds ``serve_locks``, runs the
+        background chores and refreshes the typed views (one process should)."""
         self.settings = settings
         self._given_socket = sock
         self._run_chores = chores
@@ -73,6 +138,7 @@ class Service:
         self.watch: FolderWatch | None = None
         self._server: uvicorn.Server | None = None
         self._sockets: list[socket.socket] = []
+        self._locks: list[FileLock] = []
         self.http_port: int | None = None
         self._hurry = asyncio.Event()
         self._journal_ready = False
@@ -90,6 +156,8 @@ class Service:
             raise
 
     async def _start(self) -> None:
+        if self._run_chores:  # before anything else: a second serve must touch nothing
+            self._hold_locks()
         live = self.settings.live
         context = None
         if live.enabled and live.tls_cert is not None and live.tls_key is not None:
@@ -108,7 +176,13 @@ class Service:
                 database_probe(self.engine, self.settings.database.timeout),
                 self.journal.healthy,
             )
-            self.live = LiveEndpoint(live, self.writer, probes=probes, details=self._health_lines)
+            self.live = LiveEndpoint(
+                live,
+                self.writer,
+                probes=probes,
+                details=self._health_lines,
+                refusals=metrics.write_refusals(self.engine),  # what /metrics reads too
+            )
             extra = admin_routes(self.settings, self.engine, health=self.chores.health)
             config = http_server.config(self.live.app(extra_routes=extra), live, context)
             self._server = _Server(config)
@@ -132,6 +206,28 @@ class Service:
             self.notifier.start()
             # The typed views, once Aljex is answered: a first start may take a minute.
             self.views.start()
+
+    def _hold_locks(self) -> None:
+        """Lock ``serve_locks``; AlreadyServing if another process holds one."""
+        for lock in serve_locks(self.settings):
+            try:
+                if lock.kind == "inbox":
+                    lock.file.path.parent.mkdir(parents=True, exist_ok=True)
+                taken = lock.file.take()
+            except OSError as e:
+                if lock.kind == "database":  # its folder is missing or read-only
+                    raise DatabaseUnavailable(
+                        f"cannot open the database: cannot make {lock.file.path}: {e.strerror}"
+                    ) from None
+                log.warning(  # the inbox's own ERROR follows: it cannot take files either
+                    "cannot lock the inbox %s: %s; another serve on it would not be refused",
+                    lock.file.path.parent,
+                    e.strerror or e,
+                )
+                continue
+            if not taken:
+                raise AlreadyServing(lock.refusal())
+            self._locks.append(lock.file)
 
     def _health_lines(self) -> list[str]:
         """/healthz's lines after "ok": the feeds' health, the views not refreshed."""
@@ -167,8 +263,9 @@ class Service:
             except OSError as e:
                 self.sftp = None
                 reason = os.strerror(e.errno) if e.errno else str(e)
-                raise OSError(
-                    f"Morning Sync SFTP: cannot listen on {morning.host}:{morning.port}: {reason}"
+                raise CannotListen(
+                    e.errno,
+                    f"Morning Sync SFTP: cannot listen on {morning.host}:{morning.port}: {reason}",
                 ) from None
         else:
             self.watch = FolderWatch(morning.inbox, self.loads, morning.quiet_seconds)
@@ -230,6 +327,9 @@ class Service:
         await self.journal.close()
         await asyncio.to_thread(self.writer.close)
         await asyncio.to_thread(self.engine.dispose)
+        for lock in self._locks:  # last: nothing of this process uses them any more
+            lock.release()
+        self._locks.clear()
 
     async def run_until(self, stop: asyncio.Event) -> bool:
         """Start, wait for ``stop``, then stop cleanly; returns what :meth:`stop` returned.
@@ -286,7 +386,9 @@ def bind(host: str, port: int, what: str) -> socket.socket:
         sock.bind((host, port))
     except OSError as e:
         sock.close()
-        raise OSError(f"{what}: cannot listen on {host}:{port}: {e.strerror}") from None
+        raise CannotListen(
+            e.errno, f"{what}: cannot listen on {host}:{port}: {e.strerror}"
+        ) from None
     sock.listen(2048)
     sock.setblocking(False)
     return sock

@@ -15,7 +15,8 @@ from .common import Context
 @click.pass_obj
 def check(obj: Context) -> None:
     """Check that `serve` can start: the config and environment, the database (reachable
-    and writable), the ports (free), the SFTP host key and the TLS files.
+    and writable), no serve already running on the SQLite database or the inbox, the ports
+    (free), the SFTP host key and the TLS files.
 
     Prints one line per problem and exits with status 1 on any; leaves nothing behind.
     """

@@ -15,7 +15,7 @@ import click
 from .. import preflight
 from ..config import Settings
 from ..errors import AljexSyncError
-from ..service import Service, new_event_loop
+from ..service import Service, new_event_loop, port_taken
 from ..store.database import normalize_url
 from ..workers import Workers
 from .common import Context, fail
@@ -38,7 +38,8 @@ def serve(obj: Context, workers: int) -> None:
     In-flight requests are finished and committed before the database is closed. A
     second signal, or a stop that takes longer than 30 seconds, ends it at once. If it
     cannot start (a port taken, the database unreachable), it exits with status 1 and
-    one line saying why.
+    one line saying why; so does a second serve on the SQLite database or the inbox
+    folder of one already running.
 
     With --workers N, N processes answer Live Sync on the one port, each with its own
     journal writer, and the Morning Sync inbox runs once, in the main process. A worker
@@ -54,8 +55,8 @@ def serve(obj: Context, workers: int) -> None:
         with asyncio.Runner(loop_factory=new_event_loop) as runner:
             clean = runner.run(_serve(settings, workers))
     except (AljexSyncError, OSError) as e:
-        hint = " (is aljex-sync already running?)" if "Address already in use" in str(e) else ""
-        fail(f"{e}{hint}")
+        taken = isinstance(e, OSError) and port_taken(e)
+        fail(f"{e}{' (is aljex-sync already running?)' if taken else ''}")
     finally:
         _end_children()
     if not clean:

@@ -8,6 +8,9 @@ Both are taken with "try" and a deadline rather than by waiting inside the serve
 sessions here run with a short ``lock_timeout``, which would cut a legitimate wait short.
 On SQLite the write lock of ``BEGIN IMMEDIATE`` already makes every writer take its turn,
 so these locks are no-ops there.
+
+:class:`FileLock` is the operating system's lock on a file, for what only one process on
+a host may do: keep the notifier's lock on SQLite, serve one SQLite database or one inbox.
 """
 
 from __future__ import annotations
@@ -129,6 +132,11 @@ def _let_go(conn: Connection, name: str) -> None:
         conn.invalidate()
 
 
+def beside(database: str, name: str) -> Path:
+    """The lock file ``name`` of the SQLite database file ``database``."""
+    return Path(f"{database}.{name}.lock")
+
+
 class KeptLock:
     """A named lock one process keeps for as long as it likes, tried without waiting.
 
@@ -140,16 +148,16 @@ class KeptLock:
 
     SQLite has no such lock, and its write lock cannot be kept while serving. Every process
     on one SQLite database runs on the database's host, so the lock is the operating
-    system's: ``flock`` (``msvcrt.locking`` on Windows) on a file beside the database,
-    ``<database>.<name>.lock``, which the kernel lets go of when the process ends, however
-    it ends. An in-memory database is one process's own: its lock is always there to take.
+    system's: a :class:`FileLock` beside the database, ``<database>.<name>.lock``, which
+    the kernel lets go of when the process ends, however it ends. An in-memory database is
+    one process's own: its lock is always there to take.
     """
 
     def __init__(self, engine: Engine, name: str) -> None:
         self.engine = engine
         self.name = name
         self._conn: Connection | None = None  # the session holding it (PostgreSQL, MariaDB)
-        self._file: int | None = None  # the lock file's descriptor (SQLite)
+        self._file: FileLock | None = None  # the lock file (SQLite)
         self._memory = False  # taken on an in-memory SQLite database
         self._mysql = ""  # its GET_LOCK name, once known
 
@@ -159,7 +167,7 @@ class KeptLock:
         database = self.engine.url.database
         if self.engine.dialect.name != "sqlite" or not database or database == ":memory:":
             return None
-        return Path(f"{database}.{self.name}.lock")
+        return beside(database, self.name)
 
     def take(self) -> bool:
         """Take the lock if no other process holds it; True if this process holds it now."""
@@ -207,9 +215,9 @@ class KeptLock:
         if conn is not None:
             _let_go(conn, self.name)
             conn.close()
-        descriptor, self._file = self._file, None
-        if descriptor is not None:
-            os.close(descriptor)  # closing it lets go of the lock
+        file, self._file = self._file, None
+        if file is not None:
+            file.release()
         self._memory = False
 
     def _try(self, conn: Connection) -> bool:
@@ -237,18 +245,96 @@ class KeptLock:
         if path is None:  # an in-memory database: no other process can share it
             self._memory = True
             return True
-        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            if sys.platform == "win32":
-                import msvcrt
+        lock = FileLock(path)
+        if not lock.take():
+            return False
+        self._file = lock
+        return True
 
-                msvcrt.locking(descriptor, msvcrt.LK_NBLCK, 1)
-            else:
-                import fcntl
 
-                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:  # held by another process
+class FileLock:
+    """A file this process holds locked until it lets go or ends, however it ends.
+
+    ``flock`` on POSIX, ``msvcrt.locking`` on Windows: the kernel lets go of the lock when
+    the descriptor closes, which it does for a process that dies, SIGKILL included. The
+    descriptor is not inherited by the processes this one starts (PEP 446), so a child
+    left running never keeps the lock. The holder writes its pid in the file, for
+    :meth:`holder` to say who holds it; the file stays when the lock is let go (removing
+    it could let two processes lock two different files of one name).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._descriptor: int | None = None
+
+    @property
+    def held(self) -> bool:
+        """Whether this process holds it."""
+        return self._descriptor is not None
+
+    def take(self) -> bool:
+        """Lock the file, made if need be, unless another process holds it; True if held now.
+
+        Raises OSError when the file cannot be opened or made (a missing or read-only folder).
+        """
+        if self._descriptor is not None:
+            return True
+        descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        if not _lock(descriptor):
             os.close(descriptor)
             return False
-        self._file = descriptor
+        self._descriptor = descriptor
+        with suppress(OSError):  # the pid is only for messages
+            os.ftruncate(descriptor, 0)
+            os.lseek(descriptor, 0, os.SEEK_SET)
+            os.write(descriptor, f"{os.getpid()}\n".encode())
         return True
+
+    def release(self) -> None:
+        """Let go of the lock, if held."""
+        descriptor, self._descriptor = self._descriptor, None
+        if descriptor is not None:
+            os.close(descriptor)  # closing it lets go of the lock
+
+    def in_use(self) -> bool:
+        """Whether another process holds it now. Makes no file: one that does not exist is
+        held by nobody. Tries the lock and lets go at once."""
+        if self._descriptor is not None:
+            return False
+        try:
+            descriptor = os.open(self.path, os.O_RDWR)
+        except FileNotFoundError:
+            return False
+        try:
+            return not _lock(descriptor)
+        finally:
+            os.close(descriptor)
+
+    def holder(self) -> int | None:
+        """The pid the holder wrote in the file, if it can be read."""
+        try:
+            text = self.path.read_text(encoding="ascii").strip()
+        except (OSError, ValueError):
+            return None
+        return int(text) if text.isdigit() else None
+
+
+# The byte locked on Windows, past the pid written at the start, so that it can be read.
+_WINDOWS_LOCKED_BYTE = 64
+
+
+def _lock(descriptor: int) -> bool:
+    """Lock an open file without waiting; False if another process holds it."""
+    try:
+        if sys.platform == "win32":
+            import msvcrt
+
+            os.lseek(descriptor, _WINDOWS_LOCKED_BYTE, os.SEEK_SET)
+            msvcrt.locking(descriptor, msvcrt.LK_NBLCK, 1)
+        else:
+            import fcntl
+
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # held by another process
+        return False
+    return True
