@@ -60,8 +60,10 @@ HOST_KEY_ALGORITHM = "ssh-ed25519"
 #: The descriptors the SFTP server may hold: half of what Live Sync leaves to the rest.
 SSH_DESCRIPTORS = RESERVED_DESCRIPTORS // 2
 #: The listen backlog: asyncio accepts up to this many connections in one go, before any
-#: of them can be refused, and may do so twice before the first are closed. A backlog
-#: much smaller makes a flood crowd out Aljex's connection in the kernel's queue.
+#: of them can be refused, and again before the first are closed (a flood from 16
+#: addresses peaked at 48 descriptors, the 8 connections kept included). A larger one
+#: takes more descriptors in a flood; Aljex's connection, if the kernel drops it when the
+#: queue is full, is tried again by its client a second later.
 SSH_BACKLOG = SSH_DESCRIPTORS // 4
 #: SSH connections at once; each holds a socket, and while it uploads, a file.
 MAX_CONNECTIONS = (SSH_DESCRIPTORS - 2 * SSH_BACKLOG) // 2
