@@ -117,8 +117,10 @@ class EventWriter:
                 # A morning file loaded since confirms the row; its live changes and
                 # deletes are measured in the upsert and the delete, as for any change.
                 confirmed = _confirmed_at(conn, plan.synced, received.received_at)
-                has_row = self.rows.synced_at(conn, plan.synced, plan.key_values) is not None
-                if confirmed is not None and has_row:
+                if (
+                    confirmed is not None
+                    and self.rows.synced_at(conn, plan.synced, plan.key_values) is not None
+                ):
                     self._supersede(conn, plan, event_id, Later(confirmed))
                     return self.outcome(plan, event_id)
             if plan.change.action == "delete":
