@@ -15,8 +15,9 @@ Statuses:
 - ``held``: the record was well-formed but could not be applied (no key, or the database
   refused it); ``aljex-sync replay`` re-applies it once the cause is fixed;
 - ``rejected``: the request was malformed (a 4xx reply); kept for the record;
-- ``superseded``: a record older than what its row already holds: a replayed one, or one
-  journaled after a change to its record received later (several receivers); answered 200.
+- ``superseded``: a record older than what its row already holds, or than a delete of its
+  record: a replayed one, or one journaled after a change to its record received later
+  (several receivers); answered 200.
 
 One record's failure stays its own: a group the database refuses is written again one
 record per transaction, and a record the database refuses for its own sake (a value too

@@ -18,7 +18,7 @@ from .clock import utcnow
 from .journal_plan import Plan, Planner
 from .messages import Outcome
 from .store.prepared import Prepared
-from .store.rows import RowMeta, RowWriter
+from .store.rows import Later, RowMeta, RowWriter
 from .store.schema import SyncedTable, events, files
 
 LIVE = "live"
@@ -114,11 +114,14 @@ class EventWriter:
         if plan.status == "applied" and plan.change is not None:
             meta = RowMeta(received.received_at, LIVE, event_id, plan.change.action)
             if plan.replay_of is not None and plan.synced is not None:
-                newer = _confirmed_at(
-                    conn, plan.synced, self.rows.synced_at(conn, plan.synced, plan.key_values)
-                )
-                if newer is not None and newer > received.received_at:
-                    self._supersede(conn, plan, event_id, newer)
+                # A morning file loaded since confirms the row; its live changes and
+                # deletes are measured in the upsert and the delete, as for any change.
+                confirmed = _confirmed_at(conn, plan.synced, received.received_at)
+                if (
+                    confirmed is not None
+                    and self.rows.synced_at(conn, plan.synced, plan.key_values) is not None
+                ):
+                    self._supersede(conn, plan, event_id, Later(confirmed))
                     return self.outcome(plan, event_id)
             if plan.change.action == "delete":
                 self._delete(conn, plan, meta)
@@ -128,27 +131,40 @@ class EventWriter:
                     self._supersede(conn, plan, event_id, later)
         return self.outcome(plan, event_id)
 
-    def _supersede(self, conn: Connection, plan: Plan, event_id: int, later: datetime) -> None:
-        """Journal a change its row did not take, as it holds a change received ``later``.
+    def _supersede(self, conn: Connection, plan: Plan, event_id: int, later: Later) -> None:
+        """Journal a change its record did not take, being older than what it holds.
 
         With several receivers, a change can be journaled after one received later than it
-        (docs/database.md); the row keeps the later one, and the journal says so.
+        (docs/database.md); the row keeps the later change, or the record stays deleted,
+        and the journal says so.
         """
+        at = f"{later.at:%Y-%m-%d %H:%M:%S}"
         plan.status = "superseded"
-        plan.reason = f"the row already holds a later change, from {later:%Y-%m-%d %H:%M:%S}"
+        if not later.deleted:
+            plan.reason = f"the row already holds a later change, from {at}"
+        elif later.event_id is None:
+            plan.reason = f"the record was deleted by a later change, from {at}"
+        else:
+            plan.reason = (
+                f"the record was deleted by a later change, from {at} (event {later.event_id})"
+            )
         row = {"status": plan.status, "error": plan.reason, "applied_at": None}
         conn.execute(update(events).where(events.c.id == event_id).values(row))
 
     def _delete(self, conn: Connection, plan: Plan, meta: RowMeta) -> None:
         """Delete a record, or for a table not made yet leave only its tombstone.
 
-        The tombstone is what keeps a morning file taken before the delete from bringing
-        the record back, so it cannot wait for the table to exist.
+        The tombstone is what keeps a morning file taken before the delete, or a change
+        received before it, from bringing the record back, so it cannot wait for the table
+        to exist. A delete older than the row's last change, or than a delete of the key
+        already recorded, changes nothing and is superseded.
         """
         change = plan.change
         assert change is not None and meta.event_id is not None
         if plan.synced is None:
-            self.rows.tombstone(conn, change.table, plan.key, meta)
+            later = self.rows.forget(conn, change.table, plan.key, meta)
+            if later is not None:
+                self._supersede(conn, plan, meta.event_id, later)
             return
         soft = self.planner.table_settings(change.table).delete == "soft"
         deleted, later = self.rows.delete(conn, plan.synced, plan.key_values, meta, soft=soft)
@@ -238,22 +254,19 @@ class EventWriter:
     # -- replay -------------------------------------------------------------------------
 
 
-def _confirmed_at(
-    conn: Connection, synced: SyncedTable, synced_at: datetime | None
-) -> datetime | None:
-    """When the row's values were last known true: its own ``_aljex_synced_at``, or the
-    export time of the latest morning file loaded into its table, whichever is later.
+def _confirmed_at(conn: Connection, synced: SyncedTable, received_at: datetime) -> datetime | None:
+    """The export time of the latest morning file loaded into the table, if it is later
+    than a change received at ``received_at``; else None.
 
     A morning file leaves the rows it does not change alone (their ``_aljex_synced_at``
     stays), yet it confirms them as of its export time: a held change replayed later that is
     older than that time must be superseded, as it would be had the row been rewritten.
-    None when the row does not exist.
+    (Whether the change is older than the row's last live change, or than a delete of its
+    record, the upsert and the delete decide, as for any change.)
     """
-    if synced_at is None:
-        return None
     loaded = conn.execute(
         select(func.max(files.c.snapshot_at)).where(
             files.c.table_name == synced.name, files.c.status == "loaded"
         )
     ).scalar()
-    return max(synced_at, loaded) if loaded is not None else synced_at
+    return loaded if loaded is not None and loaded > received_at else None
