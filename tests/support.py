@@ -9,8 +9,9 @@ import queue
 import shlex
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -212,3 +213,20 @@ def sftp_settings(inbox: Path, host_key: Path) -> SftpSettings:
 
 def check_password(password: str) -> bool:
     return hmac.compare_digest(password.encode(), SFTP_PASSWORD.encode())
+
+
+@contextmanager
+def inbox_servers(settings: SftpSettings) -> Iterator[Callable[..., RunningInbox]]:
+    """Start SFTP inboxes with ``settings``, some overridden; stop them all on the way out."""
+    running: list[RunningInbox] = []
+
+    def start(**overrides: Any) -> RunningInbox:
+        server = RunningInbox(replace(settings, **overrides))
+        running.append(server)
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in running:
+            server.stop()

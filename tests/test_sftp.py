@@ -15,17 +15,15 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import asyncssh
 import pytest
 
 from aljex_sync.sftp_settings import SftpSettings, host_key_fingerprint
 
-from .support import SFTP_PASSWORD, SFTP_USER, RunningInbox, sftp_settings
+from .support import SFTP_PASSWORD, SFTP_USER, RunningInbox, inbox_servers, sftp_settings
 
 USER = SFTP_USER
 TARGET = f"{USER}@127.0.0.1"
@@ -62,16 +60,8 @@ def settings(tmp_path: Path, inbox_dir: Path) -> SftpSettings:
 @pytest.fixture
 def serve(settings: SftpSettings) -> Iterator[Callable[..., RunningInbox]]:
     """Start servers with the test's settings (overridable); stop them all at teardown."""
-    running: list[RunningInbox] = []
-
-    def start(**overrides: Any) -> RunningInbox:
-        server = RunningInbox(replace(settings, **overrides))
-        running.append(server)
-        return server
-
-    yield start
-    for server in running:
-        server.stop()
+    with inbox_servers(settings) as start:
+        yield start
 
 
 @pytest.fixture

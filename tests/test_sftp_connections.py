@@ -17,9 +17,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
-from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import asyncssh
 import pytest
@@ -33,6 +31,7 @@ from .support import (
     SFTP_USER,
     RunningInbox,
     RunningService,
+    inbox_servers,
     make_settings,
     post_note,
     sftp_upload,
@@ -53,17 +52,8 @@ def sftp_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
 @pytest.fixture
 def serve(tmp_path: Path) -> Iterator[Callable[..., RunningInbox]]:
     """Start SFTP inboxes with the tests' settings, some overridden; stop them at teardown."""
-    settings = inbox_settings(tmp_path / "inbox", tmp_path / "host_key")
-    running: list[RunningInbox] = []
-
-    def start(**overrides: Any) -> RunningInbox:
-        server = RunningInbox(replace(settings, **overrides))
-        running.append(server)
-        return server
-
-    yield start
-    for server in running:
-        server.stop()
+    with inbox_servers(inbox_settings(tmp_path / "inbox", tmp_path / "host_key")) as start:
+        yield start
 
 
 def open_idle(port: int, count: int, source: str, stack: ExitStack) -> list[socket.socket]:
