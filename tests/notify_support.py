@@ -15,6 +15,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from sqlalchemy import select
+
+from aljex_sync.store.database import open_engine
+from aljex_sync.store.schema import events
 
 NATS_URL = "nats://127.0.0.1:4222"
 SECRET = "webhook-secret"
@@ -158,3 +162,14 @@ def stream_count(stream: str) -> int:
             await nc.close()
 
     return asyncio.run(count())
+
+
+def applied_event_ids(url: str) -> list[int]:
+    """The journal's applied events at ``url``, in journal order: what a sink is owed."""
+    engine = open_engine(url)
+    try:
+        with engine.connect() as conn:
+            query = select(events.c.id).where(events.c.status == "applied").order_by(events.c.id)
+            return [int(i) for i in conn.execute(query).scalars()]
+    finally:
+        engine.dispose()

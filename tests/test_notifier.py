@@ -18,15 +18,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import text
 
 from aljex_sync import notifier
 from aljex_sync.notifier import Notifier, read_holder
 from aljex_sync.store.database import open_engine
 from aljex_sync.store.locks import KeptLock
-from aljex_sync.store.schema import events
 
-from .notify_support import SECRET, WebhookReceiver, wait_until
+from .notify_support import SECRET, WebhookReceiver, applied_event_ids, wait_until
 from .receivers_support import Lines, aljex_sync, kill_group
 from .support import TEST_PASSWORD, make_settings
 from .test_receivers import body
@@ -66,16 +65,6 @@ def post(port: int, n: int) -> None:
     assert reply.status_code == 200, reply.text
 
 
-def applied(url: str) -> list[int]:
-    engine = open_engine(url)
-    try:
-        with engine.connect() as conn:
-            query = select(events.c.id).where(events.c.status == "applied").order_by(events.c.id)
-            return [int(i) for i in conn.execute(query).scalars()]
-    finally:
-        engine.dispose()
-
-
 def first_arrivals(ids: list[int]) -> list[int]:
     seen: set[int] = set()
     return [i for i in ids if not (i in seen or seen.add(i))]
@@ -104,7 +93,7 @@ def test_one_receiver_sends_each_change_and_another_takes_over_when_it_is_killed
             second_port = int(second.wait_for(r"listening on http://[\d.]+:(\d+)")[1])
             for n in range(30):
                 post(first_port if n % 2 else second_port, n)
-            wanted = applied(database_url)
+            wanted = applied_event_ids(database_url)
             wait_until("every change at the webhook", lambda: len(hook.received) >= len(wanted))
             time.sleep(1)  # a second sender would have sent its copies by now
             # Exactly once, in journal order, by one process.
@@ -119,7 +108,7 @@ def test_one_receiver_sends_each_change_and_another_takes_over_when_it_is_killed
             took_over = time.monotonic() - killed_at
             for n in range(30, 50):
                 post(second_port, n)
-            wanted = applied(database_url)
+            wanted = applied_event_ids(database_url)
             wait_until(
                 "every change at the webhook after the takeover",
                 lambda: set(wanted) <= {p["event_id"] for p in hook.payloads()},

@@ -10,7 +10,6 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import select
 
 from aljex_sync import metrics
 from aljex_sync.cli import main
@@ -18,12 +17,13 @@ from aljex_sync.errors import ConfigError
 from aljex_sync.morning import MorningLoader
 from aljex_sync.notify import sink_states
 from aljex_sync.notify_sinks import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
-from aljex_sync.store.schema import Schema, events
+from aljex_sync.store.schema import Schema
 
 from .notify_support import (
     NATS_URL,
     SECRET,
     WebhookReceiver,
+    applied_event_ids,
     delete_stream,
     read_stream,
     require_nats,
@@ -42,16 +42,6 @@ def post(running: RunningService, table: str, action: str, **fields: str) -> htt
     return httpx.post(running.url, content=body, auth=AUTH, headers=headers, timeout=30)
 
 
-def applied_ids(running: RunningService) -> list[int]:
-    engine = running.engine()
-    try:
-        with engine.connect() as conn:
-            query = select(events.c.id).where(events.c.status == "applied").order_by(events.c.id)
-            return [int(i) for i in conn.execute(query).scalars()]
-    finally:
-        engine.dispose()
-
-
 def test_each_applied_change_reaches_the_webhook_signed_in_journal_order(database_url, tmp_path):
     with WebhookReceiver() as hook:
         notify = {"webhook": hook.url, "secret": SECRET, **FAST}
@@ -61,7 +51,7 @@ def test_each_applied_change_reaches_the_webhook_signed_in_journal_order(databas
             assert post(running, "loads", "update", id="1", Status="COVERED").status_code == 200
             assert post(running, "loads", "bogus", id="2").status_code == 422
             assert post(running, "loads", "delete", id="1").status_code == 200
-            wanted = applied_ids(running)
+            wanted = applied_event_ids(running.settings.database.url)
             wait_until("three notices", lambda: len(hook.received) >= 3)
 
     assert len(wanted) == 3
@@ -139,7 +129,7 @@ def test_changes_are_published_to_jetstream_by_table_and_action(database_url, tm
         with RunningService(settings) as running:
             assert post(running, "loads", "create", id="9").status_code == 200
             assert post(running, "carriers", "update", id="K1", name="B").status_code == 200
-            wanted = applied_ids(running)
+            wanted = applied_event_ids(running.settings.database.url)
             wait_until("two acks", lambda: sink_states(running.service.engine)[0].lag == 0)
         messages = read_stream(stream)
     finally:

@@ -14,6 +14,15 @@ from .. import journal_query
 from ..errors import AljexSyncError
 from .common import Context, console, database, fail, fitting_table
 
+_limit = click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=50,
+    show_default=True,
+    help="List at most this many, newest first.",
+)
+_as_json = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+
 
 @click.command()
 @click.option("--status", type=click.Choice(journal_query.EVENT_STATUSES), help="Only this status.")
@@ -26,14 +35,8 @@ from .common import Context, console, database, fail, fitting_table
     is_flag=True,
     help="Only requests accepted with a warning (a field sent twice, bytes not UTF-8).",
 )
-@click.option(
-    "--limit",
-    type=click.IntRange(min=1),
-    default=50,
-    show_default=True,
-    help="List at most this many, newest first.",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@_limit
+@_as_json
 @click.pass_obj
 def events(
     obj: Context,
@@ -97,14 +100,8 @@ def _why(line: journal_query.EventLine) -> str:
 
 @click.command()
 @click.option("--status", type=click.Choice(journal_query.FILE_STATUSES), help="Only this status.")
-@click.option(
-    "--limit",
-    type=click.IntRange(min=1),
-    default=50,
-    show_default=True,
-    help="List at most this many, newest first.",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@_limit
+@_as_json
 @click.pass_obj
 def files(obj: Context, status: str | None, limit: int, as_json: bool) -> None:
     """List the latest morning files: what each loaded, or why it was not. Changes nothing."""
