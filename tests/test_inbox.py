@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select, text
 
@@ -25,19 +26,34 @@ def wait_for(predicate, timeout: float = 30.0) -> None:
         time.sleep(0.05)
 
 
-def test_a_file_the_database_refused_is_loaded_once_the_database_is_back(
-    tmp_path: Path, sqlite_url: str, caplog
-) -> None:
+def installed(sqlite_url: str, tmp_path: Path, **engine_options: float) -> tuple[Any, Any, Journal]:
+    """Settings, an engine and a journal with its tables made: what a load queue runs on."""
     settings = make_settings(sqlite_url, tmp_path)
-    engine = open_engine(settings.database.url, timeout=0.2)
+    engine = open_engine(settings.database.url, **engine_options)
     journal = Journal(engine, settings)
     journal.install()
+    return settings, engine, journal
+
+
+def one_file_queue(
+    sqlite_url: str, tmp_path: Path, retry_seconds: float
+) -> tuple[Any, LoadQueue, Path]:
+    """A queue over an inbox holding one employees file (returned), on an engine that waits
+    0.2 s for a lock."""
+    _, engine, journal = installed(sqlite_url, tmp_path, timeout=0.2)
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     csv = inbox / "Employees.csv"
     csv.write_text("id,name\nE1,Ann\n")
-    loads = LoadQueue(MorningLoader(engine, settings, journal.schema), inbox)
-    loads.retry_seconds = 0.5
+    loads = LoadQueue(MorningLoader(engine, journal.settings, journal.schema), inbox)
+    loads.retry_seconds = retry_seconds
+    return engine, loads, csv
+
+
+def test_a_file_the_database_refused_is_loaded_once_the_database_is_back(
+    tmp_path: Path, sqlite_url: str, caplog
+) -> None:
+    engine, loads, csv = one_file_queue(sqlite_url, tmp_path, retry_seconds=0.5)
     loads.start()
     assert loads.wait_idle(30)
     blocker = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), isolation_level=None)
@@ -48,7 +64,7 @@ def test_a_file_the_database_refused_is_loaded_once_the_database_is_back(
     finally:
         blocker.execute("ROLLBACK")
         blocker.close()
-    assert [a.path.name for a in left_over(inbox)] == ["Employees.csv"]  # not failed
+    assert [a.path.name for a in left_over(csv.parent)] == ["Employees.csv"]  # not failed
     wait_for(lambda: [r.status for r in loads.reports] == ["loaded"])
     loads.close()
     with engine.connect() as conn:
@@ -61,16 +77,7 @@ def test_a_file_the_database_refused_is_loaded_once_the_database_is_back(
 
 
 def test_closing_the_queue_cancels_a_pending_retry(tmp_path: Path, sqlite_url: str) -> None:
-    settings = make_settings(sqlite_url, tmp_path)
-    engine = open_engine(settings.database.url, timeout=0.2)
-    journal = Journal(engine, settings)
-    journal.install()
-    inbox = tmp_path / "inbox"
-    inbox.mkdir()
-    csv = inbox / "Employees.csv"
-    csv.write_text("id,name\nE1,Ann\n")
-    loads = LoadQueue(MorningLoader(engine, settings, journal.schema), inbox)
-    loads.retry_seconds = 60
+    engine, loads, csv = one_file_queue(sqlite_url, tmp_path, retry_seconds=60)
     loads.start()
     blocker = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), isolation_level=None)
     blocker.execute("BEGIN EXCLUSIVE")
@@ -84,17 +91,14 @@ def test_closing_the_queue_cancels_a_pending_retry(tmp_path: Path, sqlite_url: s
     loads.close()
     assert time.monotonic() - started < 5
     assert loads.reports == []
-    assert [a.path.name for a in left_over(inbox)] == ["Employees.csv"]  # for the next start
+    assert [a.path.name for a in left_over(csv.parent)] == ["Employees.csv"]  # for the next start
     engine.dispose()
 
 
 def test_an_inbox_that_cannot_be_made_is_one_error_line_without_a_traceback(
     tmp_path: Path, sqlite_url: str, caplog
 ) -> None:
-    settings = make_settings(sqlite_url, tmp_path)
-    engine = open_engine(settings.database.url)
-    journal = Journal(engine, settings)
-    journal.install()
+    settings, engine, journal = installed(sqlite_url, tmp_path)
     (tmp_path / "not-a-folder").write_text("a file where the inbox's parent should be\n")
     inbox = tmp_path / "not-a-folder" / "inbox"
     loads = LoadQueue(MorningLoader(engine, settings, journal.schema), inbox)
@@ -129,10 +133,7 @@ class UploadDuringLoad(MorningLoader):
 
 
 def test_a_file_uploaded_again_while_the_first_loads_is_loaded_too(tmp_path, sqlite_url):
-    settings = make_settings(sqlite_url, tmp_path)
-    engine = open_engine(settings.database.url)
-    journal = Journal(engine, settings)
-    journal.install()
+    settings, engine, journal = installed(sqlite_url, tmp_path)
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     first = inbox / "Employees.csv"
