@@ -94,17 +94,19 @@ async def _run(url: str, auth: str, bodies: list[bytes], n_conn: int) -> dict[st
     requests = [_request(host, port, parts.path, auth, body) for body in bodies]
     shares = [requests[i::n_conn] for i in range(n_conn)]
     latencies: list[list[float]] = [[] for _ in range(n_conn)]
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     failures = await asyncio.gather(
         *(_send_all(host, port, share, lat) for share, lat in zip(shares, latencies, strict=True))
     )
     elapsed = time.perf_counter() - started
+    cpu = time.process_time() - cpu
     flat = sorted(x for part in latencies for x in part)
     return {
         "requests": len(flat),
         "failures": sum(failures),
         "seconds": elapsed,
         "per_second": len(flat) / elapsed,
+        "client_cpu_us": cpu / max(len(flat), 1) * 1e6,
         "p50_ms": flat[len(flat) // 2] * 1000,
         "p99_ms": flat[min(len(flat) - 1, int(len(flat) * 0.99))] * 1000,
         # 200 evenly spaced quantiles, enough to draw the distribution.

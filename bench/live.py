@@ -19,6 +19,7 @@ running it may be doing other work.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -31,10 +32,12 @@ from urllib.parse import urlencode
 from aljex_sync import config
 from aljex_sync.service import BackgroundService
 
+from . import cpu
 from .ceiling import ceiling
 
 PASSWORD = "bench-password"
 ROOT = Path(__file__).parent.parent
+CPU_FIGURES = ("server_cpu_us", "loop_cpu_us", "client_cpu_us", "machine_busy")
 NAIVE_FIELDS = 40  # the record size the naive receiver is measured with
 LABELS = {
     "sqlite": "aljex-sync (SQLite, FULL)",
@@ -44,7 +47,11 @@ LABELS = {
 }
 
 
-def _run_client(url: str, bodies_file: Path, connections: int) -> dict[str, Any]:
+def _run_client(
+    url: str, bodies_file: Path, connections: int, servers: list[int] | None = None
+) -> dict[str, Any]:
+    """One client run; with ``servers`` (the server's processes), their CPU per request."""
+    before = cpu.Snapshot.take(servers or [])
     out = subprocess.run(
         [
             sys.executable,
@@ -61,7 +68,10 @@ def _run_client(url: str, bodies_file: Path, connections: int) -> dict[str, Any]
         text=True,
         cwd=ROOT,
     )
-    return json.loads(out.stdout)
+    result: dict[str, Any] = json.loads(out.stdout)
+    after = cpu.Snapshot.take(servers or [])
+    result.update(cpu.per_request(before, after, result["requests"]))
+    return result
 
 
 def _bodies(records: list[tuple[str, dict[str, str]]], path: Path) -> Path:
@@ -73,8 +83,13 @@ def _bodies(records: list[tuple[str, dict[str, str]]], path: Path) -> Path:
 
 
 def _best(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Each figure at its best over the runs: the noise on a shared machine only adds."""
+    """Each figure at its best over the runs: the noise on a shared machine only adds.
+
+    The CPU figures are those of the run with the most records/s.
+    """
+    fastest = max(runs, key=lambda r: r["per_second"])
     return {
+        **{k: fastest.get(k) for k in CPU_FIGURES},
         "requests": runs[0]["requests"],
         "failures": sum(r["failures"] for r in runs),
         "per_second": max(r["per_second"] for r in runs),
@@ -86,8 +101,8 @@ def _best(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 @contextmanager
-def naive(database: Path, key: str) -> Iterator[str]:
-    """The naive durable receiver in a process of its own; yields its URL."""
+def naive(database: Path, key: str) -> Iterator[tuple[str, int]]:
+    """The naive durable receiver in a process of its own; yields its URL and pid."""
     process = subprocess.Popen(
         [sys.executable, "-m", "bench.naive", str(database), key],
         stdout=subprocess.PIPE,
@@ -97,7 +112,7 @@ def naive(database: Path, key: str) -> Iterator[str]:
     try:
         assert process.stdout is not None
         port = int(process.stdout.readline())
-        yield f"http://127.0.0.1:{port}/"
+        yield f"http://127.0.0.1:{port}/", process.pid
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -140,11 +155,20 @@ def run(
             "sqlite": running.url,
         }
         extra: dict[str, str] = {}
+        naive_pid = None
         if NAIVE_FIELDS in field_counts:
             key = records_for(NAIVE_FIELDS, 1)[0][1]
-            extra["naive"] = stack.enter_context(naive(work / "naive.db", next(iter(key))))
+            receiver = naive(work / "naive.db", next(iter(key)))
+            extra["naive"], naive_pid = stack.enter_context(receiver)
         if postgres is not None:
             extra["postgresql"] = stack.enter_context(_service(work, postgres)).url
+        # The servers' processes: the naive receiver's own; for the others, this process
+        # (their event loop) and its children (writer processes), idle when not measured.
+        # PostgreSQL's own server processes are not counted.
+        ours = [p for p in [os.getpid(), *cpu.descendants(os.getpid())] if p != naive_pid]
+        pids = {side: ours for side in (*urls, *extra)}
+        if naive_pid is not None:
+            pids["naive"] = [naive_pid]
         for fields in field_counts:
             sides = {**urls, **(extra if fields == NAIVE_FIELDS else {})}
             for connections, count in ((1, sequential), (16, concurrent)):
@@ -156,7 +180,7 @@ def run(
                     _run_client(url, warm, connections)
                 for _ in range(repeats):
                     for side, url in sides.items():
-                        runs[side].append(_run_client(url, bodies, connections))
+                        runs[side].append(_run_client(url, bodies, connections, pids[side]))
                 results.append(
                     {
                         "fields": fields,
@@ -225,6 +249,7 @@ def table(results: list[dict[str, Any]]) -> list[str]:
                 f"| {r['fields']} fields | {r['connections']} | {pg['p50_ms']:.2f} ms | "
                 f"{pg['p99_ms']:.2f} ms | {pg['per_second']:.0f} |"
             )
+    lines += cpu_table(results)
     runs = results[0]["sqlite"]["runs"]
     failures = sum(side["failures"] for r in results for k, side in r.items() if k in LABELS)
     lines += [
@@ -232,4 +257,44 @@ def table(results: list[dict[str, Any]]) -> list[str]:
         f"Each figure is the best of {runs} runs, the servers taking turns; non-200 replies: "
         f"{failures}.",
     ]
+    return lines
+
+
+def cpu_table(results: list[dict[str, Any]]) -> list[str]:
+    """CPU per request at 16 connections, and the budget the 40-field target leaves."""
+    busy = [r for r in results if r["connections"] > 1 and r["sqlite"].get("server_cpu_us")]
+    if not busy:
+        return []
+    lines = [
+        "",
+        "| records | connections | server | server CPU per request | of which its event loop"
+        " process | client CPU per request | cores busy |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in busy:
+        for side in ("sqlite", "naive", "ceiling"):
+            got = r.get(side)
+            if got is None or got.get("server_cpu_us") is None:
+                continue
+            share = got.get("machine_busy")
+            lines.append(
+                f"| {r['fields']} fields | {r['connections']} | {LABELS[side]} | "
+                f"{got['server_cpu_us']:.0f} us | {got['loop_cpu_us']:.0f} us | "
+                f"{got['client_cpu_us']:.0f} us | "
+                f"{'' if share is None else f'{share:.0%}'} |"
+            )
+    target = next((r for r in busy if "naive" in r), None)
+    if target is not None:
+        rate = max(2 * target["naive"]["per_second"], 0.9 * target["ceiling"]["per_second"])
+        cores = os.cpu_count() or 1
+        budget = cores / rate * 1e6
+        ours = target["sqlite"]
+        left = budget - ours["client_cpu_us"]
+        lines += [
+            "",
+            f"At the 16-connection target ({rate:.0f} records/s), {cores} cores give at most"
+            f" {budget:.0f} us of CPU per request, the client's included: with the client's"
+            f" {ours['client_cpu_us']:.0f} us, that leaves the server {left:.0f} us, where"
+            f" aljex-sync spent {ours['server_cpu_us']:.0f} us (all cores busy, none waiting).",
+        ]
     return lines
