@@ -1028,6 +1028,32 @@ def test_a_file_does_not_rewrite_the_rows_it_leaves_unchanged(receiver, tmp_path
     assert {r["id"]: r["city"] for r in rows}["C3"] == "Camden"
 
 
+def test_an_unchanged_row_live_sync_wrote_gets_the_files_hash_and_nothing_else(
+    service, tmp_path
+):
+    """Live sync clears a row's hash; a file with the same values leaves the row as it
+    is but gives it the hash back (SQLite), so that the next file finds it unchanged."""
+    header = ["id", "name", "city"]
+    loader = loader_of(service)
+    loader.load(write_csv(tmp_path / "Customers.csv", header, customers(3)))
+    live_post(
+        service, web_sync_table_name="customers", web_sync_action="update", id="C1", city="Newark"
+    )
+    engine = service.engine()
+    query = "SELECT _aljex_row_hash AS h, _aljex_synced_at AS at FROM customers WHERE id = 'C1'"
+    (before,) = table_rows(engine, query)
+    assert before["h"] is None
+    later = utcnow() + timedelta(hours=1)
+    report = loader.load(tmp_path / "Customers.csv", force=True, started_at=later)
+    assert report.status == "loaded" and report.counts.differing == 0
+    (after,) = table_rows(engine, query)
+    engine.dispose()
+    assert after["at"] == before["at"]  # not rewritten: live sync's time stays
+    hashed = service.settings.database.url.startswith("sqlite")
+    assert (after["h"] is not None) == hashed
+    assert report.counts.rehashed == (1 if hashed else 0)
+
+
 def test_a_row_live_sync_changed_before_the_export_is_rewritten_with_the_files_values(
     service, tmp_path
 ):

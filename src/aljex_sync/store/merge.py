@@ -11,7 +11,9 @@ made it a fifth slower there), and for a full file a DELETE of the rows it no lo
 
 A row whose values the file leaves as they are is not rewritten (it keeps its synced-at
 time and source): equal row hashes (``ROW_HASH``) settle that at once, else the values are
-compared. On SQLite such a row is not even staged with its values (:data:`KEPT`).
+compared. On SQLite such a row is not even staged with its values (:data:`KEPT`); one whose
+hash is missing (live sync clears it) or stale gets the file's, and nothing else, so that
+the next file finds it unchanged at once.
 
 How each database is staged, the costly part of a load, is in ``stage``.
 
@@ -81,6 +83,7 @@ class MergeCounts:
     differing: int = 0
     existing: int = 0  # alive rows before the merge; counted for full files only
     rewritten: int = 0  # updated rows whose values change, or that the file revives
+    rehashed: int = 0  # unchanged rows whose hash is missing or stale (SQLite), see apply
 
 
 def _not_newer(target: Table, snapshot_at: datetime, own: str | None) -> ColumnElement[bool]:
@@ -147,6 +150,9 @@ def survey(
             _count_if(and_(in_table, alive)),
             _count_if(and_(in_table, alive, not_newer)),
         ]
+    hashed = stage.hashes is not None and bool(values)
+    if hashed:
+        aggregates.append(_count_if(and_(found, alive, not_newer, _stale(target, st, values))))
     joined = st.outerjoin(target, same_key, full=one_pass)
     row = [int(n) for n in conn.execute(select(*aggregates).select_from(joined)).one()]
     staged, matched, newer, found_alive, found_alive_not_newer, differing = row[:6]
@@ -154,7 +160,9 @@ def survey(
     if outdated:
         raise StageOutdated(f"{outdated} rows staged as unchanged changed in the table since")
     if one_pass:
-        alive_rows, alive_not_newer = row[8:]
+        alive_rows, alive_not_newer = row[8:10]
+    if hashed:
+        counts.rehashed = row[-1]
     counts.staged = staged
     counts.inserted = staged - matched
     counts.updated = matched - newer
@@ -206,6 +214,11 @@ def apply(
                 where=and_(not_newer, or_(~alive, _changes(target, upsert.excluded, values))),
             )
             conn.execute(upsert)
+        if counts.rehashed:
+            # Unchanged rows whose hash live sync cleared (or an older loader wrote) get
+            # the file's, and nothing else: the next file finds them unchanged at once.
+            stale = and_(same_key, alive, not_newer, _stale(target, st, values))
+            conn.execute(update(target).where(stale).values({ROW_HASH: st.c[ROW_HASH]}))
     else:
         if counts.rewritten:
             conn.execute(
@@ -243,6 +256,17 @@ def _changes(target: Table, source: Any, values: Sequence[str]) -> ColumnElement
     mine, theirs = target.c[ROW_HASH], source[ROW_HASH]
     unsettled = or_(mine.is_(None), theirs.is_(None), mine != theirs)
     return and_(unsettled, or_(*(target.c[c].is_distinct_from(source[c]) for c in values)))
+
+
+def _stale(target: Table, st: Table, values: Sequence[str]) -> ColumnElement[bool]:
+    """A stage row staged with its values, equal to the table's, whose hash the table lacks
+    or holds another of."""
+    mine, theirs = target.c[ROW_HASH], st.c[ROW_HASH]
+    return and_(
+        st.c[KEPT].is_(None),
+        or_(mine.is_(None), mine != theirs),
+        ~or_(*(target.c[c].is_distinct_from(st.c[c]) for c in values)),
+    )
 
 
 def _drop_tombstoned(
