@@ -1028,9 +1028,7 @@ def test_a_file_does_not_rewrite_the_rows_it_leaves_unchanged(receiver, tmp_path
     assert {r["id"]: r["city"] for r in rows}["C3"] == "Camden"
 
 
-def test_an_unchanged_row_live_sync_wrote_gets_the_files_hash_and_nothing_else(
-    service, tmp_path
-):
+def test_an_unchanged_row_live_sync_wrote_gets_the_files_hash_and_nothing_else(service, tmp_path):
     """Live sync clears a row's hash; a file with the same values leaves the row as it
     is but gives it the hash back (SQLite), so that the next file finds it unchanged."""
     header = ["id", "name", "city"]

@@ -41,6 +41,7 @@ from .errors import (
     UnsupportedMediaType,
     WireError,
 )
+from .login_failures import FailedLogins
 from .logins import Logins
 from .messages import Outcome, Received
 from .store.schema import events
@@ -197,9 +198,12 @@ class LiveEndpoint:
         probes: tuple[Probe, ...] = (),
         details: Callable[[], list[str]] | None = None,
         refusals: metrics.WriteRefusals | None = None,
+        failed_logins: FailedLogins | None = None,
     ) -> None:
         """``refusals``: where the requests the database refused are recorded, for
-        /healthz and /metrics to read alike (``metrics.write_refusals``)."""
+        /healthz and /metrics to read alike (``metrics.write_refusals``); ``failed_logins``,
+        where refused logins are counted for ``status``."""
+        self.failed_logins = failed_logins
         self.settings = settings
         self.journal = journal
         self.check = check or PasswordCheck(
@@ -317,22 +321,30 @@ class LiveEndpoint:
         logins = self.logins
         credentials = _basic_credentials(request.headers.get("authorization"))
         if credentials is None:
+            self._refused(source, "")
             return self._unauthorized(line, wrong=False)
         wait = logins.retry_after(source)
         if wait is not None:
+            self._refused(source, credentials[0])
             return self._too_many(wait, line)
         ok = self.check.check_fast(*credentials)
         if ok is None:
             async with logins.slow_turn(source):
                 wait = logins.retry_after(source)
                 if wait is not None:
+                    self._refused(source, credentials[0])
                     return self._too_many(wait, line)
                 ok = await asyncio.to_thread(self.check.check, *credentials)
         if ok:
             logins.succeeded(source)
             return None
         logins.failed(source)
+        self._refused(source, credentials[0])
         return self._unauthorized(line, wrong=True)
+
+    def _refused(self, source: str, username: str) -> None:
+        if self.failed_logins is not None:
+            self.failed_logins.note(source, username)
 
     @staticmethod
     def _unauthorized(line: _RequestLogLine, *, wrong: bool) -> Response:

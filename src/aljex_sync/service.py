@@ -35,7 +35,7 @@ import uvicorn
 
 from . import http_server, metrics, tls
 from .admin import admin_routes
-from .chores import Chores
+from .chores import BackgroundTasks, Chores
 from .config import Settings
 from .credentials import PasswordCheck
 from .errors import AljexSyncError, DatabaseUnavailable
@@ -43,6 +43,7 @@ from .inbox import FolderWatch, LoadQueue, left_over
 from .journal_inline import InlineFirst
 from .journal_process import JournalProcess
 from .live import LiveEndpoint, database_probe
+from .login_failures import FailedLogins
 from .morning import MorningLoader
 from .notifier import Notifier
 from .sftp import SftpInbox
@@ -132,6 +133,8 @@ class Service:
         self.chores = Chores(settings, self.engine)  # feed health, webhook, daily prune
         self.notifier = Notifier(settings, self.engine)  # [notify]: each change, sent on
         self.views = ViewRefresher(self.engine, settings.field_types)  # typed views, later
+        self.failed_logins = FailedLogins(self.engine)  # for `status`, written every 10 s
+        self._edge_tasks = BackgroundTasks(log)
         self.live: LiveEndpoint | None = None
         self.loads: LoadQueue | None = None
         self.sftp: SftpInbox | None = None
@@ -182,7 +185,9 @@ class Service:
                 probes=probes,
                 details=self._health_lines,
                 refusals=metrics.write_refusals(self.engine),  # what /metrics reads too
+                failed_logins=self.failed_logins,
             )
+            self._edge_tasks.spawn(self.failed_logins.run(), "failed-login recorder")
             extra = admin_routes(self.settings, self.engine, health=self.chores.health)
             config = http_server.config(self.live.app(extra_routes=extra), live, context)
             self._server = _Server(config)
@@ -319,6 +324,9 @@ class Service:
             with contextlib.suppress(Exception):
                 await self._server_task
             self._server = None
+        await self._edge_tasks.close()
+        if self._journal_ready:
+            await self.failed_logins.flush()  # the last ones counted
         for sock in self._sockets:
             sock.close()
         self._sockets.clear()

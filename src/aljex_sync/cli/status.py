@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from .. import overview
+from .. import login_failures, overview
 from ..inbox import taken_files, waiting_files
 from ..notifier import read_holder
 from ..notify import sink_states
@@ -33,6 +33,7 @@ def status(obj: Context, as_json: bool, types: bool) -> None:
         view_errors = views.errors()
         sinks = sink_states(engine)
         holder = read_holder(engine)
+        refused = login_failures.recent(engine)
     waiting = _waiting(settings.morning.inbox) if settings.morning.enabled else []
     if as_json:
         extra: dict[str, object] = {"types": [vars(m) for m in misfits or []]} if types else {}
@@ -40,6 +41,7 @@ def status(obj: Context, as_json: bool, types: bool) -> None:
         extra["waiting"] = waiting
         extra["views_not_refreshed"] = [vars(e) for e in view_errors]
         extra["notifier"] = vars(holder) if holder is not None else None
+        extra["failed_logins"] = [vars(failure) for failure in refused]
         click.echo(json.dumps({**_overview_dict(found), **extra}, indent=2, default=str))
         return
     summary = found.summary
@@ -69,6 +71,26 @@ def status(obj: Context, as_json: bool, types: bool) -> None:
         console.print(
             "Accepted, but Aljex sent something odd (a field twice, bytes not UTF-8);"
             " `aljex-sync events --with-warnings` lists them."
+        )
+    if refused:
+        logins = fitting_table(
+            "Failed Live Sync logins (last 24 h)",
+            "from",
+            "user name tried",
+            "failures",
+            "last (UTC)",
+        )
+        for failure in refused:
+            logins.add_row(
+                failure.address,
+                failure.username or "(none)",
+                str(failure.failures),
+                f"{failure.last_at:%m-%d %H:%M}",
+            )
+        console.print(logins)
+        console.print(
+            "Refused before anything was read or kept. If Aljex's address is listed, the"
+            " user name or password Aljex sends is not the one in [live]."
         )
     if found.rejected:
         rejected = fitting_table("Rejected requests", "refused because", "requests")

@@ -189,6 +189,18 @@ files = Table(
     **MYSQL_TABLE,
 )
 
+login_failures = Table(
+    "_aljex_login_failures",
+    SYSTEM,
+    Column("address", String(64), primary_key=True),
+    Column("username", String(64), primary_key=True),
+    Column("failures", BigInteger, nullable=False),
+    Column("first_at", Timestamp, nullable=False),
+    Column("last_at", Timestamp, nullable=False),
+    **MYSQL_TABLE,
+)
+"""Failed Live Sync logins per address and user name tried (``login_failures``)."""
+
 
 class FieldColumns(dict[str, str]):
     """Field name to column, where field names are case-insensitive.
