@@ -116,6 +116,15 @@ def database_url(
     return url
 
 
+@pytest.fixture(params=["postgresql", "mariadb"])
+def server_url(request: pytest.FixtureRequest, server_databases: ServerDatabases) -> str:
+    """A database on each server backend, emptied: for what SQLite cannot have (a lost
+    connection, a deadlock)."""
+    url = server_databases.url(request.param)
+    _empty(url)
+    return url
+
+
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'aljex.db'}"

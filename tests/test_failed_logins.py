@@ -23,7 +23,8 @@ from aljex_sync.store.database import open_engine
 from aljex_sync.store.schema import events
 from aljex_sync.store.schema import login_failures as table
 
-from .support import TEST_PASSWORD, RunningService, make_settings, post_note
+from .receivers_support import write_config
+from .support import RunningService, make_settings, post_note
 
 
 def _status(path: str, *args: str) -> str:
@@ -33,12 +34,7 @@ def _status(path: str, *args: str) -> str:
 
 
 def test_status_lists_failed_logins_by_address_and_name_tried(tmp_path, database_url):
-    path = tmp_path / "aljex-sync.toml"
-    path.write_text(
-        f'[database]\nurl = "{database_url}"\n'
-        f'[live]\nlisten = "127.0.0.1:0"\npassword = "{TEST_PASSWORD}"\n'
-        "[morning]\nenabled = false\n"
-    )
+    path = write_config(tmp_path, database_url)
     settings = config.load(path)
     with RunningService(settings) as running:
         for _ in range(3):

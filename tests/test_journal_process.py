@@ -175,16 +175,6 @@ def test_schemas_in_two_processes_catch_up_with_each_other(database_url):
         schema.engine.dispose()
 
 
-@pytest.fixture(params=["postgresql", "mariadb"])
-def server_url(request, server_databases):
-    """A database on each server backend, emptied: SQLite has no connection to lose."""
-    from .conftest import _empty
-
-    url = server_databases.url(request.param)
-    _empty(url)
-    return url
-
-
 def drop_other_connections(url: str) -> int:
     """Have the server end every connection to this database but the caller's own."""
     engine = open_engine(url)

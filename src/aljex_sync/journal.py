@@ -44,11 +44,13 @@ from .errors import DatabaseUnavailable, RecordNotApplicable
 from .journal_plan import Plan, Planner
 from .journal_write import LIVE, NAME_WIDTH, TEXT_CUT, EventWriter
 from .messages import Outcome, Received
-from .store.database import WalCheckpointer, reading, translate
+from .store.database import WalCheckpointer, deadlocked, reading, translate
 from .store.schema import Schema, events
 from .store.views import TypedViews
 
 MAX_BATCH = 512
+DEADLOCK_TRIES = 3  # a group the database rolled back to break a deadlock, written again
+DEADLOCK_PAUSE = 0.01  # seconds before the next try, times the deadlocks so far
 IDLE_RECHECK = 1.0  # seconds without a write before the writer's connection is re-checked
 
 log = logging.getLogger("aljex_sync.journal")
@@ -215,24 +217,35 @@ class Journal:
         first statement. Nothing was committed then, so the group is written once more on
         a new connection rather than answered 503. A connection lost at COMMIT is not
         retried: the commit may have happened, and ``_commit`` finds out which.
+
+        Receivers sharing a database can deadlock on each other's row locks (MariaDB's gap
+        locks, two groups touching two keys in turn); the database then rolls one group
+        back, which is written again, up to :data:`DEADLOCK_TRIES` times in all.
         """
-        for attempt in (1, 2):
+        reconnected = False
+        deadlocks = 0
+        while True:
             conn = self._connection()
             transaction = conn.begin()
             try:
                 outcomes = self.writer.write_group(conn, plans)
-            except SQLAlchemyError:
+            except SQLAlchemyError as e:
                 lost = conn.invalidated
                 with contextlib.suppress(SQLAlchemyError):
                     transaction.rollback()
-                if lost and attempt == 1:
+                if lost and not reconnected:
                     log.warning("the database connection was lost; writing the group again")
                     self._release()
+                    reconnected = True
+                    continue
+                if deadlocked(e) and deadlocks + 1 < DEADLOCK_TRIES:
+                    deadlocks += 1
+                    log.warning("a deadlock ended the group's transaction; writing it again")
+                    time.sleep(DEADLOCK_PAUSE * deadlocks)
                     continue
                 raise
             self._commit(transaction, plans, outcomes)
             return outcomes
-        raise AssertionError("unreachable")
 
     def _commit(self, transaction: Any, plans: Sequence[Plan], outcomes: Sequence[Outcome]) -> None:
         """Commit; if the reply to COMMIT is lost, look the events up before giving up.

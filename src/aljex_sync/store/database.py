@@ -295,6 +295,19 @@ def translate(error: BaseException, table: str = "") -> Exception:
     return error if isinstance(error, Exception) else RuntimeError(str(error))
 
 
+def deadlocked(error: BaseException) -> bool:
+    """True when the database ended the transaction to break a deadlock (MariaDB 1213,
+    PostgreSQL 40P01) or a serialization conflict (40001): run again, it may well pass.
+
+    Nothing of the transaction was committed: the database rolled it back.
+    """
+    orig = getattr(error, "orig", None)
+    if getattr(orig, "sqlstate", None) in ("40P01", "40001"):
+        return True
+    args: tuple[Any, ...] = tuple(getattr(orig, "args", ()))
+    return bool(args) and args[0] == 1213
+
+
 def _reason(error: BaseException) -> str:
     original = getattr(error, "orig", None) or error
     text = str(original).strip().splitlines()[0] if str(original).strip() else repr(original)
