@@ -102,8 +102,10 @@ def survey(
     full: bool,
     snapshot_at: datetime,
     own: str | None = None,
+    tombstoned: int | None = None,
 ) -> MergeCounts:
-    """Count what merging the stage would do; drops tombstoned keys from the stage first.
+    """Count what merging the stage would do; drops tombstoned keys from the stage first,
+    unless the caller did (``tombstoned``: how many, from :func:`drop_tombstoned`).
 
     Runs inside the merge's transaction, in one aggregate pass over the stage joined to the
     table, plus for a full file one over the table. PostgreSQL does both in one pass with a
@@ -115,7 +117,9 @@ def survey(
     st = stage.table
     target = synced.table
     counts = MergeCounts()
-    counts.skipped_newer = _drop_tombstoned(conn, stage, synced, snapshot_at)
+    if tombstoned is None:
+        tombstoned = drop_tombstoned(conn, stage, synced, snapshot_at)
+    counts.skipped_newer = tombstoned
     key = synced.key_columns[0]
     in_file, in_table = st.c[key].is_not(None), target.c[key].is_not(None)
     found = and_(in_file, in_table)
@@ -179,8 +183,13 @@ def apply(
     snapshot_at: datetime,
     source: str,
     own: str | None = None,
+    rewritten: bool = False,
 ) -> None:
-    """Write the surveyed stage into its table. Runs inside the caller's transaction."""
+    """Write the surveyed stage into its table. Runs inside the caller's transaction.
+
+    ``rewritten``: :func:`rewrite` has run already (``overlap``), so the rows the table
+    holds are not written again here.
+    """
     st = stage.table
     target = synced.table
     same_key = and_(*(target.c[k] == st.c[k] for k in synced.key_columns))
@@ -192,8 +201,6 @@ def apply(
     rows = select(
         *(st.c[c] for c in [*stage.columns, ROW_HASH]), *(_literal(v) for v in meta.values())
     )
-    # A row is written when it is new, revived, or its values change; kept rows never are.
-    rewrite = and_(not_newer, or_(~alive, _changes(target, st.c, values)))
     if conn.dialect.name == "sqlite":
         if counts.inserted or counts.rewritten:
             from sqlalchemy.dialects import sqlite
@@ -207,12 +214,8 @@ def apply(
             )
             conn.execute(upsert)
     else:
-        if counts.rewritten:
-            conn.execute(
-                update(target)
-                .where(same_key, rewrite)
-                .values({**{c: st.c[c] for c in [*values, ROW_HASH]}, **meta})
-            )
+        if counts.rewritten and not rewritten:
+            rewrite(conn, stage, synced, snapshot_at=snapshot_at, source=source, own=own)
         if counts.inserted:
             missing = ~exists().where(same_key)
             conn.execute(insert(target).from_select(written, rows.where(missing)))
@@ -232,6 +235,36 @@ def apply(
             conn.execute(delete(target).where(gone))
 
 
+def rewrite(
+    conn: Connection,
+    stage: Stage,
+    synced: SyncedTable,
+    *,
+    snapshot_at: datetime,
+    source: str,
+    own: str | None,
+) -> int:
+    """UPDATE the rows the file revives or changes (not SQLite); returns how many.
+
+    ``overlap`` runs it on its own, beside :func:`survey`, before the counts are known.
+    """
+    st = stage.table
+    target = synced.table
+    same_key = and_(*(target.c[k] == st.c[k] for k in synced.key_columns))
+    values = [c for c in stage.columns if c not in set(synced.key_columns)]
+    meta = {SYNCED_AT: snapshot_at, SOURCE: source, EVENT_ID: None, DELETED_AT: None}
+    # A row is written when it is revived or its values change; kept rows never are.
+    alive = target.c[DELETED_AT].is_(None)
+    changed = _changes(target, st.c, values)
+    written = and_(_not_newer(target, snapshot_at, own), or_(~alive, changed))
+    result = conn.execute(
+        update(target)
+        .where(same_key, written)
+        .values({**{c: st.c[c] for c in [*values, ROW_HASH]}, **meta})
+    )
+    return max(result.rowcount, 0)
+
+
 def _changes(target: Table, source: Any, values: Sequence[str]) -> ColumnElement[bool]:
     """Whether the ``source`` row (stage or ``excluded``) changes the values of ``target``'s.
 
@@ -245,7 +278,7 @@ def _changes(target: Table, source: Any, values: Sequence[str]) -> ColumnElement
     return and_(unsettled, or_(*(target.c[c].is_distinct_from(source[c]) for c in values)))
 
 
-def _drop_tombstoned(
+def drop_tombstoned(
     conn: Connection, stage: Stage, synced: SyncedTable, snapshot_at: datetime
 ) -> int:
     """Remove from the stage keys live sync deleted after the snapshot: no resurrection."""
