@@ -4,8 +4,9 @@ the shared stages that makes possible: held files roll back, orphaned stages are
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import exc, text
 
+from aljex_sync.store import overlap
 from aljex_sync.store.stage import STAGE_PREFIX, Stage
 
 from .test_morning import Receiver, customers, table_rows, write_csv
@@ -79,3 +80,20 @@ def test_a_stage_whose_process_is_gone_is_swept_by_the_next(pg_receiver):
             second.drop()
         live.drop()
     assert _stages(pg_receiver) == []
+
+
+def test_without_a_second_connection_the_merge_surveys_first(pg_receiver, tmp_path, monkeypatch):
+    header = ["id", "name", "city"]
+    pg_receiver.load(write_csv(tmp_path / "Customers.csv", header, customers(20)))
+
+    def refused(conn):
+        raise exc.OperationalError("connect", {}, Exception("too many clients already"))
+
+    monkeypatch.setattr(overlap, "_second_connection", refused)
+    changed = customers(18, "Camden")
+    report = pg_receiver.load(write_csv(tmp_path / "Customers.csv", header, changed))
+    c = report.counts
+    assert report.status == "loaded"
+    assert (c.updated, c.deleted, c.differing, c.extra_in_db) == (18, 2, 18, 2)
+    rows = table_rows(pg_receiver.engine, "SELECT city, COUNT(*) AS n FROM customers GROUP BY city")
+    assert rows == [{"city": "Camden", "n": 18}]

@@ -427,13 +427,13 @@ class MorningLoader:
                 own = report.name if force else None
                 at = report.snapshot_at
                 tombstoned = drop_tombstoned(conn, stage, synced, at)
-                overlap = can_overlap(stage, tombstoned, scratch=scratch)
-                if overlap:
-                    source = report.name
+                counts = None
+                if can_overlap(stage, tombstoned, scratch=scratch):
                     counts = survey_while_rewriting(
-                        conn, stage, synced, full=full, snapshot_at=at, source=source, own=own
+                        conn, stage, synced, full=full, snapshot_at=at, source=report.name, own=own
                     )
-                else:
+                overlap = counts is not None
+                if counts is None:
                     counts = survey(
                         conn,
                         stage,

@@ -141,8 +141,10 @@ def survey(
         _count_if(and_(in_file, in_table, ~not_newer)),
         _count_if(and_(found, alive)),
         _count_if(and_(found, alive, not_newer)),
-        _count_if(and_(found, alive, changed)),
-        _count_if(and_(found, not_newer, or_(~alive, changed))),
+        # The value comparisons run once a row: the three counts below are disjoint.
+        _count_if(and_(found, alive, not_newer, changed)),
+        _count_if(and_(found, alive, ~not_newer, changed)),
+        _count_if(and_(found, ~alive, not_newer)),
         # Kept rows the merge would now have to write: changed (or gone) since the look-up.
         _count_if(and_(kept, or_(~in_table, and_(not_newer, or_(~alive, changed))))),
     ]
@@ -153,12 +155,14 @@ def survey(
         ]
     joined = st.outerjoin(target, same_key, full=one_pass)
     row = [int(n) for n in conn.execute(select(*aggregates).select_from(joined)).one()]
-    staged, matched, newer, found_alive, found_alive_not_newer, differing = row[:6]
-    counts.rewritten, outdated = row[6:8]
+    staged, matched, newer, found_alive, found_alive_not_newer = row[:5]
+    changed_alive, changed_newer, revived, outdated = row[5:9]
+    differing = changed_alive + changed_newer
+    counts.rewritten = changed_alive + revived
     if outdated:
         raise StageOutdated(f"{outdated} rows staged as unchanged changed in the table since")
     if one_pass:
-        alive_rows, alive_not_newer = row[8:]
+        alive_rows, alive_not_newer = row[9:]
     counts.staged = staged
     counts.inserted = staged - matched
     counts.updated = matched - newer

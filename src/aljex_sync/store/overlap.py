@@ -25,7 +25,7 @@ from __future__ import annotations
 import threading
 from datetime import datetime
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, exc
 
 from .merge import MergeCounts, rewrite, survey
 from .schema import SyncedTable
@@ -41,18 +41,24 @@ def survey_while_rewriting(
     snapshot_at: datetime,
     source: str,
     own: str | None = None,
-) -> MergeCounts:
+) -> MergeCounts | None:
     """Rewrite the changed rows on ``conn`` while another connection surveys the stage.
 
     Runs inside the caller's transaction on ``conn``; the tombstoned keys must have been
     dropped from the stage (and committed) before, as the other connection reads it.
+    Returns None, having written nothing, when there is no second connection to be had
+    (the server's ``max_connections``, say): the caller then surveys first, as elsewhere.
     """
     found: list[MergeCounts] = []
     failed: list[BaseException] = []
+    try:
+        second = _second_connection(conn)
+    except exc.OperationalError:
+        return None
 
     def count() -> None:
         try:
-            with conn.engine.connect() as other, other.begin():
+            with second as other, other.begin():
                 found.append(
                     survey(
                         other,
@@ -76,6 +82,11 @@ def survey_while_rewriting(
     if failed:
         raise failed[0]
     return found[0]
+
+
+def _second_connection(conn: Connection) -> Connection:
+    """Another connection of ``conn``'s pool, taken before anything is written."""
+    return conn.engine.connect()
 
 
 def can_overlap(stage: Stage, tombstoned: int, *, scratch: bool) -> bool:
