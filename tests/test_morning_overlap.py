@@ -73,6 +73,9 @@ def test_a_stage_whose_process_is_gone_is_swept_by_the_next(pg_receiver):
     with pg_receiver.engine.connect() as conn:
         live = Stage(conn, ["id"], ["id", "name"])
         assert live.shared and live.table.name.startswith(STAGE_PREFIX)
+        sql = f"SELECT relpersistence, reloptions FROM pg_class WHERE relname = '{live.table.name}'"
+        [row] = table_rows(pg_receiver.engine, sql)
+        assert row["relpersistence"] == "u" and "autovacuum_enabled=false" in row["reloptions"]
         # The live stage is left alone by another stage's sweep.
         with pg_receiver.engine.connect() as other:
             second = Stage(other, ["id"], ["id", "name"])

@@ -162,6 +162,12 @@ class Stage:
                 name, prefix = f"{STAGE_PREFIX}{pid}_{secrets.token_hex(6)}", "UNLOGGED"
             self.table = Table(name, MetaData(), *cols, prefixes=[prefix], **MYSQL_TABLE)
             self.table.create(conn)
+            if self.shared:
+                # An autovacuum worker busy on the stage would hold up its DROP for a second.
+                conn.exec_driver_sql(
+                    f"ALTER TABLE {conn.dialect.identifier_preparer.quote(name)} SET"
+                    " (autovacuum_enabled = false, toast.autovacuum_enabled = false)"
+                )
         stmt: Any = insert(self.table)
         if keyed:
             from sqlalchemy.dialects import mysql
