@@ -99,12 +99,20 @@ def main() -> None:
     )
     parser.add_argument("--no-big", action="store_true", help="skip the 1 GB Morning Sync file")
     parser.add_argument(
+        "--postgres-only",
+        action="store_true",
+        help="Morning Sync on PostgreSQL alone, nothing written (with --only morning)",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="Morning Sync runs of each load (default 3)"
+    )
+    parser.add_argument(
         "--live-only", action="store_true", help="Live Sync, 40 fields only, nothing written"
     )
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
     postgres = _postgres_reachable()
-    big_gb = 0 if args.quick or args.no_big else 1.0
+    big_gb = 0 if args.quick or args.no_big or args.postgres_only else 1.0
     counts: dict[str, Any] = {"sequential": 300, "concurrent": 900, "repeats": 1}
     live_results = _previous("live") if args.only == "morning" else None
     morning_results = _previous("morning") if args.only == "live" else None
@@ -120,7 +128,16 @@ def main() -> None:
             return
     if args.only != "live":
         rows, repeats = (20_000, 1) if args.quick else (200_000, 3)
-        morning_results = morning.run(rows, big_gb=big_gb, postgres=postgres, repeats=repeats)
+        morning_results = morning.run(
+            rows,
+            big_gb=big_gb,
+            postgres=postgres,
+            repeats=args.repeats or repeats,
+            sqlite=not args.postgres_only,
+        )
+        if args.postgres_only:  # a quick look while working: nothing written to bench/results
+            print("\n".join(morning.table(morning_results)))
+            return
     lines = [
         f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.machine()},"
         f" Python {platform.python_version()}.",

@@ -270,8 +270,10 @@ def run(
     big_gb: float = 1.0,
     postgres: str | None = None,
     repeats: int = 3,
+    sqlite: bool = True,
 ) -> dict[str, Any]:
-    """Measure; ``postgres`` is a server URL (a scratch database is made on it)."""
+    """Measure; ``postgres`` is a server URL (a scratch database is made on it); without
+    ``sqlite``, PostgreSQL alone."""
     results: dict[str, Any] = {"rows": rows, "columns": COLUMNS, "repeats": repeats}
     with tempfile.TemporaryDirectory(prefix="aljex-bench-") as tmp:
         work = Path(tmp)
@@ -288,12 +290,13 @@ def run(
         write_csv(few[1], rows, variant=5, every=FEW_EVERY)
 
         shell = bool(shutil.which("sqlite3"))
-        if shell:
+        if shell and sqlite:
             imports = [sqlite_import(files[0], work / "baseline.db") for _ in range(repeats)]
             if None not in imports:
                 results["sqlite_import_s"] = min(i for i in imports if i is not None)
-        results.update(_sqlite(work, first, files, repeats, "", shell=shell))
-        results.update(_sqlite(work, first, few, repeats, "_few", shell=shell))
+        if sqlite:
+            results.update(_sqlite(work, first, files, repeats, "", shell=shell))
+            results.update(_sqlite(work, first, few, repeats, "_few", shell=shell))
 
         if postgres:
             try:

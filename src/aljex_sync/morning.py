@@ -46,7 +46,8 @@ from .errors import DatabaseUnavailable, MorningFileError
 from .folders import clashes
 from .store import locks
 from .store.database import reading, translate
-from .store.merge import MergeCounts, apply, survey
+from .store.merge import MergeCounts, apply, drop_tombstoned, survey
+from .store.overlap import can_overlap, survey_while_rewriting
 from .store.schema import Schema, SyncedTable, files
 from .store.stage import (
     CsvRefused,
@@ -338,7 +339,9 @@ class MorningLoader:
                     synced = self.schema.ensure(report.table, table_settings.key, header)
                     if [synced.columns[f] for f in header] != columns:
                         raise MorningFileError("the table changed while the file was read; retry")
-                self._merge(conn, stage, synced, report, force=force, dry_run=dry_run)
+                self._merge(
+                    conn, stage, synced, report, force=force, dry_run=dry_run, scratch=bool(scratch)
+                )
             finally:
                 if scratch is not None:
                     drop_scratch(conn, scratch)
@@ -400,12 +403,14 @@ class MorningLoader:
         *,
         force: bool,
         dry_run: bool,
+        scratch: bool = False,
     ) -> None:
         """Merge the staged file in one transaction, under its table's lock in the database.
 
         Receivers on several hosts may be given the same file: the one that gets the lock
         first loads it, the others then find it in the file log, whose row for a loaded file
-        commits with the merge.
+        commits with the merge. On PostgreSQL the changed rows are rewritten while another
+        connection counts (``store.overlap``), and the guards judge the counts after that.
         """
         assert report.table is not None and report.snapshot_at is not None
         table_settings = self.settings.table(report.table)
@@ -420,9 +425,24 @@ class MorningLoader:
                     return
                 # Forced, the file's own rows from an earlier load of it give way to it.
                 own = report.name if force else None
-                counts = survey(
-                    conn, stage, synced, full=full, snapshot_at=report.snapshot_at, own=own
-                )
+                at = report.snapshot_at
+                tombstoned = drop_tombstoned(conn, stage, synced, at)
+                counts = None
+                if can_overlap(stage, tombstoned, scratch=scratch):
+                    counts = survey_while_rewriting(
+                        conn, stage, synced, full=full, snapshot_at=at, source=report.name, own=own
+                    )
+                overlap = counts is not None
+                if counts is None:
+                    counts = survey(
+                        conn,
+                        stage,
+                        synced,
+                        full=full,
+                        snapshot_at=at,
+                        own=own,
+                        tombstoned=tombstoned,
+                    )
                 if not force:
                     reason = self._guard(conn, counts, report, full=full)
                     if reason:
@@ -439,6 +459,7 @@ class MorningLoader:
                     snapshot_at=report.snapshot_at,
                     source=report.name,
                     own=own,
+                    rewritten=overlap,
                 )
                 report.counts = counts
                 if dry_run:

@@ -105,8 +105,10 @@ def survey(
     full: bool,
     snapshot_at: datetime,
     own: str | None = None,
+    tombstoned: int | None = None,
 ) -> MergeCounts:
-    """Count what merging the stage would do; drops tombstoned keys from the stage first.
+    """Count what merging the stage would do; drops tombstoned keys from the stage first,
+    unless the caller did (``tombstoned``: how many, from :func:`drop_tombstoned`).
 
     Runs inside the merge's transaction, in one aggregate pass over the stage joined to the
     table, plus for a full file one over the table. PostgreSQL does both in one pass with a
@@ -118,7 +120,9 @@ def survey(
     st = stage.table
     target = synced.table
     counts = MergeCounts()
-    counts.skipped_newer = _drop_tombstoned(conn, stage, synced, snapshot_at)
+    if tombstoned is None:
+        tombstoned = drop_tombstoned(conn, stage, synced, snapshot_at)
+    counts.skipped_newer = tombstoned
     key = synced.key_columns[0]
     in_file, in_table = st.c[key].is_not(None), target.c[key].is_not(None)
     found = and_(in_file, in_table)
@@ -140,8 +144,10 @@ def survey(
         _count_if(and_(in_file, in_table, ~not_newer)),
         _count_if(and_(found, alive)),
         _count_if(and_(found, alive, not_newer)),
-        _count_if(and_(found, alive, changed)),
-        _count_if(and_(found, not_newer, or_(~alive, changed))),
+        # The value comparisons run once a row: the three counts below are disjoint.
+        _count_if(and_(found, alive, not_newer, changed)),
+        _count_if(and_(found, alive, ~not_newer, changed)),
+        _count_if(and_(found, ~alive, not_newer)),
         # Kept rows the merge would now have to write: changed (or gone) since the look-up.
         _count_if(and_(kept, or_(~in_table, and_(not_newer, or_(~alive, changed))))),
     ]
@@ -155,12 +161,14 @@ def survey(
         aggregates.append(_count_if(and_(found, alive, not_newer, _stale(target, st, values))))
     joined = st.outerjoin(target, same_key, full=one_pass)
     row = [int(n) for n in conn.execute(select(*aggregates).select_from(joined)).one()]
-    staged, matched, newer, found_alive, found_alive_not_newer, differing = row[:6]
-    counts.rewritten, outdated = row[6:8]
+    staged, matched, newer, found_alive, found_alive_not_newer = row[:5]
+    changed_alive, changed_newer, revived, outdated = row[5:9]
+    differing = changed_alive + changed_newer
+    counts.rewritten = changed_alive + revived
     if outdated:
         raise StageOutdated(f"{outdated} rows staged as unchanged changed in the table since")
     if one_pass:
-        alive_rows, alive_not_newer = row[8:10]
+        alive_rows, alive_not_newer = row[9:11]
     if hashed:
         counts.rehashed = row[-1]
     counts.staged = staged
@@ -187,8 +195,13 @@ def apply(
     snapshot_at: datetime,
     source: str,
     own: str | None = None,
+    rewritten: bool = False,
 ) -> None:
-    """Write the surveyed stage into its table. Runs inside the caller's transaction."""
+    """Write the surveyed stage into its table. Runs inside the caller's transaction.
+
+    ``rewritten``: :func:`rewrite` has run already (``overlap``), so the rows the table
+    holds are not written again here.
+    """
     st = stage.table
     target = synced.table
     same_key = and_(*(target.c[k] == st.c[k] for k in synced.key_columns))
@@ -200,8 +213,6 @@ def apply(
     rows = select(
         *(st.c[c] for c in [*stage.columns, ROW_HASH]), *(_literal(v) for v in meta.values())
     )
-    # A row is written when it is new, revived, or its values change; kept rows never are.
-    rewrite = and_(not_newer, or_(~alive, _changes(target, st.c, values)))
     if conn.dialect.name == "sqlite":
         if counts.inserted or counts.rewritten:
             from sqlalchemy.dialects import sqlite
@@ -220,12 +231,8 @@ def apply(
             stale = and_(same_key, alive, not_newer, _stale(target, st, values))
             conn.execute(update(target).where(stale).values({ROW_HASH: st.c[ROW_HASH]}))
     else:
-        if counts.rewritten:
-            conn.execute(
-                update(target)
-                .where(same_key, rewrite)
-                .values({**{c: st.c[c] for c in [*values, ROW_HASH]}, **meta})
-            )
+        if counts.rewritten and not rewritten:
+            rewrite(conn, stage, synced, snapshot_at=snapshot_at, source=source, own=own)
         if counts.inserted:
             missing = ~exists().where(same_key)
             conn.execute(insert(target).from_select(written, rows.where(missing)))
@@ -243,6 +250,36 @@ def apply(
             )
         else:
             conn.execute(delete(target).where(gone))
+
+
+def rewrite(
+    conn: Connection,
+    stage: Stage,
+    synced: SyncedTable,
+    *,
+    snapshot_at: datetime,
+    source: str,
+    own: str | None,
+) -> int:
+    """UPDATE the rows the file revives or changes (not SQLite); returns how many.
+
+    ``overlap`` runs it on its own, beside :func:`survey`, before the counts are known.
+    """
+    st = stage.table
+    target = synced.table
+    same_key = and_(*(target.c[k] == st.c[k] for k in synced.key_columns))
+    values = [c for c in stage.columns if c not in set(synced.key_columns)]
+    meta = {SYNCED_AT: snapshot_at, SOURCE: source, EVENT_ID: None, DELETED_AT: None}
+    # A row is written when it is revived or its values change; kept rows never are.
+    alive = target.c[DELETED_AT].is_(None)
+    changed = _changes(target, st.c, values)
+    written = and_(_not_newer(target, snapshot_at, own), or_(~alive, changed))
+    result = conn.execute(
+        update(target)
+        .where(same_key, written)
+        .values({**{c: st.c[c] for c in [*values, ROW_HASH]}, **meta})
+    )
+    return max(result.rowcount, 0)
 
 
 def _changes(target: Table, source: Any, values: Sequence[str]) -> ColumnElement[bool]:
@@ -269,7 +306,7 @@ def _stale(target: Table, st: Table, values: Sequence[str]) -> ColumnElement[boo
     )
 
 
-def _drop_tombstoned(
+def drop_tombstoned(
     conn: Connection, stage: Stage, synced: SyncedTable, snapshot_at: datetime
 ) -> int:
     """Remove from the stage keys live sync deleted after the snapshot: no resurrection."""

@@ -1,12 +1,16 @@
-"""The staging table: one Morning Sync file's rows, in a temporary table of the loader's own
-connection, filled the fastest way each database allows (``merge`` then merges it).
+"""The staging table: one Morning Sync file's rows, in a table of the loader's own, filled
+the fastest way each database allows (``merge`` then merges it).
 
 - SQLite: executemany of the parsed rows, in one deferred transaction that touches only the
   connection's temporary database, so live sync goes on writing while a file is staged. A
   row whose hash the table already holds is staged as kept (:data:`KEPT`): key and hash only.
 - PostgreSQL: COPY. When the file is plain CSV (``csvfile``'s :attr:`~CsvReader.plain`),
   its own bytes go to COPY's CSV reader, which then reads the same records, and the row
-  count COPY reports is checked; otherwise, or if COPY disagrees, the parsed rows.
+  count COPY reports is checked; otherwise, or if COPY disagrees, the parsed rows. The
+  stage is UNLOGGED, not temporary, so that a second connection can read it: the merge
+  counts on one connection while it rewrites rows on the other (``overlap``). Its name
+  holds the server process id of the connection that made it, and a stage whose process
+  is gone (a loader killed mid-load) is dropped by the next stage made (:func:`_sweep`).
 - MariaDB: executemany of the parsed rows into a temporary table, which locks nothing
   live sync needs.
 
@@ -17,6 +21,7 @@ makes no table and no column.
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
@@ -53,6 +58,8 @@ from .schema import (
 )
 
 STAGE_PREFIX = "_aljex_stage_"
+_SHARED_STAGE = re.compile(r"_aljex_stage_([0-9]+)_[0-9a-f]{12}")
+"""A PostgreSQL stage's name: the prefix, its maker's server process id, a random part."""
 ROW = "_aljex_row"
 """The stage's row number, in file order (SQLite, PostgreSQL). No column made from a field
 can take this name: those start with a letter."""
@@ -148,10 +155,22 @@ class Stage:
             for c in self.columns
         ]
         cols += [Column(ROW_HASH, BigInteger), Column(KEPT, Integer)]
-        name = f"{STAGE_PREFIX}{secrets.token_hex(6)}"
-        self.table = Table(name, MetaData(), *cols, prefixes=["TEMPORARY"], **MYSQL_TABLE)
+        self.shared = self.dialect == "postgresql"
+        """Whether other connections can read the stage (PostgreSQL: UNLOGGED)."""
         with conn.begin():
+            name, prefix = f"{STAGE_PREFIX}{secrets.token_hex(6)}", "TEMPORARY"
+            if self.shared:
+                _sweep(conn)
+                pid = int(conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one())
+                name, prefix = f"{STAGE_PREFIX}{pid}_{secrets.token_hex(6)}", "UNLOGGED"
+            self.table = Table(name, MetaData(), *cols, prefixes=[prefix], **MYSQL_TABLE)
             self.table.create(conn)
+            if self.shared:
+                # An autovacuum worker busy on the stage would hold up its DROP for a second.
+                conn.exec_driver_sql(
+                    f"ALTER TABLE {conn.dialect.identifier_preparer.quote(name)} SET"
+                    " (autovacuum_enabled = false, toast.autovacuum_enabled = false)"
+                )
         stmt: Any = insert(self.table)
         if keyed:
             from sqlalchemy.dialects import mysql
@@ -296,6 +315,10 @@ class Stage:
         second per 100 MB).
         """
         self.abort()
+        if self.conn.invalidated and self.shared:  # a stage outlives its connection
+            with suppress(exc.SQLAlchemyError), self.conn.engine.begin() as other:
+                self.table.drop(other, checkfirst=True)  # else the next stage's sweep does
+            return
         if self.conn.invalidated:  # the connection was lost, and its temporary tables with it
             return
         pool = self.conn.engine.pool
@@ -354,12 +377,31 @@ class Stage:
             self.conn.execute(delete(st).where(exists().where(*same, later.c[ROW] > st.c[ROW])))
             key.create(self.conn)
         if self.dialect == "postgresql":
-            # Temporary tables are never analyzed on their own, and without a row count the
+            # Autovacuum would analyze the stage too late, and without a row count the
             # planner picks nested loops. A small sample of the keys is all it needs.
             quote = self.conn.dialect.identifier_preparer.quote
             names = ", ".join(quote(k) for k in self.key_columns)
             self.conn.exec_driver_sql("SET LOCAL default_statistics_target = 10")
             self.conn.exec_driver_sql(f"ANALYZE {quote(st.name)} ({names})")
+
+
+def _sweep(conn: Connection) -> None:
+    """Drop the PostgreSQL stages whose maker's server process is gone: a loader killed
+    mid-load leaves its UNLOGGED stage behind, where a temporary one would go with it.
+
+    A stage of a live process is left alone, and so is one this role cannot drop.
+    """
+    names = conn.exec_driver_sql(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = current_schema() AND c.relkind = 'r' AND c.relpersistence = 'u'"
+        " AND left(c.relname, 13) = '_aljex_stage_' AND NOT EXISTS (SELECT 1 FROM"
+        " pg_stat_activity a WHERE a.pid::text = split_part(substr(c.relname, 14), '_', 1))"
+    ).scalars()
+    quote = conn.dialect.identifier_preparer.quote
+    for name in list(names):
+        if _SHARED_STAGE.fullmatch(name):  # only a name this module makes reaches the SQL
+            with suppress(exc.DBAPIError), conn.begin_nested():
+                conn.exec_driver_sql(f"DROP TABLE IF EXISTS {quote(name)}")
 
 
 class _Lookup:
