@@ -20,6 +20,7 @@ from .clock import utcnow
 from .overview import held_reasons
 from .store.database import reading
 from .store.schema import events, files, tables_table
+from .store.statuses import status_in
 
 HOURS = 48  # the span of the chart of events per hour
 MAX_TABLES = 200
@@ -191,7 +192,7 @@ def _tables(conn: Connection) -> list[TableRow]:
         str(t): int(n)
         for t, n in conn.execute(
             select(events.c.table_name, func.count())
-            .where(events.c.status == "held")
+            .where(status_in("held"))
             .group_by(events.c.table_name)
         )
     }
@@ -267,7 +268,7 @@ def _live_feed(conn: Connection, now: datetime) -> Feed:
         (str(reason or ""), int(n))
         for reason, n in conn.execute(
             select(events.c.error, func.count())
-            .where(live, events.c.status == "rejected", column >= since)
+            .where(live, status_in("rejected"), column >= since)
             .group_by(events.c.error)
             .order_by(func.count().desc(), events.c.error)
             .limit(MAX_REASONS)

@@ -17,6 +17,7 @@ from sqlalchemy.orm import aliased
 
 from .store.database import normalize_url, reading
 from .store.schema import events, files
+from .store.statuses import status_in
 
 NO_TABLES = "no aljex-sync tables here"
 ATTENTION = ("failed", "held", "unmatched")
@@ -87,7 +88,7 @@ def held_reasons(conn: Connection, limit: int) -> list[tuple[str, str, int]]:
         (str(t or "-"), str(e or ""), int(n))
         for t, e, n in conn.execute(
             select(events.c.table_name, events.c.error, func.count())
-            .where(events.c.status == "held")
+            .where(status_in("held"))
             .group_by(events.c.table_name, events.c.error)
             .order_by(func.count().desc(), events.c.table_name)
             .limit(limit)
@@ -131,7 +132,7 @@ def read(engine: Engine, *, limit: int = 10) -> Overview:
             (str(reason or "-"), int(n))
             for reason, n in conn.execute(
                 select(events.c.error, func.count())
-                .where(events.c.status == "rejected")
+                .where(status_in("rejected"))
                 .group_by(events.c.error)
                 .order_by(func.count().desc(), events.c.error)
                 .limit(limit)

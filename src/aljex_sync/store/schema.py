@@ -52,6 +52,7 @@ from sqlalchemy import (
     literal,
     null,
     select,
+    text,
 )
 from sqlalchemy.dialects import mysql
 from sqlalchemy.exc import SQLAlchemyError
@@ -106,6 +107,10 @@ SEEDED = "existing"
 MAX_COLUMNS = {"sqlite": 2000, "postgresql": 1600, "mysql": 1017, "mariadb": 1017}
 
 SYSTEM = MetaData()
+# The journal's status index leaves applied events out where the database can (MariaDB
+# cannot): a commit then writes one page fewer. Queries spell it out (journal_status).
+UNRESOLVED_SQL = "status <> 'applied'"
+PARTIAL_STATUS_INDEX = {f"{d}_where": text(UNRESOLVED_SQL) for d in ("sqlite", "postgresql")}
 
 events = Table(
     "_aljex_events",
@@ -123,8 +128,9 @@ events = Table(
     Column("warnings", Text),
     Column("body", LargeBinary().with_variant(mysql.LONGBLOB(), *_MYSQL), nullable=False),
     Column("applied_at", Timestamp),
-    Index("ix_aljex_events_status", "status"),
-    Index("ix_aljex_events_table_name", "table_name"),
+    # Applied events, nearly all, touch no index but the primary key (see journal_status).
+    Index("ix_aljex_events_status", "status", **PARTIAL_STATUS_INDEX),
+    Index("ix_aljex_events_table_name", "table_name").ddl_if(dialect=_MYSQL),
     **MYSQL_TABLE,
 )
 
