@@ -96,8 +96,13 @@ def _index_no_applied_events(conn: Connection) -> None:
     journal = Table("_aljex_events", MetaData(), Column("status", String(16)))
     for name in ("ix_aljex_events_table_name", "ix_aljex_events_status"):
         conn.exec_driver_sql(f"DROP INDEX IF EXISTS {name}")
-    partial = {f"{d}_where": text("status <> 'applied'") for d in ("sqlite", "postgresql")}
-    Index("ix_aljex_events_status", journal.c.status, **partial).create(conn)
+    unresolved = text("status <> 'applied'")
+    Index(
+        "ix_aljex_events_status",
+        journal.c.status,
+        sqlite_where=unresolved,
+        postgresql_where=unresolved,
+    ).create(conn)
 
 
 STEPS: tuple[Step, ...] = (
