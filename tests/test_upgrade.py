@@ -21,7 +21,7 @@ from aljex_sync.store import migrations
 from aljex_sync.store.database import open_engine
 from aljex_sync.store.migrations import LATEST, Step, add_column
 from aljex_sync.store.schema import ROW_HASH, SYSTEM, Schema, SyncedTable, events
-from aljex_sync.store.statuses import status_in
+from aljex_sync.store.statuses import count_by_status, status_in
 
 from .support import TEST_PASSWORD, RunningService, make_settings
 from .test_serve import assert_one_error_line, serving
@@ -256,3 +256,17 @@ def test_sqlite_finds_events_not_applied_by_the_partial_index(sqlite_url, status
         plan = " ".join(str(row[-1]) for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}"))
     engine.dispose()
     assert "ix_aljex_events_status" in plan, plan
+
+
+def test_events_are_counted_by_status_as_a_group_by_counts_them(engine):
+    Schema(engine).install()
+    with engine.connect() as conn:
+        assert count_by_status(conn) == {}
+    statuses = ["applied"] * 5 + ["held"] * 2 + ["rejected", "superseded"]
+    row = {"received_at": THEN, "source": "live", "remote_addr": "-", "body": b"x"}
+    with engine.begin() as conn:
+        conn.execute(events.insert(), [{**row, "status": s} for s in statuses])
+    with engine.connect() as conn:
+        counts = count_by_status(conn)
+    assert counts == {"applied": 5, "held": 2, "rejected": 1, "superseded": 1}
+    assert list(counts) == sorted(counts)

@@ -20,7 +20,7 @@ from .clock import utcnow
 from .overview import held_reasons
 from .store.database import reading
 from .store.schema import events, files, tables_table
-from .store.statuses import status_in
+from .store.statuses import count_by_status, status_in
 
 HOURS = 48  # the span of the chart of events per hour
 MAX_TABLES = 200
@@ -135,7 +135,7 @@ def read_overview(engine: Engine, now: datetime | None = None) -> Overview:
     """Read the whole status page in one read-only connection."""
     now = now or utcnow()
     with reading(engine) as conn:
-        by_status = _count_by(conn, events.c.status)
+        by_status = count_by_status(conn)
         files_by_status = _count_by(conn, files.c.status)
         feeds = [_live_feed(conn, now), _morning_feed(conn, now)]
         problem = file_rows(conn, files.c.status.in_(PROBLEM_STATUSES), MAX_FILES)

@@ -17,7 +17,7 @@ from sqlalchemy.orm import aliased
 
 from .store.database import normalize_url, reading
 from .store.schema import events, files
-from .store.statuses import status_in
+from .store.statuses import count_by_status, status_in
 
 NO_TABLES = "no aljex-sync tables here"
 ATTENTION = ("failed", "held", "unmatched")
@@ -47,12 +47,7 @@ class Summary:
 def summarize(engine: Engine) -> Summary:
     """Read the journal's counts; needs nothing but the database."""
     with reading(engine) as conn:
-        by_status = {
-            str(s): int(n)
-            for s, n in conn.execute(
-                select(events.c.status, func.count()).group_by(events.c.status)
-            )
-        }
+        by_status = count_by_status(conn)
         by_table = [
             (str(t or "-"), str(s), int(n), last)
             for t, s, n, last in conn.execute(
