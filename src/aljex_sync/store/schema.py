@@ -107,10 +107,10 @@ SEEDED = "existing"
 MAX_COLUMNS = {"sqlite": 2000, "postgresql": 1600, "mysql": 1017, "mariadb": 1017}
 
 SYSTEM = MetaData()
-# The journal's status index leaves applied events out where the database can (MariaDB
-# cannot), and only MariaDB has the table-name index: a Live Sync commit then writes two
-# pages fewer. The queries by status say why (store/statuses.py).
-UNRESOLVED_SQL = "status <> 'applied'"
+# Applied events, nearly all, are left out of the journal's status index where a database
+# can (not MariaDB), and only MariaDB has its table-name index: a Live Sync commit writes
+# two pages fewer (store/statuses.py). ddl_if takes a tuple, though annotated str.
+UNRESOLVED = text("status <> 'applied'")
 
 events = Table(
     "_aljex_events",
@@ -128,14 +128,7 @@ events = Table(
     Column("warnings", Text),
     Column("body", LargeBinary().with_variant(mysql.LONGBLOB(), *_MYSQL), nullable=False),
     Column("applied_at", Timestamp),
-    # Applied events, nearly all, touch no index but the primary key (UNRESOLVED_SQL).
-    Index(
-        "ix_aljex_events_status",
-        "status",
-        sqlite_where=text(UNRESOLVED_SQL),
-        postgresql_where=text(UNRESOLVED_SQL),
-    ),
-    # ddl_if takes a tuple of dialect names, though annotated as one.
+    Index("ix_aljex_events_status", "status", sqlite_where=UNRESOLVED, postgresql_where=UNRESOLVED),
     Index("ix_aljex_events_table_name", "table_name").ddl_if(dialect=_MYSQL),  # type: ignore[arg-type]
     **MYSQL_TABLE,
 )
