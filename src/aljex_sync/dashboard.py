@@ -20,6 +20,7 @@ from .clock import utcnow
 from .overview import held_reasons
 from .store.database import reading
 from .store.schema import events, files, tables_table
+from .store.statuses import count_by_status, status_in
 
 HOURS = 48  # the span of the chart of events per hour
 MAX_TABLES = 200
@@ -134,7 +135,7 @@ def read_overview(engine: Engine, now: datetime | None = None) -> Overview:
     """Read the whole status page in one read-only connection."""
     now = now or utcnow()
     with reading(engine) as conn:
-        by_status = _count_by(conn, events.c.status)
+        by_status = count_by_status(conn)
         files_by_status = _count_by(conn, files.c.status)
         feeds = [_live_feed(conn, now), _morning_feed(conn, now)]
         problem = file_rows(conn, files.c.status.in_(PROBLEM_STATUSES), MAX_FILES)
@@ -191,7 +192,7 @@ def _tables(conn: Connection) -> list[TableRow]:
         str(t): int(n)
         for t, n in conn.execute(
             select(events.c.table_name, func.count())
-            .where(events.c.status == "held")
+            .where(status_in("held"))
             .group_by(events.c.table_name)
         )
     }
@@ -267,7 +268,7 @@ def _live_feed(conn: Connection, now: datetime) -> Feed:
         (str(reason or ""), int(n))
         for reason, n in conn.execute(
             select(events.c.error, func.count())
-            .where(live, events.c.status == "rejected", column >= since)
+            .where(live, status_in("rejected"), column >= since)
             .group_by(events.c.error)
             .order_by(func.count().desc(), events.c.error)
             .limit(MAX_REASONS)

@@ -46,6 +46,7 @@ from .journal_write import LIVE, NAME_WIDTH, TEXT_CUT, EventWriter
 from .messages import Outcome, Received
 from .store.database import WalCheckpointer, deadlocked, reading, translate
 from .store.schema import Schema, events
+from .store.statuses import status_in
 from .store.views import TypedViews
 
 MAX_BATCH = 512
@@ -368,7 +369,7 @@ class Journal:
         if event_ids:
             query = query.where(events.c.id.in_(list(event_ids)))
         else:
-            query = query.where(events.c.status.in_(statuses))
+            query = query.where(status_in(*statuses))
         if table:
             query = query.where(events.c.table_name == table.lower())
         with reading(self.engine) as conn:

@@ -18,6 +18,7 @@ from .dashboard import FileRow, file_rows
 from .errors import AljexSyncError
 from .store.database import reading
 from .store.schema import events, files
+from .store.statuses import status_in
 
 EVENT_STATUSES = ("applied", "held", "rejected", "superseded")
 FILE_STATUSES = ("loaded", "duplicate", "held", "failed", "unmatched")
@@ -81,7 +82,7 @@ def list_events(
     if with_warnings:
         where.append(events.c.warnings.is_not(None))
     if status:
-        where.append(events.c.status == status)
+        where.append(status_in(status))
     if table:
         where.append(events.c.table_name == table.lower())
     if since is not None:

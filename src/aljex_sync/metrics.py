@@ -38,6 +38,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .store.database import reading, translate
 from .store.schema import events, files
+from .store.statuses import status_in
 
 log = logging.getLogger("aljex_sync.metrics")
 
@@ -307,7 +308,7 @@ class DatabaseCollector(Collector):
                 journal.add_metric([table or "-", action or "-", str(status)], int(count))
             for table, count in conn.execute(
                 select(events.c.table_name, func.count())
-                .where(events.c.status == "held")
+                .where(status_in("held"))
                 .group_by(events.c.table_name)
                 .limit(MAX_EVENT_SERIES)
             ):

@@ -17,6 +17,7 @@ from sqlalchemy.orm import aliased
 
 from .store.database import normalize_url, reading
 from .store.schema import events, files
+from .store.statuses import count_by_status, status_in
 
 NO_TABLES = "no aljex-sync tables here"
 ATTENTION = ("failed", "held", "unmatched")
@@ -46,12 +47,7 @@ class Summary:
 def summarize(engine: Engine) -> Summary:
     """Read the journal's counts; needs nothing but the database."""
     with reading(engine) as conn:
-        by_status = {
-            str(s): int(n)
-            for s, n in conn.execute(
-                select(events.c.status, func.count()).group_by(events.c.status)
-            )
-        }
+        by_status = count_by_status(conn)
         by_table = [
             (str(t or "-"), str(s), int(n), last)
             for t, s, n, last in conn.execute(
@@ -87,7 +83,7 @@ def held_reasons(conn: Connection, limit: int) -> list[tuple[str, str, int]]:
         (str(t or "-"), str(e or ""), int(n))
         for t, e, n in conn.execute(
             select(events.c.table_name, events.c.error, func.count())
-            .where(events.c.status == "held")
+            .where(status_in("held"))
             .group_by(events.c.table_name, events.c.error)
             .order_by(func.count().desc(), events.c.table_name)
             .limit(limit)
@@ -131,7 +127,7 @@ def read(engine: Engine, *, limit: int = 10) -> Overview:
             (str(reason or "-"), int(n))
             for reason, n in conn.execute(
                 select(events.c.error, func.count())
-                .where(events.c.status == "rejected")
+                .where(status_in("rejected"))
                 .group_by(events.c.error)
                 .order_by(func.count().desc(), events.c.error)
                 .limit(limit)

@@ -223,9 +223,10 @@ class WalCheckpointer:
 
     def committed(self, records: int = 1) -> None:
         """Tell the checkpointer a transaction of ``records`` records has committed."""
-        # A lone record appends about 5 pages (its event, the event's two index entries,
-        # the row and its key); a group shares its pages. A rough count is enough.
-        self._pages += 3 + 2 * records
+        # A lone record appends about 4 pages (its event, the row and its key, now and
+        # then a parent page; an applied event has no index entry); a group shares its
+        # pages. A rough count is enough.
+        self._pages += 2 + 2 * records
         if self._pages >= self.every:
             self._pages = 0
             self._wake.set()

@@ -13,6 +13,7 @@ for: no dictionary per row.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from operator import itemgetter
 from typing import Any, cast
 
@@ -33,6 +34,31 @@ def _picker(indexes: Sequence[int]) -> Callable[[Sequence[Any]], tuple[Any, ...]
         index = indexes[0]
         return lambda values: (values[index],)
     return lambda values: ()
+
+
+_PROBE = datetime(2001, 2, 3, 4, 5, 6, 7)
+
+
+def _as_isoformat(processor: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """SQLite's processor for timestamps, with naive datetimes written by ``isoformat``.
+
+    SQLAlchemy writes SQLite's DATETIME text with a %-format in Python, 2 us a value; a
+    Live Sync write binds three. Where ``isoformat`` gives the same text (checked here),
+    it writes it in C; other values (None, aware datetimes, dates) go to the processor.
+    """
+    try:
+        same = processor(_PROBE) == _PROBE.isoformat(" ", "microseconds")
+    except Exception:  # not a processor of datetimes
+        same = False
+    if not same:
+        return processor
+
+    def process(value: Any) -> Any:
+        if value.__class__ is datetime and value.tzinfo is None:
+            return value.isoformat(" ", "microseconds")
+        return processor(value)
+
+    return process
 
 
 class Prepared:
@@ -69,7 +95,7 @@ class Prepared:
         for name, bind in compiled.binds.items():
             processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
             if processor is not None:
-                processors[name] = processor
+                processors[name] = _as_isoformat(processor)
         order = tuple(compiled.positiontup) if compiled.positiontup is not None else None
         returning = bool(compiled.effective_returning)
         return cls(compiled.string, names, order, processors, returning=returning)

@@ -272,7 +272,7 @@ class RowWriter:
                 elif deleted_at is not None:  # the record was deleted after this change
                     not_taken[i] = Later(self._when(deleted_at), True, deleted_by)
                     undone.append((keys[i], meta.event_id))
-                else:
+                elif synced.history is not None:  # versioned below
                     changes.append(
                         LiveVersion(
                             keys[i], meta.synced_at, meta.source, meta.event_id, meta.action
