@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlencode
 
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 
 from aljex_sync.clock import utcnow
 from aljex_sync.journal import Journal
@@ -30,6 +30,23 @@ def _received(key: str, city: str) -> Received:
     return Received(urlencode({**fields, "city": city}).encode(), "203.0.113.9", utcnow())
 
 
+def _wait_for_a_lock_wait(engine: Engine, timeout: float = 20.0) -> None:
+    """Until a transaction of the database waits for a row lock (the writer's)."""
+    if engine.dialect.name == "postgresql":
+        sql = (
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+        )
+    else:
+        sql = "SELECT count(*) FROM information_schema.innodb_trx WHERE trx_state = 'LOCK WAIT'"
+    deadline = time.monotonic() + timeout
+    with engine.connect() as conn:
+        while not conn.execute(text(sql)).scalar():
+            assert time.monotonic() < deadline, "the writer never waited for the lock"
+            conn.rollback()
+            time.sleep(0.05)
+
+
 def test_a_group_ended_by_a_deadlock_is_written_again(server_url, caplog):
     settings = make_settings(server_url, Path("."))
     journal = Journal(open_engine(settings.database.url), settings)
@@ -40,6 +57,10 @@ def test_a_group_ended_by_a_deadlock_is_written_again(server_url, caplog):
     results: list[object] = []
     try:
         with other.connect() as conn:
+            if other.dialect.name == "postgresql":
+                # PostgreSQL ends the transaction that looks for a deadlock first: the one
+                # waiting deadlock_timeout (1 s) first. This one looks after 30 s.
+                conn.execute(text("SET deadlock_timeout = '30s'"))
             conn.execute(text("UPDATE notes SET city = 'other' WHERE id LIKE 'x%'"))
             conn.execute(text("UPDATE notes SET city = 'other' WHERE id = '1'"))
             # The writer takes key 2, then waits for key 1, which this transaction holds.
@@ -50,7 +71,7 @@ def test_a_group_ended_by_a_deadlock_is_written_again(server_url, caplog):
             )
             with caplog.at_level(logging.WARNING, logger="aljex_sync.journal"):
                 writer.start()
-                time.sleep(1.0)
+                _wait_for_a_lock_wait(other)
                 # Now this one waits for key 2: a deadlock. The database ends the writer's
                 # transaction (the lighter one) and this one goes on.
                 conn.execute(text("UPDATE notes SET city = 'other' WHERE id = '2'"))

@@ -9,6 +9,7 @@ from sqlalchemy import exc, text
 from aljex_sync.store import overlap
 from aljex_sync.store.stage import STAGE_PREFIX, Stage
 
+from .conftest import _empty
 from .test_morning import Receiver, customers, table_rows, write_csv
 
 
@@ -20,10 +21,11 @@ def _stages(receiver: Receiver) -> list[str]:
 
 
 @pytest.fixture
-def pg_receiver(database_url, tmp_path):
-    if not database_url.startswith("postgresql"):
-        pytest.skip("PostgreSQL's stages only")
-    r = Receiver(database_url, tmp_path)
+def pg_receiver(server_databases, tmp_path):
+    """A receiver on PostgreSQL, whose stages are tables other connections can read."""
+    url = server_databases.url("postgresql")
+    _empty(url)
+    r = Receiver(url, tmp_path)
     yield r
     r.engine.dispose()
 
