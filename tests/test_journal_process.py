@@ -39,9 +39,12 @@ def wait_for_exit(pid: int) -> None:
             os.kill(pid, 0)
         except ProcessLookupError:
             return
-        with open(f"/proc/{pid}/stat") as f:  # a zombie until its parent reaps it
-            if f.read().split(") ")[1].startswith("Z"):
-                return
+        try:
+            with open(f"/proc/{pid}/stat") as f:  # a zombie until its parent reaps it
+                if f.read().split(") ")[1].startswith("Z"):
+                    return
+        except OSError:  # reaped between the two looks
+            return
         time.sleep(0.02)
     raise AssertionError(f"process {pid} did not exit")
 
