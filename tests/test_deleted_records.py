@@ -17,17 +17,13 @@ from urllib.parse import urlencode
 import pytest
 from sqlalchemy import text
 
-from aljex_sync.clock import utcnow
 from aljex_sync.journal import Journal
 from aljex_sync.messages import Outcome, Received
-from aljex_sync.notify import sink_states
 from aljex_sync.store.database import open_engine
 
-from .notify_support import SECRET, WebhookReceiver, wait_until
-from .support import RunningService, make_settings
+from .support import make_settings
 from .test_history import versions
-from .test_notify import FAST, post
-from .test_receivers import T0, body, journal, journaled, row, write
+from .test_receivers import T0, body, journal, journaled, notified, row, supersede, write
 
 SECOND = timedelta(seconds=1)
 
@@ -276,25 +272,9 @@ def test_a_rejected_change_replayed_after_its_record_was_deleted_is_superseded(
 def test_a_change_older_than_its_records_delete_is_answered_200_and_not_notified(
     database_url, tmp_path
 ):
-    with WebhookReceiver() as hook:
-        notify = {"webhook": hook.url, "secret": SECRET, **FAST}
-        settings = make_settings(database_url, tmp_path, notify=notify)
-        with RunningService(settings) as running:
-            engine = running.engine()
-            wait_until("the notifier's cursor", lambda: bool(sink_states(engine)))
-            engine.dispose()
-            assert post(running, "loads", "create", id="1", status="OPEN").status_code == 200
-            # Another receiver journals a delete received after the change posted next.
-            other = journal(database_url, tmp_path)
-            try:
-                later = utcnow() + timedelta(hours=1)
-                write(other, [Received(body("delete", id="1"), "b", later)])
-            finally:
-                other.close()
-            reply = post(running, "loads", "update", id="1", status="COVERED")
-            assert (reply.status_code, reply.text) == (200, "superseded as event 3\n")
-            assert post(running, "loads", "create", id="2").status_code == 200
-            wait_until("three notices", lambda: len(hook.received) >= 3)
+    with notified(database_url, tmp_path) as (hook, running, _):
+        # Another receiver journals a delete received after the change posted next.
+        supersede(running, hook, tmp_path, body("delete", id="1"), "COVERED")
     assert [(p["event_id"], p["action"], p["key"]) for p in hook.payloads()] == [
         (1, "create", "1"),
         (2, "delete", "1"),

@@ -16,6 +16,8 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlencode
@@ -25,6 +27,7 @@ import pytest
 from sqlalchemy import text
 
 from aljex_sync.clock import utcnow
+from aljex_sync.config import Settings
 from aljex_sync.dashboard import read_overview
 from aljex_sync.errors import DatabaseUnavailable
 from aljex_sync.journal import Journal
@@ -189,37 +192,62 @@ def test_concurrent_writers_on_one_key_never_interleave_and_the_latest_wins(data
     assert superseded and len(superseded) + len(taken) == 201
 
 
-@pytest.mark.backend
-def test_an_older_change_is_answered_200_journaled_superseded_and_not_notified(
-    database_url, tmp_path
-):
+@contextmanager
+def notified(
+    database_url: str, tmp_path: Path
+) -> Iterator[tuple[WebhookReceiver, RunningService, Settings]]:
+    """The service sending each change to a webhook, once its notifier holds its cursor."""
     with WebhookReceiver() as hook:
         notify = {"webhook": hook.url, "secret": SECRET, **FAST}
         settings = make_settings(database_url, tmp_path, notify=notify)
         with RunningService(settings) as running:
             engine = running.engine()
-            wait_until("the notifier's cursor", lambda: bool(sink_states(engine)))
-            assert post(running, "loads", "create", id="1", status="OPEN").status_code == 200
-            # Another receiver journals a change received after the one posted next.
-            other = journal(database_url, tmp_path)
             try:
-                later = utcnow() + timedelta(hours=1)
-                write(other, [Received(body("update", id="1", status="DELIVERED"), "b", later)])
+                wait_until("the notifier's cursor", lambda: bool(sink_states(engine)))
             finally:
-                other.close()
-            reply = post(running, "loads", "update", id="1", status="OPEN")
-            # Aljex must not send it again: 200, and the journal says what became of it.
-            assert (reply.status_code, reply.text) == (200, "superseded as event 3\n")
-            assert post(running, "loads", "create", id="2").status_code == 200
-            wait_until("three notices", lambda: len(hook.received) >= 3)
-            overview = read_overview(engine)
-            engine.dispose()
-            # Replayed, it is superseded again and changes nothing.
-            replayer = Journal(open_engine(database_url), settings)
-            try:
-                (replayed,) = replayer.replay(event_ids=[3])
-            finally:
-                replayer.close()
+                engine.dispose()
+            yield hook, running, settings
+
+
+def supersede(
+    running: RunningService, hook: WebhookReceiver, tmp_path: Path, later: bytes, status: str
+) -> datetime:
+    """Post key 1, have another receiver journal ``later`` (a body) for it an hour ahead,
+    then post an older update of key 1 to ``status``: answered 200, journaled superseded as
+    event 3. Then post key 2 and wait for three notices. Returns ``later``'s time."""
+    url = running.settings.database.url
+    assert post(running, "loads", "create", id="1", status="OPEN").status_code == 200
+    other = journal(url, tmp_path)
+    try:
+        at = utcnow() + timedelta(hours=1)
+        write(other, [Received(later, "b", at)])
+    finally:
+        other.close()
+    reply = post(running, "loads", "update", id="1", status=status)
+    # Aljex must not send it again: 200, and the journal says what became of it.
+    assert (reply.status_code, reply.text) == (200, "superseded as event 3\n")
+    assert post(running, "loads", "create", id="2").status_code == 200
+    wait_until("three notices", lambda: len(hook.received) >= 3)
+    return at
+
+
+@pytest.mark.backend
+def test_an_older_change_is_answered_200_journaled_superseded_and_not_notified(
+    database_url, tmp_path
+):
+    with notified(database_url, tmp_path) as (hook, running, settings):
+        later = supersede(
+            running, hook, tmp_path, body("update", id="1", status="DELIVERED"), "OPEN"
+        )
+        engine = running.engine()
+        overview = read_overview(engine)
+        engine.dispose()
+        # Replayed, it is superseded again and changes nothing.
+        replayer = Journal(open_engine(database_url), settings)
+        try:
+            (replayed,) = replayer.replay(event_ids=[3])
+        finally:
+            replayer.close()
     assert [(p["event_id"], p["action"], p["key"]) for p in hook.payloads()] == [
         (1, "create", "1"),
         (2, "update", "1"),
