@@ -292,7 +292,7 @@ def _changes(target: Table, source: Any, values: Sequence[str]) -> ColumnElement
         return false()
     mine, theirs = target.c[ROW_HASH], source[ROW_HASH]
     unsettled = or_(mine.is_(None), theirs.is_(None), mine != theirs)
-    return and_(unsettled, or_(*(target.c[c].is_distinct_from(source[c]) for c in values)))
+    return and_(unsettled, _differs(target, source, values))
 
 
 def _stale(target: Table, st: Table, values: Sequence[str]) -> ColumnElement[bool]:
@@ -302,8 +302,14 @@ def _stale(target: Table, st: Table, values: Sequence[str]) -> ColumnElement[boo
     return and_(
         st.c[KEPT].is_(None),
         or_(mine.is_(None), mine != theirs),
-        ~or_(*(target.c[c].is_distinct_from(st.c[c]) for c in values)),
+        ~_differs(target, st.c, values),
     )
+
+
+def _differs(target: Table, source: Any, values: Sequence[str]) -> ColumnElement[bool]:
+    """Whether any of ``values`` differs between ``target``'s row and ``source``'s (NULL
+    equal to NULL)."""
+    return or_(*(target.c[c].is_distinct_from(source[c]) for c in values))
 
 
 def drop_tombstoned(
