@@ -24,7 +24,8 @@ from .common import Context, console, database, fitting_table
 @click.pass_obj
 def status(obj: Context, as_json: bool, types: bool) -> None:
     """Show what the journal holds: requests per status and table, why any are held or
-    rejected, and the morning files that were not loaded. Changes nothing."""
+    rejected, the last day's failed Live Sync logins, and the morning files that were not
+    loaded. Changes nothing."""
     settings = obj.settings
     with database(settings) as engine:
         found = overview.read(engine)
