@@ -48,7 +48,7 @@ from .morning import MorningLoader
 from .notifier import Notifier
 from .sftp import SftpInbox
 from .sftp_settings import SftpSettings
-from .store.database import display_url, normalize_url, open_engine
+from .store.database import close_engine, display_url, normalize_url, open_engine
 from .store.locks import FileLock, beside
 from .store.schema import Schema
 from .view_refresh import ViewRefresher
@@ -334,7 +334,8 @@ class Service:
             _kill_child(self.journal.pid)
         await self.journal.close()
         await asyncio.to_thread(self.writer.close)
-        await asyncio.to_thread(self.engine.dispose)
+        if not await asyncio.to_thread(close_engine, self.engine):
+            log.warning("a database call was still running as the service stopped")
         for lock in self._locks:  # last: nothing of this process uses them any more
             lock.release()
         self._locks.clear()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -115,6 +116,28 @@ def open_engine(url: str, *, timeout: float = 5.0) -> Engine:
             ],
         )
     return engine
+
+
+# Seconds ``close_engine`` waits for connections still in use before closing the pool.
+CLOSE_WAIT = 10.0
+
+
+def close_engine(engine: Engine, *, wait: float = CLOSE_WAIT) -> bool:
+    """Close the engine's connections, once those in use are back (up to ``wait`` s).
+
+    ``Engine.dispose`` closes only the connections in the pool; one still in use is later
+    checked in to a pool nobody holds, and stays open until the garbage collector finds
+    it. A service that stops has such users: a thread whose task was cancelled (a chore,
+    a view refresh) goes on with its statement. Returns False when some were still out
+    after ``wait`` seconds, and disposes anyway: the process is ending.
+    """
+    checked_out = getattr(engine.pool, "checkedout", None)
+    deadline = time.monotonic() + wait
+    while checked_out is not None and checked_out() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    returned = checked_out is None or not checked_out()
+    engine.dispose()
+    return returned
 
 
 def _sqlite_setup(engine: Engine, timeout: float) -> None:
