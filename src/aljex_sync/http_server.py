@@ -30,6 +30,11 @@ the connections and two backlogs of accepted ones fit.
 Connections closed for these reasons (but a body the endpoint was waiting for, which its
 own request line reports) are counted and logged as one line per reason and
 ``REPORT_INTERVAL``, however many there are.
+
+A reply leaves in one send: uvicorn writes the status line and headers, then the body,
+each straight to the socket, so every reply cost two system calls here and woke the
+client twice (TCP_NODELAY sends each at once). ``OneSend`` holds what is written until
+the reply is complete, or until the end of the loop's turn for a reply sent in parts.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ import ssl
 import sys
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -160,7 +165,8 @@ class EdgeProtocol(HttpToolsProtocol):
         self._header_bytes = 0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        self._out = OneSend(transport, self.loop)
+        super().connection_made(self._out)
         if len(self.connections) > self.limits.max_connections:
             self.report.count("over the connection limit")
             self._answer_and_close(503, "too many connections, try again")
@@ -193,6 +199,10 @@ class EdgeProtocol(HttpToolsProtocol):
         self._cancel()
         self._reading = None
         super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        self._out.flush()  # the whole reply, in one send
+        super().on_response_complete()
 
     def _expect(self, part: str, seconds: float) -> None:
         self._cancel()
@@ -237,6 +247,82 @@ class EdgeProtocol(HttpToolsProtocol):
                 % (status, phrase, len(body), body)
             )
         self.transport.close()
+
+
+class OneSend(asyncio.Transport):
+    """A transport whose writes within one turn of the event loop leave in one send.
+
+    The protocol flushes it when a reply is complete; a write not followed by a flush in
+    the same turn (a reply sent in parts) leaves at the end of the turn. Everything but
+    writing is the wrapped transport's own.
+    """
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
+        self._transport = transport
+        self._loop = loop
+        self._held: list[bytes] = []
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not self._held:
+            self._loop.call_soon(self.flush)
+        self._held.append(bytes(data))
+
+    def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
+        for data in list_of_data:
+            self.write(data)
+
+    def flush(self) -> None:
+        """Send what is held, if anything."""
+        if self._held:
+            data = self._held[0] if len(self._held) == 1 else b"".join(self._held)
+            self._held.clear()
+            self._transport.write(data)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._held.clear()
+        self._transport.abort()
+
+    def write_eof(self) -> None:
+        self.flush()
+        self._transport.write_eof()
+
+    def can_write_eof(self) -> bool:
+        return self._transport.can_write_eof()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._transport.get_extra_info(name, default)
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._transport.set_protocol(protocol)
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._transport.get_protocol()
+
+    def is_reading(self) -> bool:
+        return self._transport.is_reading()
+
+    def pause_reading(self) -> None:
+        self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._transport.resume_reading()
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() + sum(map(len, self._held))
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._transport.get_write_buffer_limits()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._transport.set_write_buffer_limits(high, low)
 
 
 class _Report:
