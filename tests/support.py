@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import hmac
 import os
 import queue
@@ -92,6 +93,22 @@ def post_note(running: RunningService, key: str = "1", *, timeout: float = 30.0)
         headers={"Content-Type": "application/x-www-form-urlencoded"},
         timeout=timeout,
     ).status_code
+
+
+def raw_post(
+    running: RunningService, body: str, password: str = TEST_PASSWORD, *, close: bool = False
+) -> bytes:
+    """A Live Sync POST as bytes on the wire, for tests that hold the socket themselves."""
+    token = base64.b64encode(f"aljex:{password}".encode()).decode()
+    headers = [
+        f"POST {running.settings.live.path} HTTP/1.1",
+        "Host: x",
+        f"Authorization: Basic {token}",
+        "Content-Type: application/x-www-form-urlencoded",
+        f"Content-Length: {len(body.encode())}",
+        *(["Connection: close"] if close else []),
+    ]
+    return ("\r\n".join(headers) + "\r\n\r\n" + body).encode()
 
 
 def sftp_upload(

@@ -3,7 +3,6 @@ headers and one for the body, so the sender is woken once per record."""
 
 from __future__ import annotations
 
-import base64
 import socket
 import struct
 import sys
@@ -11,7 +10,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-from .support import TEST_PASSWORD, RunningService, make_settings
+from .support import TEST_PASSWORD, RunningService, make_settings, raw_post
 
 pytestmark = pytest.mark.skipif(
     sys.platform != "linux", reason="counts segments with Linux's TCP_INFO"
@@ -28,16 +27,8 @@ def data_segments_in(sock: socket.socket) -> int:
 
 
 def request(running: RunningService, key: str, password: str = TEST_PASSWORD) -> bytes:
-    body = urlencode(
-        {"web_sync_table_name": "notes", "web_sync_action": "create", "id": key}
-    ).encode()
-    auth = base64.b64encode(f"aljex:{password}".encode()).decode()
-    return (
-        f"POST {running.settings.live.path} HTTP/1.1\r\nHost: test\r\n"
-        f"Authorization: Basic {auth}\r\n"
-        "Content-Type: application/x-www-form-urlencoded\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    ).encode() + body
+    body = urlencode({"web_sync_table_name": "notes", "web_sync_action": "create", "id": key})
+    return raw_post(running, body, password)
 
 
 def read_reply(sock: socket.socket) -> bytes:

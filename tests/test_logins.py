@@ -6,7 +6,6 @@ the service sees two addresses without a proxy in between.
 
 from __future__ import annotations
 
-import base64
 import select
 import socket
 import threading
@@ -17,7 +16,7 @@ from argon2 import PasswordHasher
 
 from aljex_sync.credentials import PasswordCheck
 
-from .support import TEST_PASSWORD, RunningService, make_settings
+from .support import TEST_PASSWORD, RunningService, make_settings, raw_post
 
 ATTACKER = "127.0.0.2"
 BODY = urlencode({"web_sync_table_name": "notes", "web_sync_action": "create", "id": "1"})
@@ -38,16 +37,6 @@ def post(
             auth=(user, password),
             headers={"Content-Type": "application/x-www-form-urlencoded"},
         )
-
-
-def raw_request(running: RunningService, password: str) -> bytes:
-    token = base64.b64encode(f"aljex:{password}".encode()).decode()
-    return (
-        f"POST {running.settings.live.path} HTTP/1.1\r\nHost: x\r\n"
-        f"Authorization: Basic {token}\r\n"
-        "Content-Type: application/x-www-form-urlencoded\r\n"
-        f"Content-Length: {len(BODY)}\r\nConnection: close\r\n\r\n{BODY}"
-    ).encode()
 
 
 def open_from(source: str, port: int) -> socket.socket:
@@ -103,7 +92,7 @@ def test_parallel_guesses_are_counted_before_they_are_checked(tmp_path, sqlite_u
         assert port is not None
         flood = [open_from(ATTACKER, port) for _ in range(40)]
         for sock in flood:
-            sock.sendall(raw_request(running, "wrong"))
+            sock.sendall(raw_post(running, BODY, "wrong", close=True))
         statuses = sorted(int(read_all(sock).split()[1]) for sock in flood)
         assert statuses == [401] * 5 + [429] * 35
         assert running.service.live is not None
@@ -125,10 +114,10 @@ def test_aljex_login_is_not_queued_behind_a_flood_of_wrong_passwords(tmp_path, s
         flood = [open_from(ATTACKER, port) for _ in range(40)]
         aljex = open_from("127.0.0.1", port)
         for sock in flood:
-            sock.sendall(raw_request(running, "wrong"))
+            sock.sendall(raw_post(running, BODY, "wrong", close=True))
         # Once the first guess is answered, the server has read every one of them.
         select.select(flood, [], [], 60)
-        aljex.sendall(raw_request(running, TEST_PASSWORD))
+        aljex.sendall(raw_post(running, BODY, close=True))
         assert read_all(aljex).split()[1] == b"200"
         answered, _, _ = select.select(flood, [], [], 0)
         assert len(answered) < len(flood) // 2
