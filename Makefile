@@ -5,6 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= aljex-sync.toml
+# Test files run in this many processes at once (pytest-xdist); most tests wait on
+# servers, sockets and disks, so two keep a 2-core machine busy. TEST_WORKERS=0: one.
+TEST_WORKERS ?= 2
 
 .PHONY: serve test lint bench crash-test demo format clean
 
@@ -20,7 +23,7 @@ serve: $(STAMP)
 	$(BIN)/aljex-sync -c $(CONFIG) serve
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

@@ -1,9 +1,9 @@
 """Real parts for tests: databases (SQLite, PostgreSQL, MariaDB) and a running service.
 
 PostgreSQL and MariaDB are the machine's servers (127.0.0.1, see the README). Each test run
-works in a database of its own, made at the start and dropped at the end, so runs do not
-disturb each other. Under CI=true a backend that cannot be reached fails the test; elsewhere
-it is skipped with the reason.
+(each of its processes, under pytest-xdist) works in a database of its own, made at the
+start and dropped at the end, so runs do not disturb each other. Under CI=true a backend
+that cannot be reached fails the test; elsewhere it is skipped with the reason.
 """
 
 from __future__ import annotations
