@@ -38,7 +38,11 @@ def _wait_for_a_lock_wait(engine: Engine, timeout: float = 20.0) -> None:
             " WHERE wait_event_type = 'Lock' AND datname = current_database()"
         )
     else:
-        sql = "SELECT count(*) FROM information_schema.innodb_trx WHERE trx_state = 'LOCK WAIT'"
+        sql = (  # this database's own: other test processes may be waiting on theirs
+            "SELECT count(*) FROM information_schema.innodb_trx t"
+            " JOIN information_schema.processlist p ON p.id = t.trx_mysql_thread_id"
+            " WHERE t.trx_state = 'LOCK WAIT' AND p.db = DATABASE()"
+        )
     deadline = time.monotonic() + timeout
     with engine.connect() as conn:
         while not conn.execute(text(sql)).scalar():
