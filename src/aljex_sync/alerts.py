@@ -32,13 +32,13 @@ from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 
 from . import metrics
 from .clock import utcnow
 from .config import AlertSettings
+from .feed_activity import last_activity
 from .store.database import reading
-from .store.schema import events, files
 
 log = logging.getLogger("aljex_sync.alerts")
 
@@ -124,28 +124,6 @@ def morning_health(
     return FeedHealth("morning", False, f"no morning file loaded by {by:%H:%M} on {day}")
 
 
-def last_activity(engine: Engine) -> tuple[datetime | None, datetime | None]:
-    """When the last live event was received and the last morning file loaded (naive UTC).
-
-    Walks the primary keys backwards to the first match, so the cost stays small however
-    long the journal is.
-    """
-    with reading(engine) as conn:
-        live = conn.execute(
-            select(events.c.received_at)
-            .where(events.c.status == "applied", events.c.source == "live")
-            .order_by(events.c.id.desc())
-            .limit(1)
-        ).scalar()
-        morning = conn.execute(
-            select(files.c.finished_at)
-            .where(files.c.status == "loaded")
-            .order_by(files.c.id.desc())
-            .limit(1)
-        ).scalar()
-    return live, morning
-
-
 class HealthWatch:
     """Evaluates the silence rules and reports each change of a feed's health.
 
@@ -181,7 +159,8 @@ class HealthWatch:
     def evaluate(self, now: datetime | None = None) -> list[FeedHealth]:
         """Each watched feed's health at ``now`` (default: the clock); reads the database."""
         now = self.clock() if now is None else now
-        last_live, last_file = last_activity(self.engine)
+        with reading(self.engine) as conn:
+            last_live, last_file = last_activity(conn)
         found = []
         if self.watch_live:
             found.append(

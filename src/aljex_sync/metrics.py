@@ -36,6 +36,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
+from .feed_activity import last_activity
 from .store.database import reading, translate
 from .store.schema import events, files
 from .store.statuses import status_in
@@ -313,11 +314,7 @@ class DatabaseCollector(Collector):
                 .limit(MAX_EVENT_SERIES)
             ):
                 held.add_metric([table or "-"], int(count))
-            live_at = conn.execute(
-                select(func.max(events.c.received_at)).where(
-                    events.c.status == "applied", events.c.source == "live"
-                )
-            ).scalar()
+            live_at, file_at = last_activity(conn)
             for status, count in conn.execute(
                 select(files.c.status, func.count()).group_by(files.c.status)
             ):
@@ -340,7 +337,6 @@ class DatabaseCollector(Collector):
             ):
                 for kind, value in zip(kinds, row[1:], strict=True):
                     health.add_metric([str(row[0]), kind], int(value or 0))
-            file_at = conn.execute(select(func.max(files.c.finished_at)).where(loaded)).scalar()
         for family, moment in ((last_live, live_at), (last_file, file_at)):
             seconds = _seconds(moment)
             if seconds is not None:
