@@ -21,6 +21,9 @@ from sqlalchemy import ColumnElement, Connection, and_, func, literal_column, se
 from .schema import events
 
 APPLIED = "applied"
+# The index's own condition, as a literal (not a bound parameter) so that SQLite sees it.
+_APPLIED: ColumnElement[str] = literal_column(f"'{APPLIED}'")
+NOT_APPLIED = events.c.status != _APPLIED
 
 
 def status_in(*statuses: str) -> ColumnElement[bool]:
@@ -30,17 +33,16 @@ def status_in(*statuses: str) -> ColumnElement[bool]:
     wanted = column == statuses[0] if len(statuses) == 1 else column.in_(statuses)
     if APPLIED in statuses:
         return wanted
-    return and_(wanted, column != literal_column(f"'{APPLIED}'"))
+    return and_(wanted, NOT_APPLIED)
 
 
 def count_by_status(conn: Connection) -> dict[str, int]:
     """How many events have each status, by status (those with none left out); in one
     statement, so that the counts agree with each other."""
     status = events.c.status
-    unresolved = status != literal_column(f"'{APPLIED}'")
-    others = select(status, func.count()).where(unresolved).group_by(status)
+    others = select(status, func.count()).where(NOT_APPLIED).group_by(status)
     every = select(func.count()).select_from(events).scalar_subquery()
-    not_applied = select(func.count()).where(unresolved).scalar_subquery()
-    applied = select(literal_column(f"'{APPLIED}'"), every - not_applied)
+    not_applied = select(func.count()).where(NOT_APPLIED).scalar_subquery()
+    applied = select(_APPLIED, every - not_applied)
     counts = {str(s): int(n) for s, n in conn.execute(union_all(others, applied)) if n}
     return dict(sorted(counts.items()))
