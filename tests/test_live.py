@@ -451,6 +451,25 @@ def test_methods_other_than_post_get_405(sqlite_service, method):
     assert response.headers["allow"] == "POST"
 
 
+def test_a_post_to_a_wrong_path_gets_404_and_a_warning_naming_the_right_one(sqlite_service, caplog):
+    """Aljex given a wrong URL: nothing is stored, and the log says where to post."""
+    wrong = sqlite_service.url.replace("/aljex/sync", "/aljex/sync-x")
+    scanned = sqlite_service.url.replace("/aljex/sync", "/wp-login.php")
+    with caplog.at_level("INFO", logger="aljex_sync.live"):
+        body = urlencode(record("notes", "create", id="1"))
+        response = httpx.post(wrong, content=body, auth=AUTH, timeout=10)
+        probe = httpx.get(scanned, timeout=10)
+    assert (response.status_code, response.text) == (404, "not found\n")
+    assert probe.status_code == 404
+    [line] = [r for r in caplog.records if r.name == "aljex_sync.live"]  # none for the GET
+    assert line.levelname == "WARNING"
+    expected = "404 not found: '/aljex/sync-x' is not the Live Sync path '/aljex/sync'"
+    assert expected in line.getMessage()
+    engine = sqlite_service.engine()
+    assert journal(engine) == []
+    engine.dispose()
+
+
 def test_body_over_the_limit_gets_413_without_reading_the_rest(sqlite_service):
     port = sqlite_service.service.http_port
     credentials = httpx.BasicAuth(*AUTH)._auth_header

@@ -226,7 +226,19 @@ class LiveEndpoint:
             Route("/healthz", self.health, methods=["GET"]),
             *(extra_routes or []),
         ]
-        return Starlette(routes=routes)
+        return Starlette(routes=routes, exception_handlers={404: self.not_found})
+
+    async def not_found(self, request: Request, _error: Exception) -> Response:
+        """404. A POST to a path that is not Live Sync's is most likely Aljex sent to a
+        wrong URL, and no record arrives until it is fixed: a WARNING line names the path
+        it came to and the one Live Sync listens on. Other methods are left unlogged, as
+        the probes of the internet's scanners are."""
+        if request.method == "POST":
+            line = _RequestLogLine(self._source(request), time.perf_counter())
+            tried = repr(request.url.path[:MAX_LOGGED])
+            reason = f"not found: {tried} is not the Live Sync path {self.settings.path!r}"
+            line.emit(404, reason, level=logging.WARNING)
+        return _text(404, "not found")
 
     async def health(self, request: Request) -> Response:
         """200 "ok" while every probe (the database, the writer) answers, else 503 and why.
@@ -251,13 +263,15 @@ class LiveEndpoint:
         return _text(200, "\n".join(["ok", *extra]))
 
     async def handle(self, request: Request) -> Response:
-        peer = request.client.host if request.client else None
-        source = client_address(
-            peer, request.headers.getlist("x-forwarded-for"), self.settings.trusted_proxies
-        )
+        source = self._source(request)
         line = _RequestLogLine(source, time.perf_counter())
         response = await self._handle(request, source, line)
         return response
+
+    def _source(self, request: Request) -> str:
+        peer = request.client.host if request.client else None
+        forwarded = request.headers.getlist("x-forwarded-for")
+        return client_address(peer, forwarded, self.settings.trusted_proxies)
 
     async def _handle(self, request: Request, source: str, line: _RequestLogLine) -> Response:
         settings = self.settings
