@@ -13,6 +13,8 @@ import httpx
 import pytest
 from sqlalchemy import Engine, select, text
 
+from aljex_sync import overview
+from aljex_sync.journal import Journal
 from aljex_sync.store.schema import columns_table, events
 
 from .support import TEST_PASSWORD, RunningService, make_settings
@@ -451,23 +453,47 @@ def test_methods_other_than_post_get_405(sqlite_service, method):
     assert response.headers["allow"] == "POST"
 
 
-def test_a_post_to_a_wrong_path_gets_404_and_a_warning_naming_the_right_one(sqlite_service, caplog):
-    """Aljex given a wrong URL: nothing is stored, and the log says where to post."""
+def test_a_post_to_a_wrong_path_gets_404_is_journaled_and_shows_in_status(sqlite_service, caplog):
+    """Aljex given a wrong URL: nothing is applied, the log says where to post, `status`
+    shows it, and its records can be replayed once the URL is fixed."""
     wrong = sqlite_service.url.replace("/aljex/sync", "/aljex/sync-x")
     scanned = sqlite_service.url.replace("/aljex/sync", "/wp-login.php")
+    reason = "not found: '/aljex/sync-x' is not the Live Sync path '/aljex/sync'"
+    body = urlencode(record("notes", "create", id="1"))
     with caplog.at_level("INFO", logger="aljex_sync.live"):
-        body = urlencode(record("notes", "create", id="1"))
         response = httpx.post(wrong, content=body, auth=AUTH, timeout=10)
         probe = httpx.get(scanned, timeout=10)
-    assert (response.status_code, response.text) == (404, "not found\n")
+    assert (response.status_code, response.text) == (404, reason + "\n")
     assert probe.status_code == 404
     [line] = [r for r in caplog.records if r.name == "aljex_sync.live"]  # none for the GET
     assert line.levelname == "WARNING"
-    expected = "404 not found: '/aljex/sync-x' is not the Live Sync path '/aljex/sync'"
-    assert expected in line.getMessage()
+    assert f"404 {reason}" in line.getMessage()
     engine = sqlite_service.engine()
-    assert journal(engine) == []
-    engine.dispose()
+    try:
+        [event] = journal(engine)
+        assert (event["status"], event["error"], event["body"]) == ("rejected", reason, body.encode())
+        assert (reason, 1) in overview.read(engine).rejected  # what `status` lists
+        assert rows(engine, "SELECT name FROM sqlite_master WHERE name = 'notes'") == []
+        replayer = Journal(engine, sqlite_service.settings)
+        [outcome] = replayer.replay(include_rejected=True)
+        assert outcome.status == "applied"
+        assert [r["id"] for r in rows(engine, "SELECT id FROM notes")] == ["1"]
+    finally:
+        engine.dispose()
+
+
+def test_a_post_to_a_wrong_path_without_credentials_gets_401_and_is_not_journaled(sqlite_service):
+    """A stranger learns nothing of the paths, and cannot fill the journal."""
+    wrong = sqlite_service.url.replace("/aljex/sync", "/aljex/sync-x")
+    body = urlencode(record("notes", "create", id="1"))
+    assert httpx.post(wrong, content=body, timeout=10).status_code == 401
+    wrong_password = ("aljex", "not-the-password")
+    assert httpx.post(wrong, content=body, auth=wrong_password, timeout=10).status_code == 401
+    engine = sqlite_service.engine()
+    try:
+        assert journal(engine) == []
+    finally:
+        engine.dispose()
 
 
 def test_body_over_the_limit_gets_413_without_reading_the_rest(sqlite_service):

@@ -74,6 +74,12 @@ class UnknownAction(WireError):
     """``web_sync_action`` is none of create, update, delete or their known synonyms."""
 
 
+class WrongPath(WireError):
+    """A request posted, with the right credentials, to a path that is not Live Sync's:
+    Aljex given a wrong URL. Journaled, so ``status`` shows it and ``replay
+    --include-rejected`` can apply its records once the URL is fixed."""
+
+
 class RecordNotApplicable(AljexSyncError):
     """A well-formed record that cannot be applied: it is held in the journal."""
 

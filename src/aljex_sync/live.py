@@ -40,6 +40,7 @@ from .errors import (
     UnknownAction,
     UnsupportedMediaType,
     WireError,
+    WrongPath,
 )
 from .login_failures import FailedLogins
 from .logins import Logins
@@ -58,6 +59,7 @@ STATUS_OF: dict[type[WireError], int] = {
     UnsupportedMediaType: 415,
     UnknownAction: 422,
     TableNotAccepted: 403,
+    WrongPath: 404,
 }
 
 
@@ -230,15 +232,19 @@ class LiveEndpoint:
 
     async def not_found(self, request: Request, _error: Exception) -> Response:
         """404. A POST to a path that is not Live Sync's is most likely Aljex sent to a
-        wrong URL, and no record arrives until it is fixed: a WARNING line names the path
-        it came to and the one Live Sync listens on. Other methods are left unlogged, as
-        the probes of the internet's scanners are."""
-        if request.method == "POST":
-            line = _RequestLogLine(self._source(request), time.perf_counter())
-            tried = repr(request.url.path[:MAX_LOGGED])
-            reason = f"not found: {tried} is not the Live Sync path {self.settings.path!r}"
-            line.emit(404, reason, level=logging.WARNING)
-        return _text(404, "not found")
+        wrong URL, and no record arrives until it is fixed. It is checked as a Live Sync
+        request is (address, credentials, size), so a stranger gets the 403 or 401 a
+        stranger gets; an authenticated one is journaled as rejected, with a WARNING line
+        naming the path it came to and the one Live Sync listens on, and shows in
+        ``status``. Other methods are left unlogged, as the probes of the internet's
+        scanners are."""
+        if request.method != "POST":
+            return _text(404, "not found")
+        source = self._source(request)
+        line = _RequestLogLine(source, time.perf_counter())
+        tried = repr(request.url.path[:MAX_LOGGED])
+        wrong = WrongPath(f"not found: {tried} is not the Live Sync path {self.settings.path!r}")
+        return await self._handle(request, source, line, wrong)
 
     async def health(self, request: Request) -> Response:
         """200 "ok" while every probe (the database, the writer) answers, else 503 and why.
@@ -273,7 +279,15 @@ class LiveEndpoint:
         forwarded = request.headers.getlist("x-forwarded-for")
         return client_address(peer, forwarded, self.settings.trusted_proxies)
 
-    async def _handle(self, request: Request, source: str, line: _RequestLogLine) -> Response:
+    async def _handle(
+        self,
+        request: Request,
+        source: str,
+        line: _RequestLogLine,
+        wrong_path: WrongPath | None = None,
+    ) -> Response:
+        """The reply to a request to the Live Sync path, or, with ``wrong_path``, to a POST
+        that came to another path: checked alike, then journaled as rejected."""
         settings = self.settings
         if request.method != "POST":
             line.emit(405, "method not allowed")
@@ -298,6 +312,8 @@ class LiveEndpoint:
                 return await self._reject(cut_error, b"", source, received_at, line, status=408)
             line.emit(400, "client disconnected")
             return _text(400, "client disconnected")
+        if wrong_path is not None:
+            return await self._reject(wrong_path, body, source, received_at, line)
         content_type = request.headers.get("content-type")
         if content_type is not None and content_type.split(";")[0].strip().lower() != FORM:
             error = UnsupportedMediaType(f"content type {content_type[:80]!r} is not {FORM}")
