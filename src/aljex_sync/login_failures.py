@@ -34,6 +34,7 @@ MOST_PER_FLUSH = 100
 KEEP_DAYS = 7
 MOST_ROWS = 1000
 NAME_CHARS = 64  # a user name tried is kept this long, as printable text
+ADDRESS_CHARS = 64  # the width of its address column (store/schema.py)
 RECENT = timedelta(hours=24)  # what ``status`` shows
 
 
@@ -65,7 +66,7 @@ class FailedLogins:
     def note(self, address: str, username: str) -> None:
         """Count one refused login (no credentials, a wrong one, or over the limit)."""
         now = utcnow()
-        key = (address[:64], _printable(username))
+        key = (address[:ADDRESS_CHARS], _printable(username))
         count = self._counts.get(key)
         if count is None:
             self._counts[key] = _Count(1, now, now)
