@@ -471,7 +471,11 @@ def test_a_post_to_a_wrong_path_gets_404_is_journaled_and_shows_in_status(sqlite
     engine = sqlite_service.engine()
     try:
         [event] = journal(engine)
-        assert (event["status"], event["error"], event["body"]) == ("rejected", reason, body.encode())
+        assert (event["status"], event["error"], event["body"]) == (
+            "rejected",
+            reason,
+            body.encode(),
+        )
         assert (reason, 1) in overview.read(engine).rejected  # what `status` lists
         assert rows(engine, "SELECT name FROM sqlite_master WHERE name = 'notes'") == []
         replayer = Journal(engine, sqlite_service.settings)
