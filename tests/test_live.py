@@ -13,7 +13,7 @@ import httpx
 import pytest
 from sqlalchemy import Engine, select, text
 
-from aljex_sync import overview
+from aljex_sync import logs, overview
 from aljex_sync.journal import Journal
 from aljex_sync.store.schema import columns_table, events
 
@@ -498,6 +498,18 @@ def test_a_post_to_a_wrong_path_without_credentials_gets_401_and_is_not_journale
         assert journal(engine) == []
     finally:
         engine.dispose()
+
+
+def test_every_request_line_is_logged_however_alike(sqlite_service, caplog):
+    """The log's repeat filter holds back errors that repeat, never a request's line:
+    watching for WARNING finds every record that did not land."""
+    with caplog.at_level("INFO", logger="aljex_sync.live"):
+        for _ in range(3):
+            assert post(sqlite_service, record("notes", "frobnicate", id="1")).status_code == 422
+    lines = [r for r in caplog.records if r.name == "aljex_sync.live"]
+    assert [r.levelname for r in lines] == ["WARNING"] * 3
+    repeats = logs.RepeatFilter(interval=3600)
+    assert all(repeats.filter(r) and repeats.filter(r) for r in lines)  # each let through twice
 
 
 def test_body_over_the_limit_gets_413_without_reading_the_rest(sqlite_service):

@@ -107,3 +107,12 @@ def test_a_repeated_error_is_written_once_per_interval_with_a_count():
     assert text.count("Traceback") == 1
     assert text.count("an info line") == 2
     assert "(and 999 more like it left out)" in text
+
+
+def test_a_line_logged_every_time_is_never_held_back():
+    repeats = logs.RepeatFilter(interval=3600)
+    record = logging.LogRecord("x", logging.WARNING, __file__, 1, "401 wrong password", (), None)
+    assert repeats.filter(record)
+    assert not repeats.filter(record)
+    every = logging.makeLogRecord({**record.__dict__, **logs.EVERY_TIME})
+    assert all(repeats.filter(every) for _ in range(3))

@@ -28,7 +28,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from . import http_server, metrics
+from . import http_server, logs, metrics
 from .clock import utcnow
 from .config import LiveSettings, Network
 from .credentials import PasswordCheck
@@ -124,6 +124,7 @@ class _RequestLogLine:
             status,
             result,
             ms,
+            extra=logs.EVERY_TIME,
         )
         metrics.observe_request(self.table, self.action, status, ms / 1000)
 

@@ -10,7 +10,9 @@ module. A traceback keeps its lines: it is written by Python, not by the network
 collectors; JSON's own escaping keeps each record on one line there.
 
 Errors that repeat at machine speed (``socket.accept`` out of file descriptors, say) are
-logged once per ``REPEAT_INTERVAL`` with a count of the ones left out.
+logged once per ``REPEAT_INTERVAL`` with a count of the ones left out. A line logged with
+``extra=EVERY_TIME`` (one per Live Sync request: the operator counts on one line per
+request that did not land) is never held back.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ import logging
 import time
 
 REPEAT_INTERVAL = 10.0
+_EVERY_TIME = "aljex_every_time"
+EVERY_TIME = {_EVERY_TIME: True}
+"""``extra`` for a line :class:`RepeatFilter` must let through however often it comes."""
 
 # Every C0 and C1 control character, DEL, and the Unicode line and paragraph separators.
 _ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))} | {
@@ -59,8 +64,8 @@ class RepeatFilter(logging.Filter):
 
     A repeat is the same logger and level with the same exception (type and text) or, for
     a record without one, the same rendered message: asyncio's own error lines differ in
-    a timer's address while their exception is the same. Info lines (one per request)
-    are never held back.
+    a timer's address while their exception is the same. Info lines, and lines logged
+    with ``extra=EVERY_TIME`` (one per request), are never held back.
     """
 
     def __init__(self, interval: float = REPEAT_INTERVAL) -> None:
@@ -69,7 +74,7 @@ class RepeatFilter(logging.Filter):
         self._seen: dict[tuple[str, int, str], tuple[float, int]] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.WARNING:
+        if record.levelno < logging.WARNING or getattr(record, _EVERY_TIME, False):
             return True
         exc = record.exc_info[1] if record.exc_info else None
         what = f"{type(exc).__name__}: {exc}" if exc is not None else record.getMessage()
