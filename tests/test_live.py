@@ -486,6 +486,22 @@ def test_a_post_to_a_wrong_path_gets_404_is_journaled_and_shows_in_status(sqlite
         engine.dispose()
 
 
+def test_a_trailing_slash_is_a_wrong_path_not_a_redirect(sqlite_service):
+    """No 307 built from the sender's Host header: the same 404, journaled, as any path."""
+    slashed = sqlite_service.url + "/"
+    body = urlencode(record("notes", "create", id="1"))
+    headers = {"Host": "attacker.example"}
+    response = httpx.post(slashed, content=body, auth=AUTH, headers=headers, timeout=10)
+    assert response.status_code == 404
+    assert "location" not in response.headers
+    assert "'/aljex/sync/' is not the Live Sync path '/aljex/sync'" in response.text
+    engine = sqlite_service.engine()
+    try:
+        assert [e["status"] for e in journal(engine)] == ["rejected"]
+    finally:
+        engine.dispose()
+
+
 def test_a_post_to_a_wrong_path_without_credentials_gets_401_and_is_not_journaled(sqlite_service):
     """A stranger learns nothing of the paths, and cannot fill the journal."""
     wrong = sqlite_service.url.replace("/aljex/sync", "/aljex/sync-x")

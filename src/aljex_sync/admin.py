@@ -24,7 +24,7 @@ from urllib.parse import parse_qs
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response
+from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from . import admin_page, metrics
@@ -87,6 +87,8 @@ class AdminArea:
     def routes(self) -> list[Route]:
         return [
             Route("/admin/", self._guard(self.status), methods=["GET"]),
+            # Typed without its slash. Relative: never built from the client's Host header.
+            Route("/admin", lambda _: RedirectResponse("/admin/", 308), methods=["GET"]),
             Route("/admin/events/{event_id:int}", self._guard(self.event), methods=["GET"]),
             Route("/admin/replay", self._guard(self.replay), methods=["POST"]),
             Route("/metrics", self._guard(self.metrics), methods=["GET"]),

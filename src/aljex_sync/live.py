@@ -229,7 +229,12 @@ class LiveEndpoint:
             Route("/healthz", self.health, methods=["GET"]),
             *(extra_routes or []),
         ]
-        return Starlette(routes=routes, exception_handlers={404: self.not_found})
+        app = Starlette(routes=routes, exception_handlers={404: self.not_found})
+        # A path with a slash added or taken away is a wrong path, answered as one (404),
+        # not redirected: a redirect is built from the client's Host header, unlogged, and
+        # many senders do not follow one for a POST, or follow it in clear behind a proxy.
+        app.router.redirect_slashes = False
+        return app
 
     async def not_found(self, request: Request, _error: Exception) -> Response:
         """404. A POST to a path that is not Live Sync's is most likely Aljex sent to a
