@@ -1,4 +1,5 @@
-"""Slow and excess clients: header and body deadlines, a header size cap, a connection cap.
+"""Slow and excess clients: header and body deadlines, a header size cap, a connection cap,
+a pipeline cap.
 
 Real sockets on loopback against the running service; every wait is bounded.
 """
@@ -18,6 +19,8 @@ from urllib.parse import urlencode
 
 import httpx
 import pytest
+
+from aljex_sync.http_server import MAX_PIPELINED
 
 from .support import TEST_PASSWORD, RunningService, make_settings, post_note
 
@@ -235,3 +238,42 @@ def test_a_connection_flood_under_a_low_descriptor_limit_costs_a_few_log_lines(t
     assert "notes create 1 200 applied" in "\n".join(lines)
     assert not [line for line in lines if "Traceback" in line]
     assert len(lines) < 20, lines[:40]
+
+
+def test_requests_pipelined_a_few_ahead_are_all_answered_in_order(impatient):
+    requests = b"".join(
+        b"POST /aljex/sync HTTP/1.1\r\nHost: x\r\nAuthorization: Basic %s\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: %d\r\n\r\n%s"
+        % (AUTH.encode(), len(body), body)
+        for body in (
+            urlencode(
+                {"web_sync_table_name": "notes", "web_sync_action": "create", "id": str(n)}
+            ).encode()
+            for n in range(MAX_PIPELINED)
+        )
+    )
+    sock = connect(impatient)
+    sock.sendall(requests)
+    replies = b""
+    while replies.count(b"HTTP/1.1 200") < MAX_PIPELINED:
+        chunk = sock.recv(65536)
+        assert chunk, replies
+        replies += chunk
+    sock.close()
+    events = [int(n) for n in re.findall(rb"applied as event (\d+)", replies)]
+    assert events == sorted(events) and len(events) == MAX_PIPELINED
+
+
+def test_a_client_pipelining_without_end_is_cut_off_and_others_go_on(impatient):
+    """uvicorn queued every request sent ahead of its replies: one client, with no
+    password, grew the process with all it sent. Past the cap its connection is closed."""
+    request = b"POST /aljex/sync HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+    sock = connect(impatient)
+    try:
+        for _ in range(20):
+            sock.sendall(request * 5000)  # 250 KB a time
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # cut off while sending, as it should be
+    replies = read_until_closed(sock)
+    assert replies.count(b"HTTP/1.1 4") <= MAX_PIPELINED + 1
+    assert normal_post(impatient) == 200

@@ -17,7 +17,12 @@ is what Aljex waits on); ``EdgeProtocol`` is its protocol with, per connection:
   covers the endpoint's checks before it reads (normally milliseconds);
 - a header size cap (``MAX_HEADER_BYTES``), answered with 431;
 - a connection cap: a connection beyond ``max_connections`` is answered 503 and closed as
-  soon as it is accepted, so the descriptors it would hold go back at once.
+  soon as it is accepted, so the descriptors it would hold go back at once;
+- a pipeline cap: uvicorn queues every request a client sends ahead of its replies, and
+  reads on after each reply, so one client pipelining without end (no password needed)
+  grew the process by about 48 MB for each MB it sent. A connection with more than
+  ``MAX_PIPELINED`` requests waiting is closed, unanswered beyond the one in hand; the
+  rest of what it sent is not parsed into requests. Senders post one record at a time.
 
 The cap must stay below the process's file descriptor limit, with room to spare: asyncio
 accepts up to ``backlog`` connections in one go before any of them can be dropped, and
@@ -66,6 +71,7 @@ KEEP_ALIVE_TIMEOUT = 5.0
 # writer's link, the SFTP server, log files (a quarter of the limit if that is less).
 RESERVED_DESCRIPTORS = 128
 MAX_BACKLOG = 1024
+MAX_PIPELINED = 16  # requests a connection may send ahead of their replies
 CUT = "aljex_sync.cut"
 """The ASGI scope extension in which the server says why it closed the connection of a
 request whose body it stopped waiting for: ``{"reason": ...}``."""
@@ -192,8 +198,14 @@ class EdgeProtocol(HttpToolsProtocol):
             self._expect("headers", self.limits.header_timeout)
 
     def on_headers_complete(self) -> None:
+        if self.transport.is_closing():
+            return  # closed for its pipeline: what else came is not made into requests
         self._expect("body", self.limits.body_timeout)
         super().on_headers_complete()
+        if len(self.pipeline) > MAX_PIPELINED:
+            self.report.count(f"over {MAX_PIPELINED} requests sent ahead of their replies")
+            self._cancel()
+            self.transport.close()
 
     def on_message_complete(self) -> None:
         self._cancel()
