@@ -277,3 +277,70 @@ def test_a_client_pipelining_without_end_is_cut_off_and_others_go_on(impatient):
     replies = read_until_closed(sock)
     assert replies.count(b"HTTP/1.1 4") <= MAX_PIPELINED + 1
     assert normal_post(impatient) == 200
+
+
+def connect_from(running: RunningService, source: str) -> socket.socket:
+    """A connection from another loopback address (Linux answers all of 127.0.0.0/8)."""
+    assert running.service.http_port is not None
+    return socket.create_connection(
+        ("127.0.0.1", running.service.http_port), timeout=10, source_address=(source, 0)
+    )
+
+
+@pytest.fixture
+def guarded(tmp_path, sqlite_url):
+    """Three connections per address; only 127.0.0.1 and a proxy at 127.0.0.4 allowed."""
+    settings = make_settings(
+        sqlite_url,
+        tmp_path,
+        live={
+            "max_connections_per_address": 3,
+            "allow_ips": ["127.0.0.1/32", "127.0.0.2/32"],
+            "trusted_proxies": ["127.0.0.4/32"],
+        },
+    )
+    with RunningService(settings) as running:
+        yield running
+
+
+def test_one_address_cannot_take_every_connection(guarded):
+    """Idle connections from one address shut everyone out once they held every slot."""
+    held = [connect_from(guarded, "127.0.0.2") for _ in range(3)]
+    try:
+        time.sleep(0.2)
+        extra = connect_from(guarded, "127.0.0.2")
+        assert read_until_closed(extra).startswith(b"HTTP/1.1 503")
+        assert normal_post(guarded) == 200  # from 127.0.0.1: slots of its own
+    finally:
+        for sock in held:
+            sock.close()
+    time.sleep(0.2)
+    again = connect_from(guarded, "127.0.0.2")
+    again.sendall(b"POST /aljex/sync HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+    assert again.recv(100).startswith(b"HTTP/1.1 401")  # counted out as they closed
+    again.close()
+
+
+def test_a_trusted_proxy_is_not_limited_per_address(guarded):
+    held = [connect_from(guarded, "127.0.0.4") for _ in range(5)]
+    try:
+        last = held[-1]
+        last.sendall(
+            b"POST /aljex/sync HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 127.0.0.1\r\n"
+            b"Content-Length: 0\r\n\r\n"
+        )
+        assert last.recv(100).startswith(b"HTTP/1.1 401")  # its client's, not refused
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_with_allow_ips_another_address_is_refused_as_it_connects(guarded, caplog):
+    """Before it can hold a connection or send a byte: a refused address takes no slot."""
+    with caplog.at_level(logging.WARNING, logger="aljex_sync.http"):
+        stranger = connect_from(guarded, "127.0.0.3")
+        reply = read_until_closed(stranger)
+    assert reply.startswith(b"HTTP/1.1 403")
+    assert b"address 127.0.0.3 is not allowed" in reply
+    assert "closed a connection: address 127.0.0.3 not allowed" in caplog.text
+    assert normal_post(guarded) == 200

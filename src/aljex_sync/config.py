@@ -148,6 +148,7 @@ def _parse(
         "header_timeout",
         "body_timeout",
         "max_connections",
+        "max_connections_per_address",
     ):
         if live[key] <= 0:
             raise ConfigError(f"live.{key}", "must be more than 0")
@@ -171,6 +172,7 @@ def _parse(
         header_timeout=live["header_timeout"],
         body_timeout=live["body_timeout"],
         max_connections=live["max_connections"],
+        max_connections_per_address=live["max_connections_per_address"],
         **_tls(live, base),
     )
 

@@ -45,6 +45,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "header_timeout": Key(float, 10.0, "seconds a client has to send a request's headers"),
         "body_timeout": Key(float, 30.0, "seconds a client has to send a request's body"),
         "max_connections": Key(int, 256, "open HTTP connections at most; more are closed at once"),
+        "max_connections_per_address": Key(
+            int, 64, "open HTTP connections from one address at most (proxies aside)"
+        ),
         "tls_cert": Key(str, "", "PEM certificate (chain) file: serve HTTPS; empty: plain HTTP"),
         "tls_key": Key(str, "", "PEM private key file of tls_cert"),
     },

@@ -17,7 +17,10 @@ is what Aljex waits on); ``EdgeProtocol`` is its protocol with, per connection:
   covers the endpoint's checks before it reads (normally milliseconds);
 - a header size cap (``MAX_HEADER_BYTES``), answered with 431;
 - a connection cap: a connection beyond ``max_connections`` is answered 503 and closed as
-  soon as it is accepted, so the descriptors it would hold go back at once;
+  soon as it is accepted, so the descriptors it would hold go back at once; so is one
+  beyond ``max_connections_per_address`` from one address (an IPv6 address's /64; trusted
+  proxies aside), so that one client's idle connections cannot take every slot; and with
+  ``allow_ips``, one from any other address (trusted proxies aside) gets 403 at once;
 - a pipeline cap: uvicorn queues every request a client sends ahead of its replies, and
   reads on after each reply, so one client pipelining without end (no password needed)
   grew the process by about 48 MB for each MB it sent. A connection with more than
@@ -45,6 +48,7 @@ the reply is complete, or until the end of the loop's turn for a reply sent in p
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import ssl
 import sys
@@ -61,11 +65,13 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from .config import LiveSettings
+from .settings import Network, within
 
 log = logging.getLogger("aljex_sync.http")
 
 MAX_HEADER_BYTES = 64 * 1024
 REPORT_INTERVAL = 60.0
+MAX_REASONS = 1000  # reasons the report remembers (each its last line's time)
 KEEP_ALIVE_TIMEOUT = 5.0
 # Descriptors kept for everything but client connections: the database, the journal
 # writer's link, the SFTP server, log files (a quarter of the limit if that is less).
@@ -79,19 +85,31 @@ request whose body it stopped waiting for: ``{"reason": ...}``."""
 
 @dataclass(frozen=True)
 class Limits:
-    """What a client may take: time for headers and body, and connections at once."""
+    """What a client may take: time for headers and body, and connections at once; who
+    may connect at all."""
 
     header_timeout: float
     body_timeout: float
     max_connections: int
     backlog: int = MAX_BACKLOG
+    per_address: int = 64
+    allow_ips: tuple[Network, ...] = ()
+    trusted_proxies: tuple[Network, ...] = ()
 
 
 def config(app: ASGIApp, live: LiveSettings, tls: ssl.SSLContext | None = None) -> uvicorn.Config:
     """The uvicorn configuration of the Live Sync server, with ``live``'s limits; HTTPS with
     ``tls``, the context ``tls.server_context`` made."""
     connections, backlog = _room_for(live.max_connections)
-    limits = Limits(live.header_timeout, live.body_timeout, connections, backlog)
+    limits = Limits(
+        live.header_timeout,
+        live.body_timeout,
+        connections,
+        backlog,
+        live.max_connections_per_address,
+        live.allow_ips,
+        live.trusted_proxies,
+    )
     return uvicorn.Config(
         app,
         log_config=None,
@@ -149,7 +167,26 @@ def cut_short(scope: Mapping[str, Any]) -> str | None:
 
 def edge_protocol(limits: Limits) -> type[EdgeProtocol]:
     """An ``EdgeProtocol`` class bound to ``limits`` (uvicorn builds protocols itself)."""
-    return type("EdgeProtocol", (EdgeProtocol,), {"limits": limits, "report": _Report()})
+    shared = {"limits": limits, "report": _Report(), "from_address": Counter()}
+    return type("EdgeProtocol", (EdgeProtocol,), shared)
+
+
+def address_of(peer: Any) -> str | None:
+    """The host of a socket's peer name, or None (a Unix socket, or none known)."""
+    if isinstance(peer, tuple | list) and peer and isinstance(peer[0], str):
+        return peer[0]
+    return None
+
+
+def _bucket(host: str) -> str:
+    """What connections are counted by: the address, or an IPv6 address's /64."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if ip.version == 6 and ip.ipv4_mapped is None:
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip.ipv4_mapped or ip) if ip.version == 6 else str(ip)
 
 
 class EdgeProtocol(HttpToolsProtocol):
@@ -157,6 +194,7 @@ class EdgeProtocol(HttpToolsProtocol):
 
     limits: ClassVar[Limits]
     report: ClassVar[_Report]
+    from_address: ClassVar[Counter[str]]  # open connections by address (``_bucket``)
 
     def __init__(
         self,
@@ -169,18 +207,44 @@ class EdgeProtocol(HttpToolsProtocol):
         self._deadline: asyncio.TimerHandle | None = None
         self._reading: str | None = None  # "headers", "body", or None between requests
         self._header_bytes = 0
+        self._counted: str | None = None  # the bucket this connection is counted in
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._out = OneSend(transport, self.loop)
         super().connection_made(self._out)
-        if len(self.connections) > self.limits.max_connections:
+        limits = self.limits
+        host = address_of(transport.get_extra_info("peername"))
+        proxy = host is not None and within(host, limits.trusted_proxies)
+        if (
+            host is not None
+            and limits.allow_ips
+            and not proxy
+            and not within(host, limits.allow_ips)
+        ):
+            self.report.count(f"address {host} not allowed")
+            self._answer_and_close(403, f"address {host} is not allowed")
+            return
+        if len(self.connections) > limits.max_connections:
             self.report.count("over the connection limit")
             self._answer_and_close(503, "too many connections, try again")
             return
-        self._expect("headers", self.limits.header_timeout)
+        if host is not None and not proxy:
+            bucket = _bucket(host)
+            if self.from_address[bucket] >= limits.per_address:
+                self.report.count(f"over {limits.per_address} connections from {bucket}")
+                self._answer_and_close(503, "too many connections from this address, try again")
+                return
+            self.from_address[bucket] += 1
+            self._counted = bucket
+        self._expect("headers", limits.header_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel()
+        if self._counted is not None:
+            self.from_address[self._counted] -= 1
+            if not self.from_address[self._counted]:
+                del self.from_address[self._counted]
+            self._counted = None
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -250,9 +314,11 @@ class EdgeProtocol(HttpToolsProtocol):
         self._reading = None
         if self.cycle is None or self.cycle.response_complete:
             body = reason.encode() + b"\n"
-            phrase = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}.get(
-                status, b"Service Unavailable"
-            )
+            phrase = {
+                403: b"Forbidden",
+                408: b"Request Timeout",
+                431: b"Request Header Fields Too Large",
+            }.get(status, b"Service Unavailable")
             self.transport.write(
                 b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
                 b"content-length: %d\r\nconnection: close\r\n\r\n%s"
@@ -352,6 +418,8 @@ class _Report:
 
     def count(self, reason: str) -> None:
         now = time.monotonic()
+        if len(self._last) > MAX_REASONS:  # reasons name addresses: an attack has many
+            self._last = {r: t for r, t in self._last.items() if now - t < self.interval}
         if now - self._last.get(reason, -self.interval) >= self.interval:
             self._last[reason] = now
             log.warning("closed a connection: %s", reason)

@@ -45,6 +45,7 @@ from .errors import (
 from .login_failures import FailedLogins
 from .logins import Logins
 from .messages import Outcome, Received
+from .settings import within
 from .store.schema import events
 
 log = logging.getLogger("aljex_sync.live")
@@ -140,7 +141,7 @@ def client_address(peer: str | None, forwarded_for: list[str], trusted: tuple[Ne
     as the source: the walk stops at it, at the last proxy that was trusted.
     """
     address = peer or "unknown"
-    if not forwarded_for or not trusted or not _in(address, trusted):
+    if not forwarded_for or not trusted or not within(address, trusted):
         return address
     hops = [h.strip() for line in forwarded_for for h in line.split(",") if h.strip()]
     for hop in reversed(hops):
@@ -148,7 +149,7 @@ def client_address(peer: str | None, forwarded_for: list[str], trusted: tuple[Ne
         if ip is None:
             break
         address = ip
-        if not _in(ip, trusted):
+        if not within(ip, trusted):
             break
     return address
 
@@ -164,14 +165,6 @@ def _ip(hop: str) -> str | None:
         return str(ipaddress.ip_address(text))
     except ValueError:
         return None
-
-
-def _in(address: str, networks: tuple[Network, ...]) -> bool:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return any(ip in net for net in networks)
 
 
 def _basic_credentials(header: str | None) -> tuple[str, str] | None:
@@ -298,7 +291,7 @@ class LiveEndpoint:
         if request.method != "POST":
             line.emit(405, "method not allowed")
             return _text(405, "only POST is accepted here", {"Allow": "POST"})
-        if settings.allow_ips and not _in(source, settings.allow_ips):
+        if settings.allow_ips and not within(source, settings.allow_ips):
             line.emit(403, "address not allowed", level=logging.WARNING)
             return _text(403, f"address {source} is not allowed")
         refused = await self._authenticate(request, source, line)

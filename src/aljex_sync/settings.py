@@ -14,6 +14,17 @@ from . import catalog
 from .catalog import Mode
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def within(address: str, networks: tuple[Network, ...]) -> bool:
+    """True when ``address`` is an IP address in one of ``networks``."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in networks)
+
+
 DeleteMode = Literal["hard", "soft"]
 
 
@@ -42,6 +53,7 @@ class LiveSettings:
     header_timeout: float
     body_timeout: float
     max_connections: int
+    max_connections_per_address: int = 64
     accept_tables: frozenset[str] = frozenset()
     max_tables: int = 200
     tls_cert: Path | None = None  # with tls_key: HTTPS
