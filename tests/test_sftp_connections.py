@@ -9,6 +9,7 @@ one line per reason and interval, however many there are.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import selectors
 import socket
@@ -170,17 +171,61 @@ def test_an_idle_flood_is_closed_at_once_while_uploads_and_live_sync_go_on(
 def test_connections_not_logged_in_are_capped_across_addresses(
     serve: Callable[..., RunningInbox], sftp_log: pytest.LogCaptureFixture
 ) -> None:
+    """Past the cap, a newcomer takes the place of the oldest connection of the address
+    with the most waiting; one from an address with as many as any other is refused."""
     server = serve(max_unauthenticated=4, max_unauthenticated_per_address=2)
     with ExitStack() as stack:
-        idle = [
-            *open_idle(server.port, 2, "127.0.0.2", stack),
-            *open_idle(server.port, 2, "127.0.0.3", stack),
-        ]
-        assert closed_within(idle, 0.5) == (0, 4)
-        late = open_idle(server.port, 3, "127.0.0.4", stack)
-        assert closed_within(late, PROMPTLY) == (3, 0)
+        first = open_idle(server.port, 2, "127.0.0.2", stack)
+        second = open_idle(server.port, 2, "127.0.0.3", stack)
+        assert closed_within([*first, *second], 0.5) == (0, 4)
+        late = open_idle(server.port, 2, "127.0.0.4", stack)
+        time.sleep(0.3)
+        assert closed_within(late, 0.5) == (0, 2)  # each took an older one's place
+        assert closed_within([first[0], second[0]], PROMPTLY) == (2, 0)
+        assert closed_within([first[1], second[1]], 0.5) == (0, 2)
+        refused = open_idle(server.port, 1, "127.0.0.4", stack)
+        assert closed_within(refused, PROMPTLY) == (1, 0)
     assert lines_of(sftp_log, "closed an SSH connection") == [
-        "closed an SSH connection from 127.0.0.4: over 4 connections not logged in"
+        "closed an SSH connection from 127.0.0.2: not logged in; its place given to a"
+        " connection from another address",
+        "closed an SSH connection from 127.0.0.4: over 2 connections not logged in from"
+        " one address",
+    ]
+
+
+def test_idle_connections_from_a_few_addresses_do_not_shut_out_an_upload(
+    sqlite_url: str, tmp_path: Path, sftp_log: pytest.LogCaptureFixture
+) -> None:
+    """The attacker's trial: idle connections from three addresses filled every place for
+    connections not logged in, and Aljex's uploads were refused for as long as they stayed."""
+    settings = make_settings(sqlite_url, tmp_path)
+    per_address = sftp_settings.MAX_UNAUTHENTICATED_PER_ADDRESS
+    with RunningService(settings) as running:
+        assert running.service.sftp is not None
+        port = running.service.sftp.port
+        floods = [Flood(port, f"127.0.0.{n}", per_address) for n in (31, 32, 33)]
+        try:
+            local = tmp_path / "Customers.csv"
+            local.write_text("id,name\nC1,Acme\n")
+            result = sftp_upload(port, [f"put {local}"], tmp_path / "client")
+            assert result.returncode == 0, result.stderr
+        finally:
+            for idle in floods:
+                idle.stop()
+    assert lines_of(sftp_log, "its place given to a connection from another address")
+
+
+def test_with_allow_ips_another_address_is_closed_before_the_banner(
+    serve: Callable[..., RunningInbox], sftp_log: pytest.LogCaptureFixture
+) -> None:
+    server = serve(allow_ips=(ipaddress.ip_network("127.0.0.1/32"),))
+    with ExitStack() as stack:
+        stranger = open_idle(server.port, 1, "127.0.0.5", stack)
+        assert closed_within(stranger, PROMPTLY) == (1, 0)
+        known = open_idle(server.port, 1, "127.0.0.1", stack)
+        assert closed_within(known, 0.5) == (0, 1)
+    assert lines_of(sftp_log, "closed an SSH connection") == [
+        "closed an SSH connection from 127.0.0.5: address not allowed"
     ]
 
 

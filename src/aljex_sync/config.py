@@ -201,6 +201,7 @@ def _parse(
         max_delete_fraction=morning["max_delete_fraction"],
         legacy_charset=morning["legacy_charset"],
         max_drop_fraction=morning["max_drop_fraction"],
+        allow_ips=_networks("morning.allow_ips", morning["allow_ips"]),
     )
 
     if morning_settings.enabled:

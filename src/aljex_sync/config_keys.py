@@ -58,6 +58,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "username": Key(str, "aljex", "SFTP user name Aljex logs in with"),
         "password": Key(str, "", "SFTP password in clear (prefer password_hash)"),
         "password_hash": Key(str, "", "argon2 or scrypt hash of the SFTP password"),
+        "allow_ips": Key(list, [], "CIDRs allowed to connect by SFTP; empty means any address"),
         "inbox": Key(str, "inbox", "folder the files arrive in"),
         "host_key": Key(str, "ssh_host_key", "SFTP host key file, generated once"),
         "quiet_seconds": Key(float, 10.0, "folder-watch mode: load a file unchanged this long"),

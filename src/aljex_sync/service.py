@@ -260,6 +260,7 @@ class Service:
                     check_password=lambda password: check.check(morning.username, password),
                     inbox=morning.inbox,
                     host_key=morning.host_key,
+                    allow_ips=morning.allow_ips,
                 ),
                 self.loads.from_upload,
             )

@@ -76,6 +76,7 @@ class MorningSettings:
     max_delete_fraction: float
     legacy_charset: str
     max_drop_fraction: float = 0.2
+    allow_ips: tuple[Network, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -17,10 +17,11 @@ import hmac
 import logging
 import time
 from collections import Counter, deque
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, NoReturn, Protocol
 
 import asyncssh
 
+from .settings import within
 from .sftp_settings import SftpSettings
 
 if TYPE_CHECKING:
@@ -31,45 +32,64 @@ log = logging.getLogger("aljex_sync.sftp")
 REPORT_INTERVAL = 60.0
 
 
+class Waiting(Protocol):
+    """A connection not logged in yet, which the gate may close for a newer one."""
+
+    def give_way(self) -> None: ...
+
+
 class ConnectionGate:
     """The SSH connections open, and whether one more may be: at most ``max_connections``,
     of which ``max_unauthenticated`` not logged in yet, ``max_unauthenticated_per_address``
-    of those from one address."""
+    of those from one address.
+
+    Refusing every connection once ``max_unauthenticated`` wait to log in let a few
+    addresses holding idle connections shut Aljex out. So a connection from an address
+    with fewer waiting than the address with the most takes the place of that address's
+    oldest, which is closed; only a connection from an address that already has as many
+    waiting as any other is refused.
+    """
 
     def __init__(self, settings: SftpSettings) -> None:
         self._settings = settings
         self.open = 0
-        self._waiting = 0  # not logged in yet
-        self._waiting_from: Counter[str] = Counter()
+        # Per address, its connections not logged in yet, oldest first.
+        self._waiting: dict[str, dict[Waiting, None]] = {}
 
-    def admit(self, addr: str) -> str | None:
+    def admit(self, addr: str, conn: Waiting) -> str | None:
         """Count in a connection from ``addr``; or, if it would pass a limit, which one."""
         settings = self._settings
         if self.open >= settings.max_connections:
             return f"over {settings.max_connections} connections at once"
-        if self._waiting >= settings.max_unauthenticated:
-            return f"over {settings.max_unauthenticated} connections not logged in"
         per_address = settings.max_unauthenticated_per_address
-        if self._waiting_from[addr] >= per_address:
+        mine = len(self._waiting.get(addr, ()))
+        if mine >= per_address:
             return f"over {per_address} connections not logged in from one address"
+        if sum(map(len, self._waiting.values())) >= settings.max_unauthenticated:
+            most = max(self._waiting, key=lambda a: len(self._waiting[a]))
+            if len(self._waiting[most]) <= mine:
+                return f"over {settings.max_unauthenticated} connections not logged in"
+            oldest = next(iter(self._waiting[most]))
+            self._done_waiting(most, oldest)
+            oldest.give_way()
         self.open += 1
-        self._waiting += 1
-        self._waiting_from[addr] += 1
+        self._waiting.setdefault(addr, {})[conn] = None
         return None
 
-    def logged_in(self, addr: str) -> None:
-        self._done_waiting(addr)
+    def logged_in(self, addr: str, conn: Waiting) -> None:
+        self._done_waiting(addr, conn)
 
-    def left(self, addr: str, *, logged_in: bool) -> None:
+    def left(self, addr: str, conn: Waiting) -> None:
         self.open -= 1
-        if not logged_in:
-            self._done_waiting(addr)
+        self._done_waiting(addr, conn)
 
-    def _done_waiting(self, addr: str) -> None:
-        self._waiting -= 1
-        self._waiting_from[addr] -= 1
-        if self._waiting_from[addr] <= 0:
-            del self._waiting_from[addr]
+    def _done_waiting(self, addr: str, conn: Waiting) -> None:
+        waiting = self._waiting.get(addr)
+        if waiting is None or conn not in waiting:
+            return  # logged in, or closed for another already
+        del waiting[conn]
+        if not waiting:
+            del self._waiting[addr]
 
 
 class Closings:
@@ -178,7 +198,11 @@ class InboxSSHServer(asyncssh.SSHServer):
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._conn = conn
         self._addr = peer_address(conn)
-        refused = self._inbox.gate.admit(self._addr)
+        allowed = self._settings.allow_ips
+        refused = None
+        if allowed and not within(self._addr, allowed):
+            refused = "address not allowed"
+        refused = refused or self._inbox.gate.admit(self._addr, self)
         if refused is not None:
             self._inbox.closings.count(refused, self._addr)
             conn.abort()  # before the banner: the descriptor goes back at once
@@ -191,14 +215,22 @@ class InboxSSHServer(asyncssh.SSHServer):
     def auth_completed(self) -> None:
         self._cancel_deadline()
         self._logged_in = True
-        self._inbox.gate.logged_in(self._addr)
+        self._inbox.gate.logged_in(self._addr, self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_deadline()
         if self._admitted and self._conn is not None:
             self._admitted = False
             self._inbox.connections.discard(self._conn)
-            self._inbox.gate.left(self._addr, logged_in=self._logged_in)
+            self._inbox.gate.left(self._addr, self)
+
+    def give_way(self) -> None:
+        """Closed, not logged in yet, for a connection from another address (the gate)."""
+        self._cancel_deadline()
+        if self._conn is not None:
+            reason = "not logged in; its place given to a connection from another address"
+            self._inbox.closings.count(reason, self._addr)
+            self._conn.abort()
 
     def _too_slow(self, timeout: float) -> None:
         self._deadline = None

@@ -23,6 +23,7 @@ from asyncssh.crypto import mlkem_available
 
 from .errors import ConfigError
 from .http_server import RESERVED_DESCRIPTORS
+from .settings import Network
 
 log = logging.getLogger("aljex_sync.sftp")
 
@@ -96,6 +97,7 @@ class SftpSettings:
     max_unauthenticated: int = MAX_UNAUTHENTICATED
     max_unauthenticated_per_address: int = MAX_UNAUTHENTICATED_PER_ADDRESS
     login_timeout: float = LOGIN_TIMEOUT
+    allow_ips: tuple[Network, ...] = ()  # empty: any address may connect
 
 
 def host_key_fingerprint(path: Path) -> str:
