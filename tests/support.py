@@ -8,6 +8,7 @@ import hmac
 import os
 import queue
 import shlex
+import socket
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
@@ -109,6 +110,23 @@ def raw_post(
         *(["Connection: close"] if close else []),
     ]
     return ("\r\n".join(headers) + "\r\n\r\n" + body).encode()
+
+
+def open_from(source: str, port: int) -> socket.socket:
+    """A connection to the service on loopback ``port`` from ``source`` (any 127.x)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind((source, 0))
+    sock.connect(("127.0.0.1", port))
+    return sock
+
+
+def read_all(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes, then the socket closed."""
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    sock.close()
+    return b"".join(chunks)
 
 
 def sftp_upload(

@@ -7,7 +7,6 @@ the service sees two addresses without a proxy in between.
 from __future__ import annotations
 
 import select
-import socket
 import threading
 from urllib.parse import urlencode
 
@@ -16,7 +15,7 @@ from argon2 import PasswordHasher
 
 from aljex_sync.credentials import PasswordCheck
 
-from .support import TEST_PASSWORD, RunningService, make_settings, raw_post
+from .support import TEST_PASSWORD, RunningService, make_settings, open_from, raw_post, read_all
 
 ATTACKER = "127.0.0.2"
 BODY = urlencode({"web_sync_table_name": "notes", "web_sync_action": "create", "id": "1"})
@@ -37,21 +36,6 @@ def post(
             auth=(user, password),
             headers={"Content-Type": "application/x-www-form-urlencoded"},
         )
-
-
-def open_from(source: str, port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind((source, 0))
-    sock.connect(("127.0.0.1", port))
-    return sock
-
-
-def read_all(sock: socket.socket) -> bytes:
-    chunks = []
-    while chunk := sock.recv(65536):
-        chunks.append(chunk)
-    sock.close()
-    return b"".join(chunks)
 
 
 def test_an_address_over_its_failure_limit_gets_429_and_others_still_log_in(tmp_path, sqlite_url):

@@ -2,11 +2,13 @@
 
 Off unless ``[admin] username`` and a password are set (then these routes do not exist
 and answer 404). Each request passes the same gates as Live Sync, with credentials of its
-own: the source address against ``[live] allow_ips`` (403), then HTTP Basic against
-``[admin]`` (401). Pages only read the database (``dashboard``); the one action, replaying
-held records, is a POST that must carry a token only the status page knows, so another
-site cannot make a logged-in browser press it (browsers resend Basic credentials on their
-own). Replay opens the journal itself, as ``aljex-sync replay`` does.
+own: the source address against ``[live] allow_ips`` (403), the address's failed admin
+logins against ``[live] max_failed_logins`` (429, see logins.py), then HTTP Basic against
+``[admin]`` (401). Failed admin logins are counted apart from Live Sync's and shown apart
+by ``status`` (login_failures.py). Pages only read the database (``dashboard``); the one
+action, replaying held records, is a POST that must carry a token only the status page
+knows, so another site cannot make a logged-in browser press it (browsers resend Basic
+credentials on their own). Replay opens the journal itself, as ``aljex-sync replay`` does.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ from .dashboard import read_event, read_overview
 from .errors import AljexSyncError
 from .journal import Journal
 from .live import _basic_credentials, client_address
+from .login_failures import FailedLogins
+from .logins import SLOW_SLOTS, Logins, SlowSlots
 from .messages import Outcome
 from .store.database import open_engine, translate
 
@@ -69,8 +73,16 @@ class AdminArea:
     """The admin routes for one service: status page, event bodies, replay, metrics."""
 
     def __init__(
-        self, settings: Settings, engine: Engine, health: HealthWatch | None = None
+        self,
+        settings: Settings,
+        engine: Engine,
+        health: HealthWatch | None = None,
+        *,
+        failed_logins: FailedLogins | None = None,
+        slots: SlowSlots | None = None,
     ) -> None:
+        """``failed_logins``: where refused logins are counted for ``status``; ``slots``:
+        the slow password checks' slots, Live Sync's, so admin guesses queue behind Aljex."""
         admin = settings.admin
         self.health = health
         self.settings = settings
@@ -78,8 +90,13 @@ class AdminArea:
         self.check = PasswordCheck(
             admin.username, password=admin.password, password_hash=admin.password_hash
         )
+        self.logins = Logins(
+            max_failures=settings.live.max_failed_logins,
+            window=settings.live.failed_login_window,
+            slots=slots if slots is not None else SLOW_SLOTS,
+        )
+        self.failed_logins = failed_logins
         self.registry = metrics.registry_for(engine)
-        self._slow_checks = asyncio.Semaphore(2)
         self._replaying = asyncio.Lock()
         # The replay form's token: a MAC under a key that lives only in this process.
         self._token = hmac.new(secrets.token_bytes(32), b"replay", hashlib.sha256).hexdigest()
@@ -106,27 +123,41 @@ class AdminArea:
             if live.allow_ips and not _allowed(source, live):
                 log.warning("admin: %s %s from %s: address not allowed", *_what(request), source)
                 return _html(403, admin_page.message_page("Forbidden", "address not allowed"))
-            if not await self._authenticated(request):
-                if request.headers.get("authorization"):
-                    log.warning("admin: %s %s from %s: wrong credentials", *_what(request), source)
-                return _html(
-                    401,
-                    admin_page.message_page("Unauthorized", "admin user and password required"),
-                    {"WWW-Authenticate": REALM},
-                )
+            refused = await self._authenticate(request, source)
+            if refused is not None:
+                return refused
             return await handler(request)
 
         return guarded
 
-    async def _authenticated(self, request: Request) -> bool:
+    async def _authenticate(self, request: Request, source: str) -> Response | None:
+        """None for the admin credentials, else the 401 or 429 to answer.
+
+        A request without credentials (a browser's first try, before it asks for them) is
+        neither logged nor counted; a wrong login or one from an address over the limit
+        is logged at WARNING and counted for ``status``.
+        """
         credentials = _basic_credentials(request.headers.get("authorization"))
         if credentials is None:
-            return False
-        fast = self.check.check_fast(*credentials)
-        if fast is not None:
-            return fast
-        async with self._slow_checks:
-            return await asyncio.to_thread(self.check.check, *credentials)
+            return _unauthorized("admin user and password required")
+        verdict = await self.logins.login(source, *credentials, self.check)
+        if verdict.ok:
+            return None
+        if self.failed_logins is not None:
+            self.failed_logins.note(source, credentials[0], admin=True)
+        if verdict.retry_after is not None:
+            wait = verdict.retry_after
+            log.warning("admin: %s %s from %s: too many failed logins", *_what(request), source)
+            return _html(
+                429,
+                admin_page.message_page(
+                    "Too many failed logins",
+                    f"too many failed logins from this address; retry in {wait} s",
+                ),
+                {"Retry-After": str(wait)},
+            )
+        log.warning("admin: %s %s from %s: wrong credentials", *_what(request), source)
+        return _unauthorized("wrong admin user or password")
 
     # -- the pages ------------------------------------------------------------------------
 
@@ -199,12 +230,17 @@ class AdminArea:
 
 
 def admin_routes(
-    settings: Settings, engine: Engine, *, health: HealthWatch | None = None
+    settings: Settings,
+    engine: Engine,
+    *,
+    health: HealthWatch | None = None,
+    failed_logins: FailedLogins | None = None,
+    slots: SlowSlots | None = None,
 ) -> list[Route]:
     """The admin area's routes, or none when ``[admin]`` is not configured."""
     if not settings.admin.enabled:
         return []
-    return AdminArea(settings, engine, health).routes()
+    return AdminArea(settings, engine, health, failed_logins=failed_logins, slots=slots).routes()
 
 
 def _allowed(source: str, live: LiveSettings) -> bool:
@@ -217,6 +253,10 @@ def _allowed(source: str, live: LiveSettings) -> bool:
 
 def _what(request: Request) -> tuple[str, str]:
     return request.method, request.url.path
+
+
+def _unauthorized(reason: str) -> Response:
+    return _html(401, admin_page.message_page("Unauthorized", reason), {"WWW-Authenticate": REALM})
 
 
 def _html(status: int, text: str, headers: dict[str, str] | None = None) -> HTMLResponse:

@@ -1,4 +1,4 @@
-"""Failed Live Sync logins, kept in the database so that ``status`` shows them.
+"""Failed Live Sync and admin logins, kept in the database so that ``status`` shows them.
 
 A password changed on one side only is the likeliest reason records stop arriving, and
 the WARNING line each refused request logs is easy to miss in a busy log. Failures are
@@ -11,13 +11,18 @@ At most :data:`MOST_PER_FLUSH` address-and-name pairs are written per interval (
 with the most failures); the rest are counted in the log line. The table keeps
 :data:`KEEP_DAYS` days and at most :data:`MOST_ROWS` rows, the oldest going first. Each
 HTTP process (``serve --workers``) counts and writes its own, into the same rows.
+
+The admin area's failures go into the same table, the user name tried stored after
+:data:`ADMIN_MARK`: a Live Sync user name can never hold a colon (HTTP Basic ends the name
+at the first), so the two cannot be confused, and no column had to be added. ``recent``
+reads either kind, so an admin flood never hides Aljex's failed logins from ``status``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, Engine, delete, insert, select, update
@@ -36,6 +41,7 @@ MOST_ROWS = 1000
 NAME_CHARS = 64  # a user name tried is kept this long, as printable text
 ADDRESS_CHARS = 64  # the width of its address column (store/schema.py)
 RECENT = timedelta(hours=24)  # what ``status`` shows
+ADMIN_MARK = "admin:"  # before the user name tried of a failed admin login
 
 
 @dataclass
@@ -63,10 +69,14 @@ class FailedLogins:
         self.engine = engine
         self._counts: dict[tuple[str, str], _Count] = {}
 
-    def note(self, address: str, username: str) -> None:
-        """Count one refused login (no credentials, a wrong one, or over the limit)."""
+    def note(self, address: str, username: str, *, admin: bool = False) -> None:
+        """Count one refused login (no credentials, a wrong one, or over the limit);
+        ``admin``: to the admin area, not Live Sync."""
         now = utcnow()
-        key = (address[:ADDRESS_CHARS], _printable(username))
+        name = _printable(username)
+        if admin:
+            name = (ADMIN_MARK + name)[:NAME_CHARS]
+        key = (address[:ADDRESS_CHARS], name)
         count = self._counts.get(key)
         if count is None:
             self._counts[key] = _Count(1, now, now)
@@ -150,17 +160,22 @@ def _prune(conn: Connection) -> None:
         conn.execute(delete(login_failures).where(login_failures.c.last_at < oldest_kept))
 
 
-def recent(engine: Engine, *, limit: int = 10) -> list[LoginFailure]:
-    """The failed logins of the last 24 hours, the latest first."""
+def recent(engine: Engine, *, limit: int = 10, admin: bool = False) -> list[LoginFailure]:
+    """The failed Live Sync logins (``admin``: admin logins, the user name tried without
+    :data:`ADMIN_MARK`) of the last 24 hours, the latest first."""
     since = utcnow() - RECENT
+    marked = login_failures.c.username.startswith(ADMIN_MARK, autoescape=True)
     query = (
         select(login_failures)
-        .where(login_failures.c.last_at >= since)
+        .where(login_failures.c.last_at >= since, marked if admin else ~marked)
         .order_by(login_failures.c.last_at.desc())
         .limit(limit)
     )
     with reading(engine) as conn:
-        return [LoginFailure(**row._mapping) for row in conn.execute(query)]
+        found = [LoginFailure(**row._mapping) for row in conn.execute(query)]
+    if admin:
+        found = [replace(f, username=f.username[len(ADMIN_MARK) :]) for f in found]
+    return found
 
 
 def _printable(text: str) -> str:

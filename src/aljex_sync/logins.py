@@ -12,6 +12,11 @@ also a way to take the CPU from Aljex. Three rules keep Aljex's own login prompt
 - the slow checks share a few slots, and an address with recent failures waits behind
   every address without any. Aljex, whose logins succeed, is never queued behind an
   attacker's guesses, only behind the one check that may be running.
+
+Live Sync and the admin area each keep their own failures (a guess at one password says
+nothing about the other, and Aljex's logins must not clear an admin guesser's count when
+both come through one proxy), but share the slow-check slots: the CPU is one, and an
+admin guesser's hashes wait behind Aljex's.
 """
 
 from __future__ import annotations
@@ -22,6 +27,9 @@ import math
 import time
 from collections import deque
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from .credentials import PasswordCheck
 
 # Slow hashes running at once; the rest of the CPU stays with the HTTP loop and the writer.
 SLOW_SLOTS = 2
@@ -29,15 +37,55 @@ SLOW_SLOTS = 2
 MAX_ADDRESSES = 10_000
 
 
-class Logins:
-    """Failed logins per address, and whose turn it is at the slow password check."""
+@dataclass(frozen=True)
+class Verdict:
+    """What became of one login: let in, or refused; ``retry_after`` is set when it was
+    refused unchecked, its address being over the failure limit (429, not 401)."""
 
-    def __init__(self, *, max_failures: int, window: float, slots: int = SLOW_SLOTS) -> None:
+    ok: bool
+    retry_after: int | None = None
+
+
+class Logins:
+    """Failed logins per address, and whose turn it is at the slow password check.
+
+    ``slots``: a number of slow-check slots of its own, or another ``Logins``' slots to
+    share (``other.slots``).
+    """
+
+    def __init__(
+        self, *, max_failures: int, window: float, slots: int | SlowSlots = SLOW_SLOTS
+    ) -> None:
         self.max_failures = max_failures
         self.window = window
         self._failures: dict[str, deque[float]] = {}
         self._turns: dict[str, tuple[asyncio.Lock, int]] = {}
-        self._slots = _Slots(slots)
+        self.slots = slots if isinstance(slots, SlowSlots) else SlowSlots(slots)
+
+    async def login(
+        self, address: str, username: str, password: str, check: PasswordCheck
+    ) -> Verdict:
+        """Check a login from ``address`` under this limiter's rules, counting the outcome.
+
+        An address over its failure limit is refused before its password is looked at. A
+        password only the slow hash can decide waits for its address's turn; the limit is
+        checked again once the turn comes, since the requests ahead of it may have failed.
+        """
+        wait = self.retry_after(address)
+        if wait is not None:
+            return Verdict(ok=False, retry_after=wait)
+        ok = check.check_fast(username, password)
+        if ok is None:
+            async with self.slow_turn(address):
+                wait = self.retry_after(address)
+                if wait is not None:
+                    return Verdict(ok=False, retry_after=wait)
+                ok = await asyncio.to_thread(check.check, username, password)
+        if ok:
+            self.succeeded(address)
+        else:
+            self.failed(address)
+        return Verdict(ok=ok)
 
     def retry_after(self, address: str) -> int | None:
         """Seconds until ``address`` may try again, or None if it may try now."""
@@ -74,11 +122,11 @@ class Logins:
         self._turns[address] = (lock, users + 1)
         try:
             async with lock:
-                await self._slots.acquire(last=self.suspect(address))
+                await self.slots.acquire(last=self.suspect(address))
                 try:
                     yield
                 finally:
-                    self._slots.release()
+                    self.slots.release()
         finally:
             lock, users = self._turns[address]
             if users > 1:
@@ -98,7 +146,7 @@ class Logins:
         return recent
 
 
-class _Slots:
+class SlowSlots:
     """A semaphore with two queues: waiters in the first are always woken before the second."""
 
     def __init__(self, slots: int) -> None:

@@ -188,7 +188,13 @@ class Service:
                 failed_logins=self.failed_logins,
             )
             self._edge_tasks.spawn(self.failed_logins.run(), "failed-login recorder")
-            extra = admin_routes(self.settings, self.engine, health=self.chores.health)
+            extra = admin_routes(
+                self.settings,
+                self.engine,
+                health=self.chores.health,
+                failed_logins=self.failed_logins,
+                slots=self.live.logins.slots,  # admin guesses queue behind Aljex's logins
+            )
             config = http_server.config(self.live.app(extra_routes=extra), live, context)
             self._server = _Server(config)
             self._server_task = asyncio.create_task(self._server.serve(sockets=[sock]))

@@ -24,8 +24,8 @@ from .common import Context, console, database, fitting_table
 @click.pass_obj
 def status(obj: Context, as_json: bool, types: bool) -> None:
     """Show what the journal holds: requests per status and table, why any are held or
-    rejected, the last day's failed Live Sync logins, and the morning files that were not
-    loaded. Changes nothing."""
+    rejected, the last day's failed Live Sync and admin logins, and the morning files that
+    were not loaded. Changes nothing."""
     settings = obj.settings
     with database(settings) as engine:
         found = overview.read(engine)
@@ -35,6 +35,7 @@ def status(obj: Context, as_json: bool, types: bool) -> None:
         sinks = sink_states(engine)
         holder = read_holder(engine)
         refused = login_failures.recent(engine)
+        refused_admin = login_failures.recent(engine, admin=True)
     waiting = _waiting(settings.morning.inbox) if settings.morning.enabled else []
     if as_json:
         extra: dict[str, object] = {"types": [vars(m) for m in misfits or []]} if types else {}
@@ -43,6 +44,7 @@ def status(obj: Context, as_json: bool, types: bool) -> None:
         extra["views_not_refreshed"] = [vars(e) for e in view_errors]
         extra["notifier"] = vars(holder) if holder is not None else None
         extra["failed_logins"] = [vars(failure) for failure in refused]
+        extra["failed_admin_logins"] = [vars(failure) for failure in refused_admin]
         click.echo(json.dumps({**_overview_dict(found), **extra}, indent=2, default=str))
         return
     summary = found.summary
@@ -74,24 +76,17 @@ def status(obj: Context, as_json: bool, types: bool) -> None:
             " `aljex-sync events --with-warnings` lists them."
         )
     if refused:
-        logins = fitting_table(
-            "Failed Live Sync logins (last 24 h)",
-            "from",
-            "user name tried",
-            "failures",
-            "last (UTC)",
-        )
-        for failure in refused:
-            logins.add_row(
-                failure.address,
-                failure.username or "(none)",
-                str(failure.failures),
-                f"{failure.last_at:%m-%d %H:%M}",
-            )
-        console.print(logins)
+        _print_failed_logins("Failed Live Sync logins (last 24 h)", refused)
         console.print(
             "Refused before anything was read or kept. If Aljex's address is listed, the"
             " user name or password Aljex sends is not the one in [live]."
+        )
+    if refused_admin:
+        _print_failed_logins("Failed admin logins (last 24 h)", refused_admin)
+        console.print(
+            "Wrong [admin] user or password at /admin/ or /metrics. If not yours, someone"
+            " is guessing it: an address gets 429 after [live] max_failed_logins in the"
+            " window; [live] allow_ips keeps other addresses off the port."
         )
     if found.rejected:
         rejected = fitting_table("Rejected requests", "refused because", "requests")
@@ -211,3 +206,15 @@ def _summary_dict(summary: Summary) -> dict[str, object]:
         ],
         "held": [{"table": t, "reason": r, "count": n} for t, r, n in summary.held_reasons],
     }
+
+
+def _print_failed_logins(title: str, failures: list[login_failures.LoginFailure]) -> None:
+    logins = fitting_table(title, "from", "user name tried", "failures", "last (UTC)")
+    for failure in failures:
+        logins.add_row(
+            failure.address,
+            failure.username or "(none)",
+            str(failure.failures),
+            f"{failure.last_at:%m-%d %H:%M}",
+        )
+    console.print(logins)
