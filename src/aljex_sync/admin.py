@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import ipaddress
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
@@ -31,15 +30,16 @@ from starlette.routing import Route
 
 from . import admin_page, metrics
 from .alerts import HealthWatch
-from .config import LiveSettings, Settings
+from .config import Settings
 from .credentials import PasswordCheck
 from .dashboard import read_event, read_overview
 from .errors import AljexSyncError
 from .journal import Journal
-from .live import _basic_credentials, client_address
+from .live import client_address
 from .login_failures import FailedLogins
-from .logins import SLOW_SLOTS, Logins, SlowSlots
+from .logins import SLOW_SLOTS, Logins, SlowSlots, basic_credentials
 from .messages import Outcome
+from .settings import within
 from .store.database import open_engine, translate
 
 log = logging.getLogger("aljex_sync.admin")
@@ -120,7 +120,7 @@ class AdminArea:
             source = client_address(
                 peer, request.headers.getlist("x-forwarded-for"), live.trusted_proxies
             )
-            if live.allow_ips and not _allowed(source, live):
+            if live.allow_ips and not within(source, live.allow_ips):
                 log.warning("admin: %s %s from %s: address not allowed", *_what(request), source)
                 return _html(403, admin_page.message_page("Forbidden", "address not allowed"))
             refused = await self._authenticate(request, source)
@@ -137,7 +137,7 @@ class AdminArea:
         neither logged nor counted; a wrong login or one from an address over the limit
         is logged at WARNING and counted for ``status``.
         """
-        credentials = _basic_credentials(request.headers.get("authorization"))
+        credentials = basic_credentials(request.headers.get("authorization"))
         if credentials is None:
             return _unauthorized("admin user and password required")
         verdict = await self.logins.login(source, *credentials, self.check)
@@ -241,14 +241,6 @@ def admin_routes(
     if not settings.admin.enabled:
         return []
     return AdminArea(settings, engine, health, failed_logins=failed_logins, slots=slots).routes()
-
-
-def _allowed(source: str, live: LiveSettings) -> bool:
-    try:
-        ip = ipaddress.ip_address(source)
-    except ValueError:
-        return False
-    return any(ip in net for net in live.allow_ips)
 
 
 def _what(request: Request) -> tuple[str, str]:

@@ -11,8 +11,6 @@ writer both answer.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import ipaddress
 import logging
 import time
@@ -43,7 +41,7 @@ from .errors import (
     WrongPath,
 )
 from .login_failures import FailedLogins
-from .logins import Logins
+from .logins import Logins, basic_credentials
 from .messages import Outcome, Received
 from .settings import within
 from .store.schema import events
@@ -165,17 +163,6 @@ def _ip(hop: str) -> str | None:
         return str(ipaddress.ip_address(text))
     except ValueError:
         return None
-
-
-def _basic_credentials(header: str | None) -> tuple[str, str] | None:
-    if not header or header[:6].lower() != "basic ":
-        return None
-    try:
-        decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
-        return None
-    user, sep, password = decoded.partition(":")
-    return (user, password) if sep else None
 
 
 def _text(status: int, line: str, headers: dict[str, str] | None = None) -> Response:
@@ -347,28 +334,16 @@ class LiveEndpoint:
         logins.py); the limit is checked again once the turn comes, since the requests
         ahead of it may have failed.
         """
-        logins = self.logins
-        credentials = _basic_credentials(request.headers.get("authorization"))
+        credentials = basic_credentials(request.headers.get("authorization"))
         if credentials is None:
             self._refused(source, "")
             return self._unauthorized(line, wrong=False)
-        wait = logins.retry_after(source)
-        if wait is not None:
-            self._refused(source, credentials[0])
-            return self._too_many(wait, line)
-        ok = self.check.check_fast(*credentials)
-        if ok is None:
-            async with logins.slow_turn(source):
-                wait = logins.retry_after(source)
-                if wait is not None:
-                    self._refused(source, credentials[0])
-                    return self._too_many(wait, line)
-                ok = await asyncio.to_thread(self.check.check, *credentials)
-        if ok:
-            logins.succeeded(source)
+        verdict = await self.logins.login(source, *credentials, self.check)
+        if verdict.ok:
             return None
-        logins.failed(source)
         self._refused(source, credentials[0])
+        if verdict.retry_after is not None:
+            return self._too_many(verdict.retry_after, line)
         return self._unauthorized(line, wrong=True)
 
     def _refused(self, source: str, username: str) -> None:

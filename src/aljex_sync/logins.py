@@ -22,6 +22,8 @@ admin guesser's hashes wait behind Aljex's.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import math
 import time
@@ -35,6 +37,19 @@ from .credentials import PasswordCheck
 SLOW_SLOTS = 2
 # Addresses remembered at most; the oldest are forgotten first when an attack uses many.
 MAX_ADDRESSES = 10_000
+
+
+def basic_credentials(header: str | None) -> tuple[str, str] | None:
+    """The user name and password of an HTTP Basic ``Authorization`` header; None for no
+    header, another scheme, or one that does not decode (taken as no credentials)."""
+    if not header or header[:6].lower() != "basic ":
+        return None
+    try:
+        decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    user, sep, password = decoded.partition(":")
+    return (user, password) if sep else None
 
 
 @dataclass(frozen=True)
