@@ -276,6 +276,21 @@ def test_sigterm_while_running_stops_cleanly(tmp_path):
         code, lines, _ = serve.finish()
     assert code == 0
     assert lines[-1].endswith("stopped")
+    # Said as the signal comes: a stop waits for a morning load, which can take long.
+    said = "stopping: finishing the requests and any morning load in flight (at most 30 s;"
+    assert [line for line in lines if said in line], lines
+
+
+def test_a_failed_start_says_only_why(tmp_path):
+    """No "stopped" line before the error: the start failed, nothing was running."""
+    with (
+        port_taken() as port,
+        serving(write_config(tmp_path, sftp=f"127.0.0.1:{port}"), level="info") as serve,
+    ):
+        code, lines, _ = serve.finish()
+    assert code == 1
+    assert lines[-1].startswith("error: ")
+    assert not any("stop" in line for line in lines), lines
 
 
 def test_a_signal_delivered_twice_at_once_still_stops_cleanly(tmp_path):

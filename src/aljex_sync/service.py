@@ -144,6 +144,7 @@ class Service:
         self._locks: list[FileLock] = []
         self.http_port: int | None = None
         self._hurry = asyncio.Event()
+        self._running = False  # started whole, and not stopped yet
         self._journal_ready = False
 
     async def start(self) -> None:
@@ -217,6 +218,7 @@ class Service:
             self.notifier.start()
             # The typed views, once Aljex is answered: a first start may take a minute.
             self.views.start()
+        self._running = True
 
     def _hold_locks(self) -> None:
         """Lock ``serve_locks``; AlreadyServing if another process holds one."""
@@ -291,6 +293,13 @@ class Service:
         still busy are left to die with the process.
         """
         child = self.journal.pid
+        running, self._running = self._running, False
+        if running:  # a stop can take long (a morning load ends first): say so at once
+            log.info(
+                "stopping: finishing the requests and any morning load in flight"
+                " (at most %.0f s; a second signal cuts it short)",
+                timeout,
+            )
         stopping = asyncio.ensure_future(self._stop())
         hurry = asyncio.ensure_future(self._hurry.wait())
         try:
@@ -299,7 +308,8 @@ class Service:
             hurry.cancel()
         if stopping.done():
             stopping.result()
-            log.info("stopped")
+            # After a failed start, the error is the line to read, not this.
+            log.log(logging.INFO if running else logging.DEBUG, "stopped")
             return True
         stopping.cancel()
         if self._hurry.is_set():
