@@ -16,7 +16,14 @@ from sqlalchemy import create_engine, text
 from aljex_sync.store.database import normalize_url
 
 from .conftest import MY_SERVER, PG_SERVER
-from .support import RunningService, full_disk, make_settings, post_note
+from .support import (
+    TEST_PASSWORD,
+    RunningService,
+    full_disk,
+    make_settings,
+    post_note,
+    sftp_upload,
+)
 
 
 def health(running: RunningService) -> httpx.Response:
@@ -122,3 +129,38 @@ def test_health_is_503_while_the_database_refuses_every_write_it_can_still_read(
         assert "No space left on device" in response.text
         assert post_note(running, "2") == 200
         assert health(running).status_code == 200
+
+
+def test_a_morning_load_holding_sqlite_busy_is_no_reason_to_restart(tmp_path, sqlite_url):
+    """A big file on SQLite is merged in one transaction: live writes wait for it, and may
+    get 503. /healthz stays 200 (a monitor restarting the service would start the load over)
+    and says why; the 503 says the database is busy, not down."""
+    settings = make_settings(sqlite_url, tmp_path, database={"timeout": 5.0})
+    with RunningService(settings) as running:
+        assert running.service.sftp is not None
+        blocker = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), isolation_level=None)
+        blocker.execute("BEGIN EXCLUSIVE")  # as the load's merge holds it
+        try:
+            local = tmp_path / "Customers.csv"
+            local.write_text("id,name\nC1,Acme\n")
+            upload = sftp_upload(running.service.sftp.port, [f"put {local}"], tmp_path / "client")
+            assert upload.returncode == 0, upload.stderr
+            deadline = time.monotonic() + 3
+            while "database busy" not in (answer := health(running)).text:
+                assert time.monotonic() < deadline, answer.text
+            assert answer.status_code == 200
+            assert "database busy: a morning load holds the write lock" in answer.text.splitlines()
+            reply = httpx.post(
+                running.url,
+                content="web_sync_table_name=notes&web_sync_action=create&id=1",
+                auth=("aljex", TEST_PASSWORD),
+                timeout=30,
+            )
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        assert reply.status_code == 503
+        assert reply.text == (
+            "database busy: a morning load holds the write lock; nothing was stored, send again\n"
+        )
+        assert post_note(running, "2") == 200

@@ -44,7 +44,7 @@ from .errors import DatabaseUnavailable, RecordNotApplicable
 from .journal_plan import Plan, Planner
 from .journal_write import LIVE, NAME_WIDTH, TEXT_CUT, EventWriter
 from .messages import Outcome, Received
-from .store.database import WalCheckpointer, deadlocked, reading, translate
+from .store.database import LOCKED, WalCheckpointer, deadlocked, reading, translate
 from .store.schema import Schema, events
 from .store.statuses import status_in
 from .store.views import TypedViews
@@ -387,7 +387,7 @@ def locked(error: BaseException) -> bool:
 
     It comes at BEGIN IMMEDIATE or at DDL, before anything of the transaction is written.
     """
-    return isinstance(error, DatabaseUnavailable) and "database is locked" in str(error)
+    return isinstance(error, DatabaseUnavailable) and LOCKED in str(error)
 
 
 def _classify(error: BaseException) -> Exception:

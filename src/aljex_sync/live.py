@@ -44,6 +44,7 @@ from .login_failures import FailedLogins
 from .logins import Logins, basic_credentials
 from .messages import Outcome, Received
 from .settings import within
+from .store.database import LOCKED
 from .store.schema import events
 
 log = logging.getLogger("aljex_sync.live")
@@ -66,12 +67,15 @@ STATUS_OF: dict[type[WireError], int] = {
 Probe = Callable[[], Awaitable[str | None]]
 
 
-def database_probe(engine: Engine, timeout: float) -> Probe:
+def database_probe(
+    engine: Engine, timeout: float, busy: Callable[[], str | None] = lambda: None
+) -> Probe:
     """A probe that opens a write transaction on ``engine`` and reads the journal's table.
 
     A write transaction, because that is what a request needs: on SQLite it waits for
     the write lock as the writer would. Reading the journal's table, because a server can
-    answer ``SELECT 1`` for a database that has been dropped.
+    answer ``SELECT 1`` for a database that has been dropped. Not while ``busy`` says this
+    service's own work holds the lock: it would only wait out its timeout for it.
     """
 
     def check() -> None:
@@ -79,6 +83,8 @@ def database_probe(engine: Engine, timeout: float) -> Probe:
             conn.execute(select(events.c.id).where(false())).all()
 
     async def probe() -> str | None:
+        if busy():
+            return None
         try:
             await asyncio.wait_for(asyncio.to_thread(check), timeout * 2 + 1)
         except TimeoutError:
@@ -180,6 +186,7 @@ class LiveEndpoint:
         *,
         probes: tuple[Probe, ...] = (),
         details: Callable[[], list[str]] | None = None,
+        busy: Callable[[], str | None] | None = None,
         refusals: metrics.WriteRefusals | None = None,
         failed_logins: FailedLogins | None = None,
     ) -> None:
@@ -198,6 +205,10 @@ class LiveEndpoint:
         )
         self.probes = probes
         self.details = details  # more lines for a 200 (the feeds' health: alerts.py)
+        # What of this service holds SQLite's write lock for long (a morning load), if any:
+        # the database is busy then, not down, and /healthz must not get the service
+        # restarted in the middle of the load.
+        self.busy = busy or (lambda: None)
         # The probes only read, and a full disk refuses only writes: the requests it refused
         # turn /healthz to 503 (and aljex_sync_database_up to 0) until one lands.
         self.refusals = refusals if refusals is not None else metrics.WriteRefusals()
@@ -238,8 +249,9 @@ class LiveEndpoint:
         A 200 carries, after "ok", one line per watched feed; a silent feed never makes it
         a 503, so a quiet night does not get the service restarted.
         """
+        busy = self.busy()
         refused = self.refusals.current()
-        if refused is not None:
+        if refused is not None and not (busy and LOCKED in refused):
             line = " ".join(
                 f"database unavailable: the last request was not stored: {refused}".split()
             )
@@ -247,11 +259,13 @@ class LiveEndpoint:
             return _text(503, line[:300])
         for probe in self.probes:
             problem = await probe()
-            if problem is not None:
+            if problem is not None and not (busy and LOCKED in problem):
                 line = " ".join(problem.split())[:300]
                 log.warning("health check: %s", line)
                 return _text(503, line)
         extra = self.details() if self.details is not None else []
+        if busy:
+            extra.append(f"database busy: {busy} holds the write lock")
         return _text(200, "\n".join(["ok", *extra]))
 
     async def handle(self, request: Request) -> Response:
@@ -304,10 +318,18 @@ class LiveEndpoint:
         if content_type is not None and content_type.split(";")[0].strip().lower() != FORM:
             error = UnsupportedMediaType(f"content type {content_type[:80]!r} is not {FORM}")
             return await self._reject(error, body, source, received_at, line)
+        busy = self.busy()  # as the request came: a load may end while the request waits
         try:
             outcome = await self.journal.write(Received(body, source, received_at))
         except DatabaseUnavailable as e:
             self.refusals.refused(str(e))
+            if busy and LOCKED in str(
+                e
+            ):  # not down: waited its time for the lock held by this service's own work
+                reason = f"database busy: {busy} holds the write lock"
+                hint = "[database] timeout is how long a request waits for it"
+                line.emit(503, f"{reason} ({hint})", level=logging.WARNING)
+                return _text(503, f"{reason}; nothing was stored, send again")
             line.emit(503, f"database unavailable: {e}"[:300], level=logging.ERROR)
             return _text(503, f"database unavailable, nothing was stored: {e}"[:300])
         self.refusals.landed()

@@ -177,7 +177,7 @@ class Service:
         if live.enabled:
             sock = self._sockets[0]
             probes = (
-                database_probe(self.engine, self.settings.database.timeout),
+                database_probe(self.engine, self.settings.database.timeout, self._busy_with),
                 self.journal.healthy,
             )
             self.live = LiveEndpoint(
@@ -185,6 +185,7 @@ class Service:
                 self.writer,
                 probes=probes,
                 details=self._health_lines,
+                busy=self._busy_with,
                 refusals=metrics.write_refusals(self.engine),  # what /metrics reads too
                 failed_logins=self.failed_logins,
             )
@@ -245,6 +246,13 @@ class Service:
     def _health_lines(self) -> list[str]:
         """/healthz's lines after "ok": the feeds' health, the views not refreshed."""
         return [*self.chores.health.lines(), *self.views.lines()]
+
+    def _busy_with(self) -> str | None:
+        """What of this service may hold SQLite's write lock for long: a morning load
+        merges a file in one transaction, and live writes wait for it."""
+        if self.engine.dialect.name != "sqlite" or self.loads is None:
+            return None
+        return None if self.loads.wait_idle(0) else "a morning load"
 
     async def _start_morning(self) -> None:
         """The load queue, then the SFTP server or the folder watch that feeds it."""

@@ -37,6 +37,8 @@ _DRIVERS = {
 }
 
 
+LOCKED = "database is locked"
+"""What SQLite says of a write lock not free within the busy timeout (``DatabaseUnavailable``)."""
 SUPPORTED = "sqlite:///, postgresql:// or mysql:// (mariadb:// for MariaDB)"
 _BACKENDS = ("sqlite", "postgresql", "postgres", "mysql", "mariadb")
 
