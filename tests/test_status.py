@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import socket
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +20,8 @@ from aljex_sync.journal import Journal
 from aljex_sync.messages import Outcome, Received
 from aljex_sync.store.database import normalize_url, open_engine
 from aljex_sync.store.schema import files
+
+from .support import RunningService
 
 
 def run(*args: str) -> tuple[int, str]:
@@ -269,3 +274,39 @@ def test_status_lists_the_files_waiting_in_the_inbox(tmp_path, sqlite_url):
     import json
 
     assert sorted(f["name"] for f in json.loads(out)["waiting"]) == ["Loads.csv", "Payable.csv"]
+
+
+def test_status_says_whether_serve_runs_and_is_well(tmp_path, sqlite_url):
+    """The database cannot tell whether the service is up, or answers Aljex 503: status
+    asks the service's own health check, on the Live Sync port of the config."""
+    path = make_config(tmp_path, sqlite_url)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {
+        "ALJEX_SYNC_LIVE_LISTEN": f"127.0.0.1:{port}",
+        "ALJEX_SYNC_MORNING_LISTEN": "127.0.0.1:0",
+        "ALJEX_SYNC_DATABASE_TIMEOUT": "0.3",
+    }
+    url = f"http://127.0.0.1:{port}/healthz"
+
+    def status(*options: str) -> str:
+        result = CliRunner().invoke(main, ["-c", str(path), "status", *options], env=env)
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    with RunningService(config.load(path, env=env)) as running:
+        assert f"Service: healthy (serve answers at {url})" in status()
+        blocker = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), isolation_level=None)
+        blocker.execute("BEGIN EXCLUSIVE")
+        try:
+            sick = status()
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        assert "Service: NOT HEALTHY: database unavailable: database is locked" in sick
+        assert json.loads(status("--json"))["service"]["state"] == "healthy"
+        assert running.service.http_port == port
+    gone = status()
+    assert f"Service: not running: nothing answers at {url}" in gone
+    assert json.loads(status("--json"))["service"]["state"] == "not running"

@@ -7,8 +7,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import click
+from rich.text import Text
 
-from .. import login_failures, overview
+from .. import login_failures, overview, serve_health
 from ..inbox import taken_files, waiting_files
 from ..notifier import read_holder
 from ..notify import sink_states
@@ -23,9 +24,10 @@ from .common import Context, console, database, fitting_table
 @click.option("--types", is_flag=True, help="Count values that do not fit their typed view.")
 @click.pass_obj
 def status(obj: Context, as_json: bool, types: bool) -> None:
-    """Show what the journal holds: requests per status and table, why any are held or
-    rejected, the last day's failed Live Sync and admin logins, and the morning files that
-    were not loaded. Changes nothing."""
+    """Show whether serve runs and is well (its /healthz), what the journal holds:
+    requests per status and table, why any are held or rejected, the last day's failed
+    Live Sync and admin logins, and the morning files that were not loaded. Changes
+    nothing."""
     settings = obj.settings
     with database(settings) as engine:
         found = overview.read(engine)
@@ -37,6 +39,7 @@ def status(obj: Context, as_json: bool, types: bool) -> None:
         refused = login_failures.recent(engine)
         refused_admin = login_failures.recent(engine, admin=True)
     waiting = _waiting(settings.morning.inbox) if settings.morning.enabled else []
+    service = serve_health.ask(settings.live) if settings.live.enabled else None
     if as_json:
         extra: dict[str, object] = {"types": [vars(m) for m in misfits or []]} if types else {}
         extra["notify"] = [vars(s) for s in sinks]
@@ -45,12 +48,18 @@ def status(obj: Context, as_json: bool, types: bool) -> None:
         extra["notifier"] = vars(holder) if holder is not None else None
         extra["failed_logins"] = [vars(failure) for failure in refused]
         extra["failed_admin_logins"] = [vars(failure) for failure in refused_admin]
+        extra["service"] = vars(service) if service is not None else None
         click.echo(json.dumps({**_overview_dict(found), **extra}, indent=2, default=str))
         return
     summary = found.summary
     console.print(
         f"Database: {display_url(settings.database.url)}", highlight=False, overflow="fold"
     )
+    if service is not None:
+        style = {"healthy": "green", "unhealthy": "bold red"}.get(service.state, "yellow")
+        console.print(Text.assemble("Service: ", (service.line(), style)), overflow="fold")
+        for line in service.lines if service.state == "healthy" else service.lines[1:]:
+            console.print(f"  {line}", highlight=False, overflow="fold")
     last = summary.last_received
     console.print(f"Last request: {f'{last:%Y-%m-%d %H:%M:%S} UTC' if last else 'none yet'}")
     totals = ", ".join(f"{n} {s}" for s, n in sorted(summary.by_status.items())) or "none"
