@@ -16,12 +16,17 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 from sqlalchemy import Engine, inspect, text
+from sqlalchemy.exc import SQLAlchemyError
 
 from aljex_sync.clock import utcnow
+from aljex_sync.errors import MalformedRequest, RecordNotApplicable
 from aljex_sync.journal import Journal
 from aljex_sync.morning import MorningLoader
-from aljex_sync.store.database import open_engine
+from aljex_sync.store.database import open_engine, translate
+from aljex_sync.store.views import TypedViews
+from aljex_sync.wire import check_table_name
 
+from . import test_morning
 from .support import RunningService, make_settings
 from .test_live import journal, post, record, rows
 
@@ -196,6 +201,144 @@ def test_tables_named_like_system_schemas_are_ordinary_tables(service, table):
     quoted = engine.dialect.identifier_preparer.quote(table)
     assert rows(engine, f"SELECT id, name FROM {quoted}") == [{"id": "1", "name": "b"}]
     engine.dispose()
+
+
+# -- names of the objects aljex-sync makes ---------------------------------------------------
+
+# Names a sender's table could have that aljex-sync 0.x gave objects of its own: the history
+# key index (SQLite, PostgreSQL), the implicit primary-key indexes and the history's version
+# sequence (PostgreSQL, where they share the tables' namespace).
+NAMES_OF_OLD = (
+    "loads__history_key",
+    "loads_pkey",
+    "loads__history_pkey",
+    "loads__history__aljex_version_seq",
+)
+
+
+def healthz(running: RunningService) -> httpx.Response:
+    return httpx.get(f"http://127.0.0.1:{running.service.http_port}/healthz", timeout=30)
+
+
+@pytest.mark.parametrize("first", ["loads", "the other tables"])
+def test_tables_named_like_objects_of_loads_and_loads_itself_all_land_in_either_order(
+    service, first
+):
+    """Before, ``loads__history_key`` blocked ``loads`` for good on SQLite (or was itself
+    answered 503 forever, turning /healthz to 503), and ``loads_pkey`` and the like were
+    held on PostgreSQL: every object aljex-sync makes is now named ``_aljex_...``."""
+    loads = [record("loads", "create", id=str(i), status="OPEN") for i in (1, 2)]
+    others = [record(name, "create", id="1", note="n") for name in NAMES_OF_OLD]
+    for body in [*loads, *others] if first == "loads" else [*others, *loads]:
+        response = post(service, body)
+        assert response.status_code == 200 and "held" not in response.text, response.text
+        assert healthz(service).status_code == 200
+    engine = service.engine()
+    assert [r["id"] for r in rows(engine, "SELECT id FROM loads ORDER BY id")] == ["1", "2"]
+    for name in NAMES_OF_OLD:
+        quoted = engine.dialect.identifier_preparer.quote(name)
+        assert rows(engine, f"SELECT id FROM {quoted}") == [{"id": "1"}]
+    assert {e["status"] for e in journal(engine)} == {"applied"}
+    engine.dispose()
+
+
+def object_names(engine: Engine) -> set[str]:
+    """Every index, constraint, sequence, trigger and view in the database (not tables)."""
+    dialect = engine.dialect.name
+    if dialect == "sqlite":
+        sql = "SELECT name FROM sqlite_master WHERE type <> 'table'"
+    elif dialect == "postgresql":
+        sql = (
+            "SELECT c.relname AS name FROM pg_class c JOIN pg_namespace n"
+            " ON n.oid = c.relnamespace WHERE n.nspname = current_schema() AND c.relkind <> 'r'"
+            " UNION SELECT conname FROM pg_constraint k JOIN pg_namespace n"
+            " ON n.oid = k.connamespace WHERE n.nspname = current_schema()"
+        )
+    else:  # MariaDB: index names are per table; PRIMARY is every primary key's
+        sql = (
+            "SELECT index_name AS name FROM information_schema.statistics"
+            " WHERE table_schema = DATABASE() AND index_name <> 'PRIMARY'"
+            " UNION SELECT table_name FROM information_schema.views"
+            " WHERE table_schema = DATABASE()"
+        )
+    return {r["name"] for r in rows(engine, sql)}
+
+
+def test_no_object_aljex_sync_makes_has_a_name_a_table_could_take(database_url, tmp_path):
+    """Indexes, constraints, sequences and views: the wire refuses each name as a table's
+    (the journal's own indexes included), for short tables and for 63-character ones,
+    whose objects' names are hashed."""
+    long = "t" * 60 + "abc"
+    settings = make_settings(database_url, tmp_path, tables={long: {"history": True}})
+    with RunningService(settings) as running:
+        for table in ("loads", "employees", long):
+            response = post(running, record(table, "create", id="1", status="OPEN"))
+            assert response.status_code == 200 and "held" not in response.text, response.text
+        engine = running.engine()
+        TypedViews(engine).refresh_all()
+        names = object_names(engine)
+        engine.dispose()
+    assert any(name.startswith("_aljex_key_loads") for name in names), names
+    for name in names:
+        with pytest.raises(MalformedRequest):  # invalid, too long, or reserved
+            check_table_name(name)
+
+
+def made_before(engine: Engine) -> None:
+    """Give loads' history the key index aljex-sync 0.x named ``loads__history_key``."""
+    with engine.begin() as conn:
+        conn.execute(text("CREATE INDEX loads__history_key ON loads__history (id)"))
+
+
+@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+def test_a_table_named_like_an_index_of_an_older_database_is_held_and_healthz_stays_200(
+    service,
+):
+    """A database made before keeps its names: on SQLite and PostgreSQL a table cannot take
+    one, and is held with the reason (it used to be answered 503, for good)."""
+    assert post(service, record("loads", "create", id="1")).status_code == 200
+    engine = service.engine()
+    made_before(engine)
+    for _ in range(2):
+        response = post(service, record("loads__history_key", "create", id="1"))
+        assert response.status_code == 200, response.text
+        assert "held" in response.text and "already" in response.text, response.text
+        assert healthz(service).status_code == 200
+    assert post(service, record("loads", "update", id="1", status="OPEN")).status_code == 200
+    assert [e["status"] for e in journal(engine)] == ["applied", "held", "held", "applied"]
+    engine.dispose()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+def test_a_morning_file_whose_table_cannot_be_made_fails_with_the_reason(database_url, tmp_path):
+    """A name taken by hand (here, the one loads' history index gets): the file fails, and
+    says why, where it used to be retried every 60 s as if the database were down."""
+    receiver = test_morning.Receiver(database_url, tmp_path)
+    with receiver.engine.begin() as conn:
+        conn.execute(text("CREATE TABLE _aljex_key_loads__history (x INTEGER)"))
+    path = tmp_path / "Loads.csv"
+    with path.open("w", newline="") as f:
+        csv.writer(f).writerows([["id", "status"], ["1", "OPEN"]])
+    report = receiver.load(path, started_at=utcnow() - timedelta(hours=1))
+    assert report.status == "failed" and "already" in (report.error or ""), report.error
+    receiver.journal.close()
+    receiver.engine.dispose()
+
+
+def test_a_name_already_taken_is_a_record_problem_not_an_unavailable_database(database_url):
+    """What ``translate`` makes of "already exists", from each database itself."""
+    engine = open_engine(database_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("CREATE TABLE taken (id INTEGER)"))
+        with pytest.raises(SQLAlchemyError) as raised, engine.begin() as conn:
+            conn.execute(text("CREATE TABLE taken (id INTEGER)"))
+        error = translate(raised.value, "taken")
+        assert isinstance(error, RecordNotApplicable) and "already" in str(error).lower()
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text("DROP TABLE taken"))
+        engine.dispose()
 
 
 # -- tombstones --------------------------------------------------------------------------

@@ -46,7 +46,9 @@ MAX_IDENTIFIER_BYTES = 63  # PostgreSQL's limit, the smallest of the three datab
 # table ``pg_class`` would be made in ``public`` but read and written in ``pg_catalog``,
 # which the search path always puts first. ``information_schema`` is a schema, never on
 # the search path, and MariaDB keeps its own tables in other databases: both are safe.
-RESERVED_TABLE_PREFIXES = (INTERNAL_PREFIX, "sqlite_", "pg_")
+# The journal's and the files' own indexes are ``ix_aljex_*`` (store/schema.py), and index
+# names share the tables' namespace on SQLite and PostgreSQL.
+RESERVED_TABLE_PREFIXES = (INTERNAL_PREFIX, "ix_aljex_", "sqlite_", "pg_")
 # store/schema.py: a table's history is <table>__history; store/views.py: its typed view
 # is <table>_typed (a table of that name would clash with the view, on every database).
 RESERVED_TABLE_SUFFIXES = ("__history", "_typed")

@@ -303,7 +303,9 @@ def translate(error: BaseException, table: str = "") -> Exception:
     """Map a database error to the tree in errors.py: transient or about one record.
 
     Connection loss, timeouts and locks mean the database is unavailable: retry later.
-    Integrity and data errors mean this record cannot be stored as it is: hold it.
+    Integrity and data errors mean this record cannot be stored as it is: hold it. So
+    does a name already taken (a table or an index the DDL would make): retrying cannot
+    free it, and an endless 503 would have Aljex resend the record forever.
     """
     if isinstance(error, exc.DBAPIError) and error.connection_invalidated:
         return DatabaseUnavailable(_reason(error))
@@ -345,9 +347,11 @@ def _reason(error: BaseException) -> str:
 _PG_RECORD_CLASSES = ("22", "23", "54")
 # MySQL/MariaDB error numbers about the statement's own data, whatever DB-API class the
 # driver gives them: too many columns, row size too large, data too long, incorrect
-# string or value, out of range, column cannot be null, duplicate key, identifier too long.
+# string or value, out of range, column cannot be null, duplicate key, identifier too long;
+# and names already taken: table (1050), column (1060), index (1061).
 _MYSQL_RECORD_ERRORS = frozenset(
-    {1048, 1059, 1062, 1070, 1071, 1074, 1117, 1118, 1264, 1292, 1366, 1367, 1406, 4025}
+    {1048, 1050, 1059, 1060, 1061, 1062, 1070, 1071, 1074, 1117, 1118, 1264, 1292, 1366}
+    | {1367, 1406, 4025}
 )
 
 
@@ -362,7 +366,8 @@ def _refused_for_the_record(orig: BaseException | None) -> bool:
 
 
 def _looks_like_record_problem(text: str) -> bool:
-    """MySQL reports some per-row refusals (row too large, data too long) as operational."""
+    """MySQL reports some per-row refusals (row too large, data too long) as operational,
+    and SQLite a name already taken."""
     lowered = text.lower()
     return any(
         marker in lowered
@@ -373,5 +378,8 @@ def _looks_like_record_problem(text: str) -> bool:
             "string or blob too big",
             "(1118",
             "(1406",
+            # SQLite: "table x already exists", "there is already an index named x".
+            "already exists",
+            "there is already",
         )
     )

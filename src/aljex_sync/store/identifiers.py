@@ -71,3 +71,19 @@ def suffixed(table: str, suffix: str) -> str:
         return name
     digest = hashlib.sha256(table.encode()).hexdigest()[:8]
     return f"{table[: MAX_IDENTIFIER - len(suffix) - 9]}_{digest}{suffix}"
+
+
+def internal(kind: str, table: str) -> str:
+    """``_aljex_<kind>_<table>``: the name of an object aljex-sync makes for ``table`` (an
+    index, a constraint, a sequence), under the prefix no sender's table can have, so that
+    a table can never take it nor be kept from being made by it.
+
+    Past 63 characters the table's name is cut and a hash of it follows a double
+    underscore, which a name that fits never has there (table names start with a letter).
+    """
+    name = f"{INTERNAL_PREFIX}_{kind}_{table}"
+    if len(name) <= MAX_IDENTIFIER:
+        return name
+    digest = hashlib.sha256(table.encode()).hexdigest()[:8]
+    head = f"{INTERNAL_PREFIX}_{kind}__{digest}_"
+    return head + table[: MAX_IDENTIFIER - len(head)]

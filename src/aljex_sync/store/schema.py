@@ -43,6 +43,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Table,
     Text,
@@ -61,7 +62,8 @@ from sqlalchemy.types import TypeEngine
 from ..clock import utcnow
 from . import locks, migrations
 from .database import reading
-from .identifiers import MAX_IDENTIFIER, column_for, suffixed
+from .ddl import add_columns, create_table
+from .identifiers import column_for, internal, suffixed
 
 log = logging.getLogger("aljex_sync.store")
 
@@ -281,7 +283,8 @@ class SyncedTable:
             Column(DELETED_AT, Timestamp),
             Column(ROW_HASH, BigInteger),
         ]
-        self.table = Table(self.name, MetaData(), *cols, **MYSQL_TABLE)
+        primary_key = PrimaryKeyConstraint(*self.key_columns, name=internal("pk", self.name))
+        self.table = Table(self.name, MetaData(), *cols, primary_key, **MYSQL_TABLE)
         self.history = history_table(self) if self.keeps_history else None
 
     @property
@@ -311,7 +314,13 @@ def history_name(table: str) -> str:
 def history_table(synced: SyncedTable) -> Table:
     """The history table of a synced table: a version number, the table's columns (its row
     hash aside), then when the version was true (``VALID_FROM`` up to ``VALID_TO``, NULL
-    while current) and the ``ACTION`` that made it. Indexed by the record's key."""
+    while current) and the ``ACTION`` that made it. Indexed by the record's key.
+
+    Its primary key, its key index and (PostgreSQL) its version sequence are named by
+    :func:`internal`: a sender's table can have none of their names. Tables made before
+    keep the names they were made with (``<history>_key``, PostgreSQL's own ``_pkey`` and
+    ``_seq``).
+    """
     name = history_name(synced.name)
     key_set = set(synced.key_columns)
     cols: list[Column[Any]] = [Column(VERSION, EventId, primary_key=True, autoincrement=True)]
@@ -325,8 +334,14 @@ def history_table(synced: SyncedTable) -> Table:
         Column(VALID_TO, Timestamp),
         Column(ACTION, String(16), nullable=False),
     ]
-    index = f"{name}_key" if len(name) <= MAX_IDENTIFIER - 4 else f"ix_{name[-40:]}_key"
-    return Table(name, MetaData(), *cols, Index(index, *synced.key_columns), **MYSQL_TABLE)
+    return Table(
+        name,
+        MetaData(),
+        *cols,
+        PrimaryKeyConstraint(VERSION, name=internal("pk", name)),
+        Index(internal("key", name), *synced.key_columns),
+        **MYSQL_TABLE,
+    )
 
 
 def _never(_: str) -> bool:
@@ -471,11 +486,11 @@ class Schema:
                 if table is None:
                     continue
                 if not inspect(conn).has_table(table.name):
-                    table.create(conn)
+                    create_table(conn, table)
                 else:  # made by another process, or by hand: adopt what is there
                     existing = {c["name"] for c in inspect(conn).get_columns(table.name)}
                     missing = [c for c in table.columns if c.name not in existing]
-                    self._alter_add(conn, table.name, missing)
+                    add_columns(conn, table.name, missing)
             conn.execute(
                 insert(tables_table),
                 {
@@ -502,7 +517,7 @@ class Schema:
                 to_create = [
                     Column(c, ValueText) for c in dict.fromkeys(added.values()) if c not in existing
                 ]
-                self._alter_add(conn, name, to_create)
+                add_columns(conn, name, to_create)
             self._record_columns(conn, synced.name, added.as_sent(), now)
         synced.columns.update(added)
         synced.rebuild()
@@ -534,14 +549,14 @@ class Schema:
             if history is not None and lacking.get(history.name):
                 # Columns added while its history was turned off: the history catches up.
                 with self.engine.begin() as conn:
-                    self._alter_add(conn, history.name, lacking[history.name])
+                    add_columns(conn, history.name, lacking[history.name])
             if history is None or history.name in present:
                 continue
             try:
                 if history.name in known:
                     raise ValueError(f"a synced table is named {history.name}")
                 with self.engine.begin() as conn:
-                    history.create(conn)
+                    create_table(conn, history)
                     conn.execute(seed(synced, history))
                 log.info("%s: history begins, with the rows it holds", synced.name)
             except (SQLAlchemyError, ValueError) as e:
@@ -554,26 +569,6 @@ class Schema:
     def _history_exists(self, name: str) -> bool:
         with reading(self.engine) as conn:
             return inspect(conn).has_table(name)
-
-    def _alter_add(self, conn: Connection, table: str, columns: Sequence[Column[Any]]) -> None:
-        """ALTER TABLE ... ADD COLUMN for checked column names, quoted by the dialect.
-
-        Names reaching here are the table name the wire checked and columns made by
-        ``column_for``; the dialect's preparer quotes them all the same.
-        """
-        if not columns:
-            return
-        preparer = conn.dialect.identifier_preparer
-        quoted_table = preparer.quote(table)
-        clauses = [
-            f"ADD COLUMN {preparer.quote(c.name)} {c.type.compile(dialect=conn.dialect)}"
-            for c in columns
-        ]
-        if self.dialect == "sqlite":  # one column per statement
-            for clause in clauses:
-                conn.exec_driver_sql(f"ALTER TABLE {quoted_table} {clause}")
-        else:
-            conn.exec_driver_sql(f"ALTER TABLE {quoted_table} {', '.join(clauses)}")
 
     @staticmethod
     def _record_columns(
