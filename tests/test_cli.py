@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from aljex_sync import config
 from aljex_sync.cli import main
 from aljex_sync.credentials import verify_password
+from aljex_sync.messages import Received
 from aljex_sync.sftp_settings import host_key_fingerprint
 
 
@@ -198,6 +199,42 @@ def test_replay_command_lands_held_records_once_the_key_is_configured(tmp_path):
     assert "Replayed: 1 applied" in out
     code, out = run("-c", str(path), "replay")
     assert "Nothing to replay." in out
+
+
+def test_replay_of_named_events_takes_held_ones_and_rejected_ones_only_when_asked(tmp_path):
+    from aljex_sync.clock import utcnow
+    from aljex_sync.journal import Journal
+    from aljex_sync.store.database import open_engine
+
+    path, _ = init(tmp_path)
+    settings = config.load(path, env={})
+    journal = Journal(open_engine(settings.database.url), settings)
+    journal.start()
+    bodies = (
+        b"web_sync_table_name=bills&web_sync_action=create&bill_no=B1",  # 1 held: no key
+        b"web_sync_table_name=bills&web_sync_action=create&bill_no=B2",  # 2 held
+        b"web_sync_table_name=bills&web_sync_action=frobnicate&id=3",  # 3 rejected
+    )
+    outcomes = journal.write_group([Received(b, "127.0.0.1", utcnow()) for b in bodies])
+    assert [o.status for o in outcomes] == ["held", "held", "rejected"]  # type: ignore[union-attr]
+    journal.close()
+    path.write_text(path.read_text() + '\n[tables.bills]\nkey = ["bill_no"]\n')
+    hint = "; replay applies only held events (and rejected ones with --include-rejected)"
+
+    code, out = run("-c", str(path), "replay", "--event", "3")
+    assert (code, out) == (1, f"error: event 3 is rejected{hint}\n")
+    code, out = run("-c", str(path), "replay", "--event", "2", "--event", "9")
+    assert (code, out) == (1, f"error: there is no event 9{hint}\n")
+    code, out = run("-c", str(path), "replay", "--event", "2")
+    assert code == 0
+    assert out.splitlines() == ["event 2 bills B2 -> applied", "Replayed: 1 applied"]
+    code, out = run("-c", str(path), "replay", "--event", "1", "--event", "2")
+    assert (code, out) == (1, f"error: event 2 is applied{hint}\n")
+    code, out = run("-c", str(path), "replay", "--event", "3", "--include-rejected")
+    assert code == 0
+    assert "event 3 bills - -> rejected" in out
+    code, out = run("-c", str(path), "replay")
+    assert out.splitlines() == ["event 1 bills B1 -> applied", "Replayed: 1 applied"]
 
 
 def test_init_never_tells_aljex_localhost(tmp_path):
