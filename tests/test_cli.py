@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlencode
 
+import click
 import httpx
 import pytest
 from click.testing import CliRunner
@@ -125,6 +126,50 @@ def test_help_explains_every_command():
         assert command in out
         sub_code, sub_out = run(command, "--help")
         assert sub_code == 0 and len(sub_out.splitlines()) > 4
+
+
+def test_config_and_log_options_work_after_the_command_name_too(tmp_path):
+    path, _ = init(tmp_path)
+    _install(path)
+    before = run("-c", str(path), "status")
+    assert before[0] == 0 and "Requests: none" in before[1]
+    assert run("status", "-c", str(path)) == before
+    assert run("status", "--config", str(path), "--json")[1].startswith("{")
+    # Given in both places, the one after the command's name wins.
+    assert run("-c", str(tmp_path / "none.toml"), "status", "-c", str(path)) == before
+    code, out = run("-c", str(path), "status", "-c", str(tmp_path / "none.toml"))
+    assert code == 1 and "aljex-sync init" in out
+
+    def host_key_logged(before: list[str], after: list[str]) -> list[str]:
+        """init in a folder of its own (so it makes, and logs, a host key): the log line."""
+        other = tmp_path / str(len(list(tmp_path.iterdir()))) / "aljex-sync.toml"
+        other.parent.mkdir()
+        code, out = run(*before, "init", "-c", str(other), "--public-host", "h", *after)
+        assert code == 0 and other.exists(), out
+        return [line for line in out.splitlines() if "generated SSH host key" in line]
+
+    assert host_key_logged([], ["--log-format", "json"])[0].startswith("{")
+    assert host_key_logged(["--log-level", "debug"], ["--log-level", "warning"]) == []
+    assert host_key_logged(["--log-format", "json"], ["--log-level", "info"])[0].startswith("{")
+    assert host_key_logged(["--log-format", "json"], ["--log-format", "text"])[0][0].isdigit()
+
+
+def every_command(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """The command line of each command and subcommand under ``group``."""
+    found = []
+    for name, command in sorted(group.commands.items()):
+        found.append((*prefix, name))
+        if isinstance(command, click.Group):
+            found += every_command(command, (*prefix, name))
+    return found
+
+
+@pytest.mark.parametrize("command", every_command(main), ids=" ".join)
+def test_every_command_takes_the_config_and_log_options_and_shows_them(command):
+    code, out = run(*command, "-c", "x.toml", "--log-level", "error", "--log-format", "json", "-h")
+    assert code == 0, out
+    for option in ("-c, --config FILE", "--log-level", "--log-format"):
+        assert option in out, (command, out)
 
 
 def test_serve_runs_until_sigterm_then_stops_cleanly(tmp_path):
