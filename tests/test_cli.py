@@ -306,12 +306,95 @@ def test_init_with_a_public_host_prints_it_and_no_advice(tmp_path):
     assert "this machine's" not in out
 
 
-def test_init_says_what_comes_next_by_how_it_was_run(tmp_path):
+def test_init_says_what_comes_next_by_how_it_was_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ALJEX_SYNC_CONFIG", raising=False)
     _, out = init(tmp_path)
     assert out.rstrip().endswith("Start the service with: aljex-sync serve")
     _, out = init(tmp_path, "--force", "--then-serving")
     assert out.rstrip().endswith("Starting the service now; stop it with Ctrl-C.")
     assert "aljex-sync serve" not in out
+
+
+@pytest.mark.parametrize(
+    ("config_option", "serve"),
+    [
+        ("./a.toml", "aljex-sync serve -c a.toml"),
+        ("etc/my sync.toml", "aljex-sync serve -c 'etc/my sync.toml'"),
+        ("aljex-sync.toml", "aljex-sync serve"),
+    ],
+)
+def test_init_tells_serve_where_the_config_is_unless_it_finds_it_itself(
+    tmp_path, monkeypatch, config_option, serve
+):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ALJEX_SYNC_CONFIG", raising=False)
+    code, out = run("-c", config_option, "init", "--public-host", "sync.example.com")
+    assert code == 0, out
+    assert out.splitlines()[-1] == f"Start the service with: {serve}"
+
+
+def test_init_tells_serve_no_path_when_aljex_sync_config_names_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ALJEX_SYNC_CONFIG", str(tmp_path / "a.toml"))
+    code, out = run("-c", "a.toml", "init", "--public-host", "sync.example.com")
+    assert code == 0, out
+    assert out.splitlines()[-1] == "Start the service with: aljex-sync serve"
+
+
+def test_init_takes_the_host_of_a_url_given_as_public_host_and_says_so(tmp_path):
+    _, out = init(tmp_path, "--public-host", "http://sync.example.com/")
+    assert "URL:      http://sync.example.com:8080/aljex/sync" in out
+    assert "Host:     sync.example.com" in out
+    advice = " ".join(out.split())
+    assert "--public-host http://sync.example.com/: took its host, sync.example.com" in advice
+
+
+@pytest.mark.parametrize(
+    ("given", "why"),
+    [
+        ("sync.example.com:8080", " (the ports are --http-port and --sftp-port)"),
+        ("https://sync.example.com:443/", " (the ports are --http-port and --sftp-port)"),
+        ("sync.example.com/aljex/sync", " (the path is [live] path in the config)"),
+        ("http://sync.example.com/aljex/sync", " (the path is [live] path in the config)"),
+        ("sync example.com", ""),
+        ("ftp://sync.example.com", ""),
+    ],
+)
+def test_init_refuses_a_public_host_that_is_more_than_a_host_in_one_line(tmp_path, given, why):
+    path = tmp_path / "aljex-sync.toml"
+    code, out = run("-c", str(path), "init", "--public-host", given)
+    assert code == 2
+    assert out.splitlines()[-1] == (
+        f"Error: Invalid value for '--public-host': {given!r} is not a host name or IP"
+        " address: give the one Aljex reaches this machine at, e.g. --public-host"
+        f" sync.example.com{why}"
+    )
+    assert not path.exists()
+
+
+@pytest.mark.parametrize("given", ["2001:db8::7", "[2001:db8::7]"])
+def test_init_takes_an_ipv6_public_host_with_or_without_brackets(tmp_path, given):
+    _, out = init(tmp_path, "--public-host", given)
+    assert "URL:      http://[2001:db8::7]:8080/aljex/sync" in out
+    assert "Host:     2001:db8::7\n" in out
+
+
+@pytest.mark.parametrize(
+    ("given", "what"),
+    [
+        ("localhost", "this machine's own name, for itself alone (loopback)"),
+        ("127.0.0.2", "this machine's loopback address, for itself alone"),
+        ("::1", "this machine's loopback address, for itself alone"),
+        ("192.168.1.20", "an address on a private network"),
+    ],
+)
+def test_init_warns_of_a_public_host_aljex_cannot_reach(tmp_path, given, what):
+    _, out = init(tmp_path, "--public-host", given)
+    assert (
+        f"Warning: {given} is {what}, which Aljex cannot reach from the internet: send Aljex"
+        " your public host name or address instead" in " ".join(out.split())
+    )
 
 
 def test_init_refuses_an_unsupported_database_in_one_line(tmp_path):
