@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlencode
 
+import click
 import httpx
 import pytest
 from click.testing import CliRunner
@@ -18,6 +19,7 @@ from click.testing import CliRunner
 from aljex_sync import config
 from aljex_sync.cli import main
 from aljex_sync.credentials import verify_password
+from aljex_sync.messages import Received
 from aljex_sync.sftp_settings import host_key_fingerprint
 
 
@@ -126,6 +128,50 @@ def test_help_explains_every_command():
         assert sub_code == 0 and len(sub_out.splitlines()) > 4
 
 
+def test_config_and_log_options_work_after_the_command_name_too(tmp_path):
+    path, _ = init(tmp_path)
+    _install(path)
+    before = run("-c", str(path), "status")
+    assert before[0] == 0 and "Requests: none" in before[1]
+    assert run("status", "-c", str(path)) == before
+    assert run("status", "--config", str(path), "--json")[1].startswith("{")
+    # Given in both places, the one after the command's name wins.
+    assert run("-c", str(tmp_path / "none.toml"), "status", "-c", str(path)) == before
+    code, out = run("-c", str(path), "status", "-c", str(tmp_path / "none.toml"))
+    assert code == 1 and "aljex-sync init" in out
+
+    def host_key_logged(before: list[str], after: list[str]) -> list[str]:
+        """init in a folder of its own (so it makes, and logs, a host key): the log line."""
+        other = tmp_path / str(len(list(tmp_path.iterdir()))) / "aljex-sync.toml"
+        other.parent.mkdir()
+        code, out = run(*before, "init", "-c", str(other), "--public-host", "h", *after)
+        assert code == 0 and other.exists(), out
+        return [line for line in out.splitlines() if "generated SSH host key" in line]
+
+    assert host_key_logged([], ["--log-format", "json"])[0].startswith("{")
+    assert host_key_logged(["--log-level", "debug"], ["--log-level", "warning"]) == []
+    assert host_key_logged(["--log-format", "json"], ["--log-level", "info"])[0].startswith("{")
+    assert host_key_logged(["--log-format", "json"], ["--log-format", "text"])[0][0].isdigit()
+
+
+def every_command(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """The command line of each command and subcommand under ``group``."""
+    found = []
+    for name, command in sorted(group.commands.items()):
+        found.append((*prefix, name))
+        if isinstance(command, click.Group):
+            found += every_command(command, (*prefix, name))
+    return found
+
+
+@pytest.mark.parametrize("command", every_command(main), ids=" ".join)
+def test_every_command_takes_the_config_and_log_options_and_shows_them(command):
+    code, out = run(*command, "-c", "x.toml", "--log-level", "error", "--log-format", "json", "-h")
+    assert code == 0, out
+    for option in ("-c, --config FILE", "--log-level", "--log-format"):
+        assert option in out, (command, out)
+
+
 def test_serve_runs_until_sigterm_then_stops_cleanly(tmp_path):
     path, out = init(tmp_path, "--http-port", "0")
     password = re.findall(r"Password: (\S+)", out)[0]
@@ -200,6 +246,42 @@ def test_replay_command_lands_held_records_once_the_key_is_configured(tmp_path):
     assert "Nothing to replay." in out
 
 
+def test_replay_of_named_events_takes_held_ones_and_rejected_ones_only_when_asked(tmp_path):
+    from aljex_sync.clock import utcnow
+    from aljex_sync.journal import Journal
+    from aljex_sync.store.database import open_engine
+
+    path, _ = init(tmp_path)
+    settings = config.load(path, env={})
+    journal = Journal(open_engine(settings.database.url), settings)
+    journal.start()
+    bodies = (
+        b"web_sync_table_name=bills&web_sync_action=create&bill_no=B1",  # 1 held: no key
+        b"web_sync_table_name=bills&web_sync_action=create&bill_no=B2",  # 2 held
+        b"web_sync_table_name=bills&web_sync_action=frobnicate&id=3",  # 3 rejected
+    )
+    outcomes = journal.write_group([Received(b, "127.0.0.1", utcnow()) for b in bodies])
+    assert [o.status for o in outcomes] == ["held", "held", "rejected"]  # type: ignore[union-attr]
+    journal.close()
+    path.write_text(path.read_text() + '\n[tables.bills]\nkey = ["bill_no"]\n')
+    hint = "; replay applies only held events (and rejected ones with --include-rejected)"
+
+    code, out = run("-c", str(path), "replay", "--event", "3")
+    assert (code, out) == (1, f"error: event 3 is rejected{hint}\n")
+    code, out = run("-c", str(path), "replay", "--event", "2", "--event", "9")
+    assert (code, out) == (1, f"error: there is no event 9{hint}\n")
+    code, out = run("-c", str(path), "replay", "--event", "2")
+    assert code == 0
+    assert out.splitlines() == ["event 2 bills B2 -> applied", "Replayed: 1 applied"]
+    code, out = run("-c", str(path), "replay", "--event", "1", "--event", "2")
+    assert (code, out) == (1, f"error: event 2 is applied{hint}\n")
+    code, out = run("-c", str(path), "replay", "--event", "3", "--include-rejected")
+    assert code == 0
+    assert "event 3 bills - -> rejected" in out
+    code, out = run("-c", str(path), "replay")
+    assert out.splitlines() == ["event 1 bills B1 -> applied", "Replayed: 1 applied"]
+
+
 def test_init_never_tells_aljex_localhost(tmp_path):
     from aljex_sync.cli.init import reachable_address
 
@@ -224,12 +306,95 @@ def test_init_with_a_public_host_prints_it_and_no_advice(tmp_path):
     assert "this machine's" not in out
 
 
-def test_init_says_what_comes_next_by_how_it_was_run(tmp_path):
+def test_init_says_what_comes_next_by_how_it_was_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ALJEX_SYNC_CONFIG", raising=False)
     _, out = init(tmp_path)
     assert out.rstrip().endswith("Start the service with: aljex-sync serve")
     _, out = init(tmp_path, "--force", "--then-serving")
     assert out.rstrip().endswith("Starting the service now; stop it with Ctrl-C.")
     assert "aljex-sync serve" not in out
+
+
+@pytest.mark.parametrize(
+    ("config_option", "serve"),
+    [
+        ("./a.toml", "aljex-sync serve -c a.toml"),
+        ("etc/my sync.toml", "aljex-sync serve -c 'etc/my sync.toml'"),
+        ("aljex-sync.toml", "aljex-sync serve"),
+    ],
+)
+def test_init_tells_serve_where_the_config_is_unless_it_finds_it_itself(
+    tmp_path, monkeypatch, config_option, serve
+):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ALJEX_SYNC_CONFIG", raising=False)
+    code, out = run("-c", config_option, "init", "--public-host", "sync.example.com")
+    assert code == 0, out
+    assert out.splitlines()[-1] == f"Start the service with: {serve}"
+
+
+def test_init_tells_serve_no_path_when_aljex_sync_config_names_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ALJEX_SYNC_CONFIG", str(tmp_path / "a.toml"))
+    code, out = run("-c", "a.toml", "init", "--public-host", "sync.example.com")
+    assert code == 0, out
+    assert out.splitlines()[-1] == "Start the service with: aljex-sync serve"
+
+
+def test_init_takes_the_host_of_a_url_given_as_public_host_and_says_so(tmp_path):
+    _, out = init(tmp_path, "--public-host", "http://sync.example.com/")
+    assert "URL:      http://sync.example.com:8080/aljex/sync" in out
+    assert "Host:     sync.example.com" in out
+    advice = " ".join(out.split())
+    assert "--public-host http://sync.example.com/: took its host, sync.example.com" in advice
+
+
+@pytest.mark.parametrize(
+    ("given", "why"),
+    [
+        ("sync.example.com:8080", " (the ports are --http-port and --sftp-port)"),
+        ("https://sync.example.com:443/", " (the ports are --http-port and --sftp-port)"),
+        ("sync.example.com/aljex/sync", " (the path is [live] path in the config)"),
+        ("http://sync.example.com/aljex/sync", " (the path is [live] path in the config)"),
+        ("sync example.com", ""),
+        ("ftp://sync.example.com", ""),
+    ],
+)
+def test_init_refuses_a_public_host_that_is_more_than_a_host_in_one_line(tmp_path, given, why):
+    path = tmp_path / "aljex-sync.toml"
+    code, out = run("-c", str(path), "init", "--public-host", given)
+    assert code == 2
+    assert out.splitlines()[-1] == (
+        f"Error: Invalid value for '--public-host': {given!r} is not a host name or IP"
+        " address: give the one Aljex reaches this machine at, e.g. --public-host"
+        f" sync.example.com{why}"
+    )
+    assert not path.exists()
+
+
+@pytest.mark.parametrize("given", ["2001:db8::7", "[2001:db8::7]"])
+def test_init_takes_an_ipv6_public_host_with_or_without_brackets(tmp_path, given):
+    _, out = init(tmp_path, "--public-host", given)
+    assert "URL:      http://[2001:db8::7]:8080/aljex/sync" in out
+    assert "Host:     2001:db8::7\n" in out
+
+
+@pytest.mark.parametrize(
+    ("given", "what"),
+    [
+        ("localhost", "this machine's own name, for itself alone (loopback)"),
+        ("127.0.0.2", "this machine's loopback address, for itself alone"),
+        ("::1", "this machine's loopback address, for itself alone"),
+        ("192.168.1.20", "an address on a private network"),
+    ],
+)
+def test_init_warns_of_a_public_host_aljex_cannot_reach(tmp_path, given, what):
+    _, out = init(tmp_path, "--public-host", given)
+    assert (
+        f"Warning: {given} is {what}, which Aljex cannot reach from the internet: send Aljex"
+        " your public host name or address instead" in " ".join(out.split())
+    )
 
 
 def test_init_refuses_an_unsupported_database_in_one_line(tmp_path):

@@ -349,6 +349,27 @@ def test_history_command_prints_each_version_and_what_it_changed(receiver, tmp_p
     assert found[1]["fields"]["weight"] == "100"
 
 
+def test_replaying_an_applied_event_by_id_is_refused_and_makes_no_version(receiver, tmp_path):
+    receiver.live(record("loads", "create", id="1", status="OPEN"))
+    receiver.live(record("loads", "update", id="1", status="COVERED"), at=T0 + timedelta(hours=1))
+    receiver.journal.close()
+    config = config_file(receiver, tmp_path)
+    for event in ("1", "2"):
+        result = CliRunner().invoke(main, ["-c", str(config), "replay", "--event", event])
+        assert (result.exit_code, result.output) == (
+            1,
+            f"error: event {event} is applied; replay applies only held events"
+            " (and rejected ones with --include-rejected)\n",
+        )
+    as_json = CliRunner().invoke(main, ["-c", str(config), "history", "loads", "1", "--json"])
+    assert [v["action"] for v in json.loads(as_json.output)] == ["create", "update"]
+    journaled = rows(receiver.engine, "SELECT status, applied_at FROM _aljex_events ORDER BY id")
+    assert [(r["status"], r["applied_at"] is not None) for r in journaled] == [
+        ("applied", True),
+        ("applied", True),
+    ]
+
+
 def test_history_command_says_why_it_has_nothing_to_show(receiver, tmp_path):
     receiver.live(record("customers", "create", id="C1", name="Acme"))
     receiver.live(record("loads", "create", id="1", status="OPEN"))

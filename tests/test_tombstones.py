@@ -163,13 +163,37 @@ def test_prune_command_refuses_when_everything_is_kept_forever(engine, database_
     forever = "[journal]\nkeep_days = 0\ntombstone_days = 0\n"
     code, out = run("-c", str(write_config(tmp_path, database_url, forever)), "prune")
     assert code == 1
-    assert "keep_days and tombstone_days are 0 (keep forever)" in out
+    assert out == (
+        "error: nothing to prune: [journal] keep_days = 0 and [journal] tombstone_days = 0"
+        " keep everything; give --keep-days N or --tombstone-days N\n"
+    )
     only_tombstones = "[journal]\nkeep_days = 0\n"
     code, out = run("-c", str(write_config(tmp_path, database_url, only_tombstones)), "prune")
     assert code == 0, out
     events, tombs = out.splitlines()
     assert events == "Applied events are kept forever ([journal] keep_days = 0)."
     assert tombs.startswith("Removed 1 tombstone of deletes before")
+    assert buried(engine) == []
+
+
+def test_prune_command_takes_0_days_as_keep_forever_as_the_config_does(
+    engine, database_url, tmp_path
+):
+    bury(engine, 400, ("loads", "L1"))
+    config = write_config(tmp_path, database_url)
+    code, out = run("-c", str(config), "prune", "--tombstone-days", "0")
+    assert code == 0, out
+    assert out.splitlines()[1] == "Tombstones are kept forever (--tombstone-days 0)."
+    assert buried(engine) == [("loads", "L1")]
+    code, out = run("-c", str(config), "prune", "--keep-days", "0", "--tombstone-days", "0")
+    assert (code, out) == (
+        1,
+        "error: nothing to prune: --keep-days 0 and --tombstone-days 0 keep everything;"
+        " give --keep-days N or --tombstone-days N\n",
+    )
+    code, out = run("-c", str(config), "prune", "--keep-days", "0")
+    assert code == 0, out
+    assert out.splitlines()[0] == "Applied events are kept forever (--keep-days 0)."
     assert buried(engine) == []
 
 

@@ -16,6 +16,7 @@ CLI messages only at the edge (``live.py``, ``cli.py``)::
     │   └── MalformedFile            (csvfile.py) bad CSV: moved to inbox/failed/ with the line
     ├── EmulatorError                (emulate/state.py) the emulator's state or options are wrong
     ├── DatabaseTooNew               (store/migrations.py) a newer aljex-sync's bookkeeping tables
+    ├── NotReplayable                (journal.py) replay named an event that is not held
     └── DatabaseUnavailable          transient: nothing is acknowledged, the reply is 503
 
 Terminal errors concern one record and retrying will not help until the operator changes
@@ -99,3 +100,19 @@ class MorningFileError(AljexSyncError):
 
 class DatabaseTooNew(AljexSyncError):
     """The bookkeeping tables are of a schema version newer than this aljex-sync knows."""
+
+
+class NotReplayable(AljexSyncError):
+    """Replay was asked for events that are not waiting for it: applied or superseded ones
+    (applying them again would version and notify them twice), rejected ones without
+    ``include_rejected``, or ids not in the journal. ``refused`` maps each id to its status,
+    None for a missing one."""
+
+    def __init__(self, refused: dict[int, str | None]) -> None:
+        super().__init__(
+            ", ".join(
+                f"event {i} is {status}" if status else f"there is no event {i}"
+                for i, status in refused.items()
+            )
+        )
+        self.refused = refused

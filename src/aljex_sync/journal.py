@@ -40,7 +40,7 @@ from sqlalchemy import Connection, Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from .config import Settings
-from .errors import DatabaseUnavailable, RecordNotApplicable
+from .errors import DatabaseUnavailable, NotReplayable, RecordNotApplicable
 from .journal_plan import Plan, Planner
 from .journal_write import LIVE, NAME_WIDTH, TEXT_CUT, EventWriter
 from .messages import Outcome, Received
@@ -359,7 +359,11 @@ class Journal:
         """Re-apply held events in the order they came, with today's configuration.
 
         Each event is re-read from its raw body and written in its own transaction, in
-        this thread; the service may keep running meanwhile.
+        this thread; the service may keep running meanwhile. ``event_ids`` narrows the
+        choice, never widens it: naming an event that is applied or superseded (or
+        rejected, without ``include_rejected``), or none at all, raises NotReplayable
+        before anything is written, since applying it again would make a second history
+        version, a second notice, or undo a later change's supersession.
         """
         self.install()
         statuses = ["held", "rejected"] if include_rejected else ["held"]
@@ -367,9 +371,9 @@ class Journal:
             events.c.id, events.c.body, events.c.remote_addr, events.c.received_at
         ).order_by(events.c.id)
         if event_ids:
+            self._check_replayable(event_ids, statuses)
             query = query.where(events.c.id.in_(list(event_ids)))
-        else:
-            query = query.where(status_in(*statuses))
+        query = query.where(status_in(*statuses))
         if table:
             query = query.where(events.c.table_name == table.lower())
         with reading(self.engine) as conn:
@@ -380,6 +384,16 @@ class Journal:
             if isinstance(result, BaseException):
                 raise result
             yield result
+
+    def _check_replayable(self, event_ids: Sequence[int], statuses: Sequence[str]) -> None:
+        """Raise NotReplayable naming each of ``event_ids`` that is missing or whose status
+        is not one of ``statuses``."""
+        query = select(events.c.id, events.c.status).where(events.c.id.in_(list(event_ids)))
+        with reading(self.engine) as conn:
+            found = {int(r.id): str(r.status) for r in conn.execute(query)}
+        refused = {i: found.get(i) for i in sorted(set(event_ids)) if found.get(i) not in statuses}
+        if refused:
+            raise NotReplayable(refused)
 
 
 def locked(error: BaseException) -> bool:

@@ -3,7 +3,8 @@
 One module per command (or group of commands), each a click command of its own; this
 module holds the group and adds them to it. What they share is in ``common``: the
 consoles, ``fail``, the config (``Context``) and the one way to open the database
-(``database``). A new command is a new module here and one ``add_command`` line below.
+(``database``), and the options every command takes before or after its name
+(``shared_options``). A new command is a new module here and one line in the list below.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ from pathlib import Path
 
 import click
 
-from .. import __version__, config, logs
+from .. import __version__
 from ..emulate.commands import emulate
 from .check import check
-from .common import Context
+from .common import group_options, shared_options, start
 from .demo import demo
 from .history import history
 from .init import init
@@ -28,30 +29,12 @@ from .status import status
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option(
-    "-c",
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Config file. Default: $ALJEX_SYNC_CONFIG, else ./aljex-sync.toml.",
-)
-@click.option(
-    "--log-level",
-    type=click.Choice(["debug", "info", "warning", "error"]),
-    default="info",
-    show_default=True,
-    help="How much to log.",
-)
-@click.option(
-    "--log-format",
-    type=click.Choice(logs.FORMATS),
-    default="text",
-    show_default=True,
-    help="Log lines as readable text, or one JSON object per line.",
-)
+@group_options
 @click.version_option(__version__, prog_name="aljex-sync")
 @click.pass_context
-def main(ctx: click.Context, config_path: Path | None, log_level: str, log_format: str) -> None:
+def main(
+    ctx: click.Context, config_path: Path | None, log_level: str | None, log_format: str | None
+) -> None:
     """Keep your own database true to Aljex.
 
     aljex-sync receives Aljex's Database Synchronization feeds, the Live Sync HTTP posts
@@ -60,8 +43,7 @@ def main(ctx: click.Context, config_path: Path | None, log_level: str, log_forma
 
     Start with `aljex-sync init`, send Aljex what it prints, then run `aljex-sync serve`.
     """
-    logs.setup(log_level, log_format)
-    ctx.obj = Context(config.config_path(config_path))
+    start(ctx, config_path, log_level, log_format)
 
 
 for command in (
@@ -78,4 +60,4 @@ for command in (
     emulate,
     history,
 ):
-    main.add_command(command)
+    main.add_command(shared_options(command))

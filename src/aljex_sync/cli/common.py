@@ -1,20 +1,23 @@
-"""What every command shares: the consoles, the one-line failure, the config, the database."""
+"""What every command shares: the consoles, the one-line failure, the config and logging
+options, the database."""
 
 from __future__ import annotations
 
+import functools
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn, TypeVar
 
+import click
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from .. import config, overview
+from .. import config, logs, overview
 from ..config import Settings
 from ..errors import AljexSyncError, ConfigError
 from ..store.database import display_url, open_engine, translate
@@ -44,10 +47,12 @@ def fitting_table(title: str, *headers: str) -> Table:
 
 
 class Context:
-    """What every command gets: where the config is, loaded on first use."""
+    """What every command gets: where the config is, loaded on first use, and how it logs."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, log_level: str = "info", log_format: str = "text") -> None:
         self.path = path
+        self.log_level = log_level
+        self.log_format = log_format
         self._settings: Settings | None = None
 
     @property
@@ -58,6 +63,97 @@ class Context:
             except ConfigError as e:
                 fail(config.describe(e, self.path))
         return self._settings
+
+
+# -c/--config, --log-level and --log-format: taken by the group and by every command, so
+# that `aljex-sync -c X serve` and `aljex-sync serve -c X` both work. Unset unless given,
+# so that a command can tell its own value (which wins) from the group's.
+_SHARED_OPTIONS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
+    (
+        ("-c", "--config", "config_path"),
+        {
+            "type": click.Path(dir_okay=False, path_type=Path),
+            "help": "Config file. Default: $ALJEX_SYNC_CONFIG, else ./aljex-sync.toml.",
+        },
+    ),
+    (
+        ("--log-level",),
+        {
+            "type": click.Choice(["debug", "info", "warning", "error"]),
+            "help": "How much to log.  [default: info]",
+        },
+    ),
+    (
+        ("--log-format",),
+        {
+            "type": click.Choice(logs.FORMATS),
+            "help": "Log lines as readable text, or one JSON object per line.  [default: text]",
+        },
+    ),
+)
+F = TypeVar("F", bound=Callable[..., Any])
+C = TypeVar("C", bound=click.Command)
+
+
+def group_options(function: F) -> F:
+    """The shared options on the group's own function, as ``config_path``, ``log_level``
+    and ``log_format`` (None when not given); :func:`start` makes the Context of them."""
+    for declarations, attributes in reversed(_SHARED_OPTIONS):
+        function = click.option(*declarations, **attributes)(function)
+    return function
+
+
+def start(ctx: click.Context, config_path: Path | None, level: str | None, fmt: str | None) -> None:
+    """What the group does before any command: find the config, set up logging."""
+    ctx.obj = Context(config.config_path(config_path), level or "info", fmt or "text")
+    logs.setup(ctx.obj.log_level, ctx.obj.log_format)
+
+
+def shared_options(command: C) -> C:
+    """Give ``command`` (and, for a group, each of its commands) the shared options, shown
+    in its --help; a value given after the command's name wins over the group's.
+
+    The options are taken off before the command's own function is called, so a command
+    reads the config from its Context as before.
+    """
+    command.params.extend(
+        click.Option(list(declarations), **attributes)
+        for declarations, attributes in _SHARED_OPTIONS
+    )
+    run = command.callback
+
+    def settle_then_run(
+        *args: Any,
+        config_path: Path | None = None,
+        log_level: str | None = None,
+        log_format: str | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        _settle(config_path, log_level, log_format)
+        return run(*args, **kwargs) if run is not None else None
+
+    if run is not None:
+        functools.update_wrapper(settle_then_run, run)
+    command.callback = settle_then_run
+    if isinstance(command, click.Group):
+        for subcommand in command.commands.values():
+            shared_options(subcommand)
+    return command
+
+
+def _settle(config_path: Path | None, level: str | None, fmt: str | None) -> None:
+    """Let a command's own shared options override the group's."""
+    obj = click.get_current_context().find_object(Context)
+    if obj is not None and config_path is not None:
+        obj.path = config_path
+    if level is None and fmt is None:
+        return
+    if obj is None:  # a command run on its own (tests run `emulate` so), not under the group
+        logs.setup(level or "info", fmt or "text")
+        return
+    obj.log_level = level or obj.log_level
+    obj.log_format = fmt or obj.log_format
+    logs.setup(obj.log_level, obj.log_format)
 
 
 @contextmanager

@@ -11,11 +11,15 @@ from .common import Context, console, database, fail
 
 
 @click.command()
-@click.option("--keep-days", type=click.IntRange(min=1), help="Default: [journal] keep_days.")
+@click.option(
+    "--keep-days",
+    type=click.IntRange(min=0),
+    help="Default: [journal] keep_days. 0: keep them all.",
+)
 @click.option(
     "--tombstone-days",
-    type=click.IntRange(min=1),
-    help="Default: [journal] tombstone_days (at least 2).",
+    type=click.IntRange(min=0),
+    help="Default: [journal] tombstone_days. 0 (keep them all) or at least 2.",
 )
 @click.option("--dry-run", is_flag=True, help="Count what would go; remove nothing.")
 @click.pass_obj
@@ -32,10 +36,15 @@ def prune(obj: Context, keep_days: int | None, tombstone_days: int | None, dry_r
     problem = tombstone_days_problem(tomb_days, settings.morning.snapshot_margin)
     if problem:
         fail(f"--tombstone-days {problem}")
+    # Where a 0 (keep forever) came from, to say so.
+    days_from = "--keep-days 0" if keep_days is not None else "[journal] keep_days = 0"
+    tomb_from = (
+        "--tombstone-days 0" if tombstone_days is not None else "[journal] tombstone_days = 0"
+    )
     if not days and not tomb_days:
         fail(
-            "[journal] keep_days and tombstone_days are 0 (keep forever):"
-            " give --keep-days N or --tombstone-days N to prune"
+            f"nothing to prune: {days_from} and {tomb_from} keep everything;"
+            " give --keep-days N or --tombstone-days N"
         )
     verb = "Would remove" if dry_run else "Removed"
     lines = []
@@ -47,7 +56,7 @@ def prune(obj: Context, keep_days: int | None, tombstone_days: int | None, dry_r
                 f" received before {report.cutoff:%Y-%m-%d %H:%M} UTC ({days} days kept)."
             )
         else:
-            lines.append("Applied events are kept forever ([journal] keep_days = 0).")
+            lines.append(f"Applied events are kept forever ({days_from}).")
         if tomb_days:
             report = retention.prune_tombstones(engine, tomb_days, dry_run=dry_run)
             lines.append(
@@ -56,6 +65,6 @@ def prune(obj: Context, keep_days: int | None, tombstone_days: int | None, dry_r
                 f" ({tomb_days} days kept)."
             )
         else:
-            lines.append("Tombstones are kept forever ([journal] tombstone_days = 0).")
+            lines.append(f"Tombstones are kept forever ({tomb_from}).")
     for line in lines:  # one line each, unwrapped: scripts read them
         console.print(line, markup=False, highlight=False, soft_wrap=True)

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import click
 
+from ..errors import NotReplayable
 from ..journal import Journal
-from .common import Context, console, database
+from .common import Context, console, database, fail
 
 
 @click.command()
 @click.option("--table", help="Only events for this table.")
-@click.option("--event", "event_ids", type=int, multiple=True, help="Only this event id.")
+@click.option(
+    "--event",
+    "event_ids",
+    type=int,
+    multiple=True,
+    help="Only this held event (rejected with --include-rejected); repeatable.",
+)
 @click.option("--include-rejected", is_flag=True, help="Also retry rejected requests.")
 @click.pass_obj
 def replay(
@@ -19,7 +26,8 @@ def replay(
     """Re-apply held events, oldest first, after fixing what held them.
 
     For example, add `key = ["pro_num"]` under [tables.invoicing], then replay: the held
-    invoicing records land. Safe while `serve` runs.
+    invoicing records land. Safe while `serve` runs. An event named with --event that is
+    applied or superseded is refused: it is never applied twice.
     """
     settings = obj.settings
     counts: dict[str, int] = {}
@@ -39,6 +47,10 @@ def replay(
                     f" -> {outcome.status}{detail}",
                     highlight=False,
                 )
+        except NotReplayable as e:
+            fail(
+                f"{e}; replay applies only held events (and rejected ones with --include-rejected)"
+            )
         finally:
             journal.close()
     if not counts:
