@@ -306,16 +306,19 @@ def test_a_signal_delivered_twice_at_once_still_stops_cleanly(tmp_path):
 
 
 def _has_children(pid: int) -> bool:
-    """Whether ``pid`` has started its journal's writer (a Python child): serve has set its
-    signal handlers by then. Other children do not count: importing asyncssh may run gcc
-    for a moment (``ctypes.util.find_library``), before any handler is set."""
+    """Whether ``pid`` has started its journal's writer (through multiprocessing): serve has
+    set its signal handlers by then. Other children do not count: importing asyncssh may
+    run gcc for a moment (``ctypes.util.find_library``), before any handler is set."""
     for children in Path(f"/proc/{pid}/task").glob("*/children"):
         for child in children.read_text().split():
             try:
                 command = Path(f"/proc/{child}/cmdline").read_bytes()
             except OSError:
                 continue
-            if b"python" in command or b"aljex" in command:
+            # The writer comes through multiprocessing's forkserver. A child that only
+            # carries serve's own command line is a fork not yet exec'd (the gcc that
+            # importing asyncssh runs), from before any handler is set.
+            if b"multiprocessing" in command or b"journal_process" in command:
                 return True
     return False
 
