@@ -7,6 +7,7 @@ import hashlib
 import subprocess
 import sys
 import textwrap
+import tracemalloc
 from copy import deepcopy
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pytest
 from aljex_sync.csvfile import (
     MAX_COLUMNS,
     MAX_FIELD_CHARS,
+    MAX_ROW_CHARS,
     CsvReader,
     FileFacts,
     MalformedFile,
@@ -407,6 +409,70 @@ def test_field_longer_than_the_limit_is_malformed(tmp_path):
     error = malformed(write(tmp_path, b"a,b\n1,2\n3," + longest + b"x\n"))
     assert error.line == 3
     assert error.reason.startswith(f"a field is longer than {MAX_FIELD_CHARS} characters")
+
+
+def test_row_longer_than_the_limit_is_malformed_at_the_line_it_starts_on(tmp_path):
+    """The limit counts a record as written, its line break included; a record of many
+    short lines (quoted line breaks) is counted whole, and named by its first line."""
+    fields = MAX_ROW_CHARS // MAX_FIELD_CHARS
+    header = b",".join(b"c%d" % i for i in range(fields)) + b"\n"
+    full = b"x" * MAX_FIELD_CHARS
+    # One row of exactly the limit, line break included: accepted.
+    longest = b",".join([full[:-fields], *[full] * (fields - 1)]) + b"\n"
+    assert len(longest) == MAX_ROW_CHARS
+    assert len(read_all(write(tmp_path, header + longest, "ok.csv"))[1]) == 1
+    error = malformed(write(tmp_path, header + b"1" * fields + b"\n" + b"x" + longest))
+    assert error.line == 3
+    assert error.reason == f"a row is longer than {MAX_ROW_CHARS} characters"
+    quoted = b'"' + b"\n".join([b"x" * 1000] * 1000) + b'"'
+    wider = b",".join(b"c%d" % i for i in range(fields + 1)) + b"\n"
+    error = malformed(write(tmp_path, wider + b",".join([quoted] * (fields + 1)) + b"\n"))
+    assert error.line == 2
+    assert error.reason.startswith(f"a row is longer than {MAX_ROW_CHARS} characters (found on")
+
+
+def test_a_row_over_the_limit_is_refused_before_it_is_read_whole(tmp_path):
+    """The trial's file: one row of 400 fields of 1 MB took a load to 2 GB. The reader now
+    stops a line one character past the limit, whatever the line's length."""
+    field = b"x" * 1_000_000
+    path = write(tmp_path, b",".join(b"c%d" % i for i in range(40)) + b"\n")
+    with path.open("ab") as f:
+        f.write(b",".join([field] * 40) + b"\n")
+    tracemalloc.start()
+    try:
+        error = malformed(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert error.line == 2 and "a row is longer than" in error.reason
+    assert peak < 3 * MAX_ROW_CHARS
+
+
+def test_row_size_limit_is_per_reader(tmp_path):
+    path = write(tmp_path, b"a,b\n1,2\n12,345\n")
+    reader = CsvReader(path, inspect_file(path), max_row_chars=5)
+    with reader, pytest.raises(MalformedFile, match="line 3: a row is longer than 5 char"):
+        list(reader.batches())
+
+
+def test_batches_end_at_the_row_that_reaches_their_characters(tmp_path):
+    """Big rows make small batches, one row at the least; rows of 10 characters here."""
+    path = write(tmp_path, b"id,v\n" + b"".join(b"%d,%s\n" % (i, b"x" * 7) for i in range(10)))
+    with CsvReader(path, inspect_file(path)) as reader:
+        assert [len(batch) for batch in reader.batches(4, chars=25)] == [3, 3, 3, 1]
+    with CsvReader(path, inspect_file(path)) as reader:
+        assert [len(batch) for batch in reader.batches(4, chars=5)] == [1] * 10
+    with CsvReader(path, inspect_file(path)) as reader:
+        rows = [row for batch in reader.batches(4, chars=25) for row in batch]
+    assert rows == read_all(path)[1]
+
+
+def test_a_short_row_where_a_batch_ends_on_its_characters_is_malformed_not_truncated(tmp_path):
+    """More rows follow it, so it is no cut upload."""
+    path = write(tmp_path, b"id,v\n1,abcdefgh\n2\n3,abcdefgh\n")
+    with CsvReader(path, inspect_file(path)) as reader, pytest.raises(MalformedFile) as caught:
+        list(reader.batches(100, chars=12))
+    assert type(caught.value) is MalformedFile and caught.value.line == 3
 
 
 def test_field_size_limit_is_per_reader(tmp_path):

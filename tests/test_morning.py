@@ -21,7 +21,7 @@ from sqlalchemy import Engine, inspect, select, text
 
 from aljex_sync.cli import main
 from aljex_sync.clock import utcnow
-from aljex_sync.csvfile import CsvReader, inspect_file
+from aljex_sync.csvfile import MAX_FIELD_CHARS, MAX_ROW_CHARS, CsvReader, inspect_file
 from aljex_sync.inbox import Arrival, LoadQueue, dispose
 from aljex_sync.journal import Journal
 from aljex_sync.morning import MorningLoader, export_time, table_for
@@ -369,6 +369,36 @@ def test_a_file_malformed_after_many_rows_leaves_no_trace(receiver, tmp_path):
     assert table_rows(receiver.engine, "SELECT id, name FROM carriers") == [
         {"id": "K1", "name": "A"}
     ]
+
+
+def test_a_row_over_the_row_limit_fails_the_file_with_its_line(receiver, tmp_path):
+    """The trial's file, in small: one row of many 1 MB fields. The limit on a row's size
+    fails the file cleanly, as the limit on a field's does."""
+    fields = MAX_ROW_CHARS // MAX_FIELD_CHARS + 1
+    header = ",".join(["id", *(f"f{i}" for i in range(1, fields))])
+    wide = ",".join(["K2", *["x" * MAX_FIELD_CHARS] * (fields - 1)])
+    path = tmp_path / "inbox" / "Carriers.csv"
+    path.parent.mkdir()
+    path.write_text(f"{header}\nK1{',' * (fields - 1)}\n{wide}\n")
+    report = receiver.load(path)
+    assert report.status == "failed"
+    assert report.error == f"Carriers.csv line 3: a row is longer than {MAX_ROW_CHARS} characters"
+    assert dispose(report, path, path.parent) == path.parent / "failed" / "Carriers.csv"
+    with receiver.engine.connect() as conn:
+        assert not conn.dialect.has_table(conn, "carriers")
+
+
+def test_a_file_of_big_rows_loads_whole_in_batches_of_a_few_rows(receiver, tmp_path):
+    """Rows of 1 MB: batches end on their size, not at 500 rows, so staging holds a few MB
+    at a time; every row and value arrives."""
+    rows = [[f"K{i}", chr(97 + i) * 500_000, chr(65 + i) * 500_000] for i in range(10)]
+    path = write_csv(tmp_path / "Carriers.csv", ["id", "a", "b"], rows)
+    staged: list[int] = []
+    report = receiver.load(path, progress=lambda _bytes, rows: staged.append(rows))
+    assert report.status == "loaded" and report.counts.inserted == 10
+    assert staged == [5, 10]  # 4 MiB a batch: the row that passes it ends one
+    loaded = table_rows(receiver.engine, "SELECT id, a, b FROM carriers ORDER BY id")
+    assert [[r["id"], r["a"], r["b"]] for r in loaded] == rows
 
 
 def test_a_header_without_the_key_field_is_rejected(receiver, tmp_path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
 import selectors
 import socket
 import subprocess
@@ -287,14 +288,98 @@ async def login(port: int) -> asyncssh.SSHClientConnection:
     )
 
 
+def open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def hold_open_uploads(
+    conn: asyncssh.SSHClientConnection, tries: int
+) -> tuple[list[asyncssh.SFTPClientFile], list[str]]:
+    """Open ``tries`` uploads on a new session of ``conn`` and keep them open: the handles
+    the server gave, and the reasons of the opens it refused."""
+    sftp = await conn.start_sftp_client()
+    held, refused = [], []
+    for n in range(tries):
+        try:
+            held.append(await sftp.open(f"held-{id(conn)}-{n}.csv", "wb"))
+        except asyncssh.SFTPFailure as e:
+            refused.append(e.reason)
+    return held, refused
+
+
+def test_open_uploads_are_capped_per_session_and_in_total_and_descriptors_stay_bounded(
+    serve: Callable[..., RunningInbox], tmp_path: Path, sftp_log: pytest.LogCaptureFixture
+) -> None:
+    """The trial's attack: sessions that open uploads by the hundred and never close them.
+    Each session gets a few, all of them together a fixed number; the rest are refused with
+    the reason, the process's descriptors stay bounded, and once a handle is closed an
+    upload with OpenSSH's sftp goes through."""
+    server = serve()
+    per_session = sftp_settings.MAX_OPEN_UPLOADS_PER_SESSION
+    in_total = sftp_settings.MAX_OPEN_UPLOADS
+    sessions = in_total // per_session + 1
+    tries = 200
+    local = tmp_path / "Loads.csv"
+    local.write_text("id\nL1\n")
+
+    def upload() -> int:
+        result = sftp_upload(
+            server.port, [f"put {local}"], tmp_path / "client", password=SFTP_PASSWORD
+        )
+        return result.returncode
+
+    async def attack() -> tuple[list[int], set[str], int, int, int]:
+        before = open_descriptors()
+        conns = [await login(server.port) for _ in range(sessions)]
+        results = [await hold_open_uploads(conn, tries) for conn in conns]
+        grown = open_descriptors() - before
+        held = [len(handles) for handles, _ in results]
+        reasons = {reason for _, refused in results for reason in refused}
+        refused_put = await asyncio.to_thread(upload)
+        await results[0][0][0].close()  # completes an empty upload, and frees a place
+        uploaded = await asyncio.to_thread(upload)
+        for conn in conns:
+            conn.close()
+            await conn.wait_closed()
+        return held, reasons, grown, refused_put, uploaded
+
+    held, reasons, grown, refused_put, uploaded = asyncio.run(attack())
+    assert held == [per_session] * (sessions - 1) + [0]
+    assert reasons == {
+        f"Too many uploads open at once: {per_session} in this session;"
+        " close one before opening another",
+        f"Too many uploads open at once: {in_total} on this server; try again once one is closed",
+    }
+    # Both ends of each session's socket, and the uploads' files: nothing per refused open.
+    assert grown <= 2 * sessions + in_total + 4
+    assert refused_put != 0 and uploaded == 0
+    assert "Loads.csv" in {upload.name for upload in server.stop()}
+    assert not [p for p in server.settings.inbox.iterdir() if p.name.startswith(".")]
+    refusals = lines_of(sftp_log, "upload refused")
+    # Per session the first refusal, then the count of the rest when it ends; and the put.
+    assert len(refusals) == 2 * sessions + 1
+    counted = sorted(r for r in refusals if "more times" in r)
+    assert counted == [
+        *[
+            f"upload refused {tries - per_session - 1} more times from 127.0.0.1: too many"
+            " uploads open at once"
+        ]
+        * (sessions - 1),
+        f"upload refused {tries - 1} more times from 127.0.0.1: too many uploads open at once",
+    ]
+    levels = {r.levelname for r in sftp_log.records if "upload refused" in r.getMessage()}
+    assert levels == {"WARNING"}
+
+
 def test_the_sftp_server_fits_in_the_descriptors_live_sync_leaves_to_the_rest() -> None:
-    """Each connection may hold a socket and an upload's file; asyncio accepts up to a
+    """Each connection holds a socket, open uploads a file each; asyncio accepts up to a
     backlog at once before any is refused (twice over, as Live Sync counts them)."""
     defaults = SftpSettings("127.0.0.1", 0, "u", bool, Path("inbox"), Path("key"))
-    worst = 2 * defaults.max_connections + 2 * sftp_settings.SSH_BACKLOG
+    worst = defaults.max_connections + defaults.max_open_uploads + 2 * sftp_settings.SSH_BACKLOG
     assert worst <= RESERVED_DESCRIPTORS // 2
     assert defaults.max_unauthenticated_per_address < defaults.max_unauthenticated
     assert defaults.max_unauthenticated < defaults.max_connections
+    assert defaults.max_open_uploads_per_session < defaults.max_open_uploads
 
 
 if __name__ == "__main__":  # the flood process

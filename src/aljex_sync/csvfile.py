@@ -25,10 +25,12 @@ What a file may be (RFC 4180 with the leniencies real exports need):
   one column ``osd``); a name given twice, in any case, follows Live Sync's duplicate-field
   rule: the last column wins, name and values, with a warning (:attr:`CsvReader.warnings`).
   A header with no rows is valid: the loader decides what it means.
-- every row has as many fields as the header, and no field is longer than
-  :data:`MAX_FIELD_CHARS`, which also stops an unclosed quote from swallowing the file. A row
-  is parsed before its width is checked, so one absurd record (millions of empty fields on a
-  line) costs memory before it is refused; the field limit bounds everything else.
+- every row has as many fields as the header, no field is longer than
+  :data:`MAX_FIELD_CHARS`, which also stops an unclosed quote from swallowing the file, and
+  no record is longer than :data:`MAX_ROW_CHARS`, which is checked line by line as the
+  record is read: what a record costs before it is refused is in proportion to that limit,
+  not to the file (at worst a line of 8 Mi empty fields, a list of 64 MB, before its width
+  is checked).
 
 Line numbers are physical lines, counted the way ``open(..., newline="")`` splits them (CR LF,
 LF or a lone CR each end one), and an error in a record names the line where it starts. Errors
@@ -42,8 +44,10 @@ import csv
 import hashlib
 import os
 import re
+import sys
 import threading
 from dataclasses import dataclass
+from functools import partial
 from itertools import islice, repeat
 from operator import contains
 from pathlib import Path
@@ -54,14 +58,15 @@ from .charset import Decoding, decode, error_handler
 from .errors import MorningFileError
 
 if TYPE_CHECKING:
-    from _csv import Reader
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
 __all__ = [
+    "DEFAULT_BATCH_CHARS",
     "DEFAULT_BATCH_SIZE",
     "DELIMITERS",
     "MAX_COLUMNS",
     "MAX_FIELD_CHARS",
+    "MAX_ROW_CHARS",
     "CsvReader",
     "FileFacts",
     "MalformedFile",
@@ -78,6 +83,19 @@ MAX_FIELD_CHARS = 1 << 20
 
 MAX_COLUMNS = 4096
 """Most columns a header may name."""
+
+MAX_ROW_CHARS = 8 << 20
+"""Longest record accepted, in characters as written (quotes and line breaks included).
+
+The column and field limits alone allow a record of 4 GiB, which a load held about five times
+over (a 400 MB row took 2 GB). Aljex's widest files have about 990 fields of mostly short
+values, a few KB a row; 8 MiB leaves room for a thousand times that, and keeps one row, read
+and parsed, to a few tens of MB. A longer record is refused before it is read whole."""
+
+DEFAULT_BATCH_CHARS = 4 << 20
+"""Characters of records per batch: a batch ends at the first record boundary past it, so
+that big rows make smaller batches (one row at the least) and a batch of 500 rows of 8 MiB
+cannot take gigabytes."""
 
 DEFAULT_BATCH_SIZE = 1000
 """Rows per batch. Larger batches read slower (5000 rows: about 20% on 40 columns), as their
@@ -113,6 +131,10 @@ class MalformedFile(MorningFileError):
     def __str__(self) -> str:
         where = self.path.name if self.line is None else f"{self.path.name} line {self.line}"
         return f"{where}: {self.reason}"
+
+
+class _RowTooLong(Exception):
+    """Raised through ``csv`` by :meth:`CsvReader._lines`: the record is over the limit."""
 
 
 class PossiblyTruncated(MalformedFile):
@@ -245,6 +267,7 @@ class CsvReader:
         *,
         max_field_chars: int = MAX_FIELD_CHARS,
         max_columns: int = MAX_COLUMNS,
+        max_row_chars: int = MAX_ROW_CHARS,
         watch_plain: bool = False,
     ) -> None:
         if facts.delimiter not in DELIMITERS:
@@ -253,6 +276,7 @@ class CsvReader:
         self.facts = facts
         self.max_field_chars = max_field_chars
         self.max_columns = max_columns
+        self.max_row_chars = max_row_chars
         self.header = []
         self.warnings: list[str] = []
         self.line = 0
@@ -263,7 +287,9 @@ class CsvReader:
         self.plain = watch_plain
         self._blank_seen = False
         self._file: TextIO | None = None
-        self._reader: Reader | None = None
+        self._readline: Callable[[], str] | None = None
+        self._lines_read = 0  # physical lines parsed, as csv counts them
+        self._full = False  # the last parse stopped at its characters, not its row count
         self._batch_start = 0
         self._batch_raw: list[list[str]] = []
         self._width = 0  # fields per record, as written
@@ -292,7 +318,8 @@ class CsvReader:
             size = os.fstat(self._file.fileno()).st_size
             if size != self.facts.size:
                 raise MalformedFile(self.path, None, _changed(self.facts.size, size))
-            self._reader = csv.reader(self._file, delimiter=self.facts.delimiter, strict=True)
+            # At most one character over the row limit: a longer line is refused unread.
+            self._readline = partial(self._file.readline, self.max_row_chars + 1)
             self._read_header()
         except BaseException:
             self.close()
@@ -300,24 +327,26 @@ class CsvReader:
 
     def close(self) -> None:
         """Close the file; safe to call more than once."""
-        self._reader = None
+        self._readline = None
         if self._file is not None:
             self._file.close()
             self._file = None
 
-    def batches(self, size: int = DEFAULT_BATCH_SIZE) -> Iterator[list[list[str]]]:
-        """Yield lists of at most ``size`` rows until the end of the file.
+    def batches(
+        self, size: int = DEFAULT_BATCH_SIZE, chars: int = DEFAULT_BATCH_CHARS
+    ) -> Iterator[list[list[str]]]:
+        """Yield lists of at most ``size`` rows until the end of the file; a batch also ends
+        after the record that takes it to ``chars`` characters, so it holds one row at least.
 
         Checks are per batch and run in C (a set of row lengths); only a batch holding a blank
         line or a bad row takes the slower path that finds it.
         """
         if size < 1:
             raise ValueError(f"batch size must be at least 1, not {size}")
-        reader = self._require_reader()
         width = self._width
         while True:
-            start = reader.line_num
-            rows = self._parse(reader, size, start)
+            start = self._lines_read
+            rows = self._parse(size, chars)
             if not rows:
                 break
             lengths = set(map(len, rows))
@@ -326,7 +355,8 @@ class CsvReader:
             if lengths == {width}:
                 batch = rows
             else:
-                self._refuse_wrong_width(rows, lengths, start, full=len(rows) == size)
+                more = len(rows) == size or self._full
+                self._refuse_wrong_width(rows, lengths, start, full=more)
                 batch = [row for row in rows if row]  # only blank lines remain to drop
                 if not batch:
                     continue
@@ -335,10 +365,10 @@ class CsvReader:
                 batch = [[row[i] for i in keep] for row in batch]
             self._batch_start = start
             self._batch_raw = rows.copy()
-            self.line = reader.line_num
+            self.line = self._lines_read
             self.bytes_read = self._position()
             yield batch
-        self.line = reader.line_num
+        self.line = self._lines_read
         self.bytes_read = self._position()
         if self.bytes_read != self.facts.size:
             raise MalformedFile(self.path, None, _changed(self.facts.size, self.bytes_read))
@@ -360,10 +390,9 @@ class CsvReader:
         raise IndexError(f"the last batch has no row {index}")
 
     def _read_header(self) -> None:
-        reader = self._require_reader()
         while True:
-            start = reader.line_num
-            rows = self._parse(reader, 1, start)
+            start = self._lines_read
+            rows = self._parse(1)
             if not rows:
                 raise MalformedFile(self.path, None, "there is no header row")
             if rows[0]:
@@ -394,23 +423,67 @@ class CsvReader:
             names = [header[i] for i in self._keep]
             self.plain = False  # the file's own bytes have the columns that were dropped
         self.header = names
-        self.line = reader.line_num
+        self.line = self._lines_read
 
-    def _parse(self, reader: Reader, size: int, start: int) -> list[list[str]]:
-        """Parse up to ``size`` records in one C call; ``start`` is the line before them."""
+    def _parse(self, size: int, chars: int = sys.maxsize) -> list[list[str]]:
+        """Parse up to ``size`` records in one C call, fewer if they reach ``chars``
+        characters first; the file is left at the start of the next record."""
+        if self._readline is None:
+            raise RuntimeError(f"{self.path.name} is not open: use CsvReader in a with block")
+        start = self._lines_read
         rows: list[list[str]] = []
+        self._full = False
+        # A reader per parse: its input ends where the parse should, between two records.
+        lines = self._lines(self._readline, rows, chars)
+        reader = csv.reader(lines, delimiter=self.facts.delimiter, strict=True)
         with _FIELD_LIMIT_LOCK:
             previous = csv.field_size_limit(self.max_field_chars)
             try:
                 rows.extend(islice(reader, size))
+            except _RowTooLong:
+                line = start + sum(map(_lines_spanned, rows)) + 1
+                reason = f"a row is longer than {self.max_row_chars} characters"
+                found = start + reader.line_num + 1  # the line being read: not counted yet
+                if found > line:
+                    reason += f" (found on line {found})"
+                raise MalformedFile(self.path, line, reason) from None
             except csv.Error as e:
-                raise self._bad_record(rows, start, reader.line_num, str(e)) from e
+                raise self._bad_record(rows, start, start + reader.line_num, str(e)) from e
             except UnicodeDecodeError as e:
                 reason = f"the file changed since it was inspected: not {self.facts.encoding} here"
-                raise MalformedFile(self.path, reader.line_num + 1, reason) from e
+                raise MalformedFile(self.path, start + reader.line_num + 1, reason) from e
             finally:
                 csv.field_size_limit(previous)
+        self._lines_read = start + reader.line_num
         return rows
+
+    def _lines(
+        self, readline: Callable[[], str], rows: list[list[str]], chars: int
+    ) -> Iterator[str]:
+        """The file's lines for one parse, which fills ``rows``; they end once ``chars``
+        characters of whole records have been read, and a record over the row limit raises
+        :class:`_RowTooLong` as soon as its lines add up to more, before it is held whole.
+
+        ``csv`` takes a record line by line, and ``rows`` grows by one as each record ends
+        (``list.extend`` appends as it goes, as :meth:`_bad_record` relies on too), so a line
+        read here knows whether it starts a record. Runs once a line: locals only.
+        """
+        most = self.max_row_chars
+        seen = read = record = 0  # rows when the last line was read; characters; where
+        while True:
+            if len(rows) != seen:  # the line before ended a record
+                seen = len(rows)
+                record = read
+                if read >= chars:
+                    self._full = True
+                    return
+            line = readline()
+            if not line:
+                return
+            read += len(line)
+            if read - record > most:
+                raise _RowTooLong
+            yield line
 
     def _bad_record(
         self, rows: list[list[str]], start: int, error_line: int, message: str
@@ -471,19 +544,13 @@ class CsvReader:
 
     def _no_more_records(self) -> bool:
         """Whether only blank lines are left to read. Only on the way to an error: it reads on."""
-        reader = self._require_reader()
         try:
-            while rows := self._parse(reader, 1, reader.line_num):
+            while rows := self._parse(1):
                 if rows[0]:
                     return False
         except MalformedFile:
             return False
         return True
-
-    def _require_reader(self) -> Reader:
-        if self._reader is None:
-            raise RuntimeError(f"{self.path.name} is not open: use CsvReader in a with block")
-        return self._reader
 
     def _position(self) -> int:
         assert self._file is not None

@@ -157,6 +157,10 @@ class SftpInbox:
         self._sessions.add(session)
         self._no_sessions.clear()
 
+    def open_uploads(self) -> int:
+        """Upload handles open across all sessions: each holds a file descriptor."""
+        return sum(session.open_uploads for session in self._sessions)
+
     def session_ended(self, session: InboxSFTPServer) -> None:
         self._sessions.discard(session)
         if not self._sessions:

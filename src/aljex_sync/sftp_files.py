@@ -87,6 +87,10 @@ class _OpenUpload:
         raise SFTPPermissionDenied("Uploads cannot be read back")
 
 
+class _TooManyOpen(SFTPFailure):
+    """An open refused by the open-upload limits (FX_FAILURE, with the limit as the reason)."""
+
+
 @dataclass(frozen=True)
 class _Closed:
     """A closed, fsynced upload under a partial name, waiting for its rename to a final name."""
@@ -115,6 +119,7 @@ class InboxSFTPServer(asyncssh.SFTPServer):
         self._open: set[_OpenUpload] = set()
         self._partials: dict[str, _Closed] = {}  # closed, under a partial name, not renamed
         self._delivered: set[str] = set()  # reported in this session
+        self._refused_over_limit = 0  # opens refused by the open-upload limits
         inbox.session_started(self)
 
     def map_path(self, path: bytes) -> bytes:
@@ -158,6 +163,12 @@ class InboxSFTPServer(asyncssh.SFTPServer):
         try:
             return self._open_upload(path, pflags)
         except SFTPError as e:
+            if isinstance(e, _TooManyOpen):
+                # A client looping on open would log a line per attempt: the first is
+                # logged, the rest counted and logged when the session ends.
+                self._refused_over_limit += 1
+                if self._refused_over_limit > 1:
+                    raise
             shown = path.decode("utf-8", "replace").lstrip("/")
             log.warning("upload refused: %r from %s: %s", shown[:80], self._remote_addr, e.reason)
             raise
@@ -173,6 +184,7 @@ class InboxSFTPServer(asyncssh.SFTPServer):
                 raise SFTPPermissionDenied("Resuming is not supported; upload the whole file")
         elif not pflags & FXF_CREAT:
             raise SFTPNoSuchFile(f"No such file: {name}")
+        self._check_open_limits()
         temp = self._dir / f"{_TEMP_PREFIX}{secrets.token_hex(8)}-{name}"
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
@@ -182,6 +194,30 @@ class InboxSFTPServer(asyncssh.SFTPServer):
         upload = _OpenUpload(name, temp, fd, datetime.now(UTC), time.monotonic())
         self._open.add(upload)
         return upload
+
+    @property
+    def open_uploads(self) -> int:
+        """Upload handles this session holds open, each with a file descriptor."""
+        return len(self._open)
+
+    def _check_open_limits(self) -> None:
+        """Refuse a new upload handle over the per-session or the server-wide limit.
+
+        Each open upload holds a file descriptor, and the process's descriptors are Live
+        Sync's too: a client holding thousands of handles once took them all.
+        """
+        settings = self._inbox.settings
+        per_session = settings.max_open_uploads_per_session
+        if len(self._open) >= per_session:
+            raise _TooManyOpen(
+                f"Too many uploads open at once: {per_session} in this session;"
+                " close one before opening another"
+            )
+        if self._inbox.open_uploads() >= settings.max_open_uploads:
+            raise _TooManyOpen(
+                f"Too many uploads open at once: {settings.max_open_uploads} on this server;"
+                " try again once one is closed"
+            )
 
     def write(self, file_obj: object, offset: int, data: bytes) -> int:
         upload = _as_upload(file_obj)
@@ -291,6 +327,12 @@ class InboxSFTPServer(asyncssh.SFTPServer):
             log.info("removing %r: uploaded under a partial name but never renamed", name)
             (self._dir / name).unlink(missing_ok=True)
         self._partials.clear()
+        if self._refused_over_limit > 1:
+            log.warning(
+                "upload refused %d more times from %s: too many uploads open at once",
+                self._refused_over_limit - 1,
+                self._remote_addr,
+            )
         self._inbox.session_ended(self)
         # asyncssh ends an SFTP session without an exit status, which scp (in its SFTP mode)
         # takes as a failure even after a good upload. No-op if the channel is already closed.

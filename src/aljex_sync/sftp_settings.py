@@ -3,9 +3,10 @@
 The algorithms are chosen to pass ssh-audit; the host key is ed25519, generated once and
 kept, since the customer gives its fingerprint to Aljex.
 
-The connection limits keep the server inside the file descriptors Live Sync leaves to
-everything else (``http_server.RESERVED_DESCRIPTORS``): the SFTP server takes at most half
-of them, whatever a client does. Aljex logs in with one connection, or a few.
+The connection and open-upload limits keep the server inside the file descriptors Live Sync
+leaves to everything else (``http_server.RESERVED_DESCRIPTORS``): the SFTP server takes at
+most half of them, whatever a client does. Aljex logs in with one connection, or a few, and
+uploads one file at a time.
 """
 
 from __future__ import annotations
@@ -68,6 +69,15 @@ SSH_DESCRIPTORS = RESERVED_DESCRIPTORS // 2
 SSH_BACKLOG = SSH_DESCRIPTORS // 4
 #: SSH connections at once; each holds a socket, and while it uploads, a file.
 MAX_CONNECTIONS = (SSH_DESCRIPTORS - 2 * SSH_BACKLOG) // 2
+#: Upload handles open at once across all sessions, each holding a file descriptor: one per
+#: connection, which is what the descriptor budget above leaves room for. Without a limit one
+#: session opening thousands of handles took every descriptor of the process, and Live Sync
+#: with it. Fixed, not a setting: more would not fit the budget.
+MAX_OPEN_UPLOADS = MAX_CONNECTIONS
+#: Upload handles one SFTP session may hold open at once. Aljex uploads one file at a time;
+#: a few leave room for clients that overlap the close of one file with the open of the
+#: next, while one session cannot take every place of :data:`MAX_OPEN_UPLOADS`.
+MAX_OPEN_UPLOADS_PER_SESSION = 4
 #: Of those, connections not logged in yet (OpenSSH's MaxStartups): the rest stay free for
 #: Aljex once logged in, whoever else connects.
 MAX_UNAUTHENTICATED = MAX_CONNECTIONS // 2
@@ -98,6 +108,8 @@ class SftpSettings:
     max_unauthenticated_per_address: int = MAX_UNAUTHENTICATED_PER_ADDRESS
     login_timeout: float = LOGIN_TIMEOUT
     allow_ips: tuple[Network, ...] = ()  # empty: any address may connect
+    max_open_uploads: int = MAX_OPEN_UPLOADS  # across sessions; more opens are refused
+    max_open_uploads_per_session: int = MAX_OPEN_UPLOADS_PER_SESSION
 
 
 def host_key_fingerprint(path: Path) -> str:
