@@ -23,6 +23,7 @@ from sqlalchemy import inspect, update
 from aljex_sync import journal_query, preflight, retention
 from aljex_sync.cli import main
 from aljex_sync.journal import Journal
+from aljex_sync.sftp_settings import host_key_fingerprint
 from aljex_sync.store.database import open_engine
 from aljex_sync.store.schema import events, utcnow
 
@@ -367,6 +368,37 @@ def test_check_finds_a_sqlite_file_in_a_folder_that_does_not_exist_a_problem(tmp
     assert out.splitlines()[0] == (
         f"problem: database.url: the folder {database.parent} does not exist; make it first"
     )
+
+
+def test_check_makes_the_inbox_and_key_folders_as_serve_would_and_leaves_none_behind(
+    tmp_path, monkeypatch
+):
+    inbox, key = tmp_path / "new" / "deep" / "inbox", tmp_path / "keys" / "host_key"
+    monkeypatch.setenv("ALJEX_SYNC_MORNING_INBOX", str(inbox))
+    monkeypatch.setenv("ALJEX_SYNC_MORNING_HOST_KEY", str(key))
+    code, out = run("-c", str(write_config(tmp_path, f"sqlite:///{tmp_path / 'a.db'}")), "check")
+    assert code == 0, out
+    assert f"ok: inbox {inbox}\n" in out
+    assert (
+        f"ok: host key {key} does not exist: serve will create it, and Aljex must be given"
+        " its new fingerprint\n"
+    ) in out
+    assert not (tmp_path / "new").exists() and not (tmp_path / "keys").exists()
+
+
+def test_check_finds_an_inbox_in_the_place_of_a_file_a_problem(tmp_path, monkeypatch):
+    (tmp_path / "inbox").write_text("a file, not a folder\n")
+    code, out = run("-c", str(write_config(tmp_path, f"sqlite:///{tmp_path / 'a.db'}")), "check")
+    assert code == 1
+    assert out.splitlines() == [f"problem: morning.inbox: {tmp_path / 'inbox'} is not a folder"]
+
+
+def test_check_shows_the_fingerprint_of_an_existing_host_key(tmp_path):
+    config = write_config(tmp_path, f"sqlite:///{tmp_path / 'a.db'}")
+    fingerprint = host_key_fingerprint(tmp_path / "host_key")
+    code, out = run("-c", str(config), "check")
+    assert code == 0, out
+    assert f"ok: host key {tmp_path / 'host_key'}, fingerprint {fingerprint}\n" in out
 
 
 @pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:"], ids=["empty", "memory"])

@@ -169,6 +169,78 @@ def test_an_address_not_on_this_host_is_one_line_without_the_already_running_hin
     assert "already running" not in lines[0] and "[Errno" not in lines[0]
 
 
+def under_a_file(tmp_path: Path, *parts: str) -> Path:
+    """A path whose parent folder would have to be made inside a plain file: no user, root
+    included, can make it (a read-only folder would not stop root)."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("a file where a folder should be\n")
+    return blocker.joinpath(*parts)
+
+
+def check_problems(config: Path, env: dict[str, str]) -> list[str]:
+    """`aljex-sync check` on the same config and environment: its problem lines."""
+    result = subprocess.run(
+        [sys.executable, "-m", "aljex_sync.cli", "-c", str(config), "check"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=60,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    return [line for line in result.stdout.splitlines() if line.startswith("problem: ")]
+
+
+@pytest.mark.parametrize(
+    ("variable", "key", "value", "folder"),
+    [
+        ("ALJEX_SYNC_MORNING_INBOX", "morning.inbox", ("inbox",), ("inbox",)),
+        ("ALJEX_SYNC_MORNING_HOST_KEY", "morning.host_key", ("keys", "host_key"), ("keys",)),
+    ],
+    ids=["inbox", "host-key"],
+)
+def test_a_folder_serve_cannot_make_is_one_line_naming_it_not_the_port(
+    tmp_path, variable, key, value, folder
+):
+    env = {variable: str(under_a_file(tmp_path, *value))}
+    sftp = f"127.0.0.1:{free_port()}"
+    with serving(write_config(tmp_path, sftp=sftp), env) as serve:
+        code, lines, elapsed = serve.finish()
+    assert code == 1 and elapsed < HANG_GUARD
+    made = under_a_file(tmp_path, *folder)
+    assert_one_error_line(lines, f"{key}: cannot make the folder {made}: Not a directory")
+    assert "listen" not in lines[0]
+    # check says the same, so that a check that passes means a start that does.
+    assert check_problems(write_config(tmp_path, sftp=sftp), env) == [
+        lines[0].replace("error: ", "problem: ", 1)
+    ]
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="no /proc on this system")
+@pytest.mark.parametrize(
+    ("variable", "key", "path", "folder"),
+    [
+        ("ALJEX_SYNC_MORNING_INBOX", "morning.inbox", "/proc/inbox", "/proc/inbox"),
+        (
+            "ALJEX_SYNC_MORNING_HOST_KEY",
+            "morning.host_key",
+            "/proc/sys/kernel/hk/key",
+            "/proc/sys/kernel/hk",
+        ),
+    ],
+    ids=["inbox", "host-key"],
+)
+def test_a_folder_under_proc_is_one_line_with_the_systems_reason(
+    tmp_path, variable, key, path, folder
+):
+    """What an operator tried: even root cannot make a folder in /proc."""
+    config = write_config(tmp_path)
+    with serving(config, {variable: path}) as serve:
+        code, lines, _ = serve.finish()
+    assert code == 1
+    assert_one_error_line(lines, f"{key}: cannot make the folder {folder}: ")
+    assert check_problems(config, {variable: path}) == [lines[0].replace("error: ", "problem: ")]
+
+
 def free_port() -> int:
     with port_taken() as port:
         return port

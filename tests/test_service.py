@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
+import pytest
 from sqlalchemy import Engine, text
 
+from aljex_sync.clock import utcnow
+from aljex_sync.inbox import Arrival
 from aljex_sync.store.database import normalize_url, open_engine
 
 from .support import RunningService, make_settings
@@ -78,3 +82,57 @@ def _gone(engine: Engine, alive: str, session: int, within: float = 5.0) -> bool
         if time.monotonic() > deadline:
             return False
         time.sleep(0.05)
+
+
+# -- the SFTP host key ------------------------------------------------------------------------
+
+
+def key_lines(caplog) -> list[tuple[str, str]]:
+    return [
+        (r.levelname, r.getMessage())
+        for r in caplog.records
+        if r.name == "aljex_sync.sftp" and "generated" in r.getMessage()
+    ]
+
+
+def test_a_host_key_made_on_a_first_start_is_logged_at_info_with_its_fingerprint(
+    tmp_path, sqlite_url, caplog
+):
+    caplog.set_level(logging.INFO, "aljex_sync.sftp")
+    with RunningService(make_settings(sqlite_url, tmp_path)) as running:
+        fingerprint = running.service.sftp.fingerprint
+    assert key_lines(caplog) == [
+        (
+            "INFO",
+            f"generated SSH host key {tmp_path / 'host_key'}, fingerprint {fingerprint}:"
+            " give it to Aljex",
+        )
+    ]
+
+
+@pytest.mark.parametrize("used", ["inbox", "file log"])
+def test_a_host_key_serve_makes_where_files_came_before_is_a_warning_of_a_changed_key(
+    tmp_path, sqlite_url, caplog, used
+):
+    """A mistyped [morning] host_key makes a new key: Aljex, which pinned the old one, will
+    refuse it, and the log says so with the new fingerprint."""
+    settings = make_settings(sqlite_url, tmp_path)
+    with RunningService(settings) as running:  # the first start: its key is given to Aljex
+        loads = running.service.loads
+        (settings.morning.inbox / "Employees.csv").write_text("id,name\nE1,Ann\n")
+        loads.put(Arrival(settings.morning.inbox / "Employees.csv", utcnow(), None))
+        assert loads.wait_idle(30)
+    caplog.set_level(logging.INFO, "aljex_sync.sftp")
+    caplog.clear()
+    moved = {"host_key": str(tmp_path / "typo" / "host_key")}
+    if used == "file log":  # a new inbox too: only the database remembers the files
+        moved["inbox"] = str(tmp_path / "inbox2")
+    with RunningService(make_settings(sqlite_url, tmp_path, morning=moved)) as running:
+        fingerprint = running.service.sftp.fingerprint
+    ((level, message),) = key_lines(caplog)
+    assert level == "WARNING"
+    assert message.startswith(
+        f"generated a new SSH host key {tmp_path / 'typo' / 'host_key'}, fingerprint"
+        f" {fingerprint}, though this receiver has taken morning files before: Aljex will see a"
+        " changed host key"
+    )

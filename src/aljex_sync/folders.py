@@ -3,9 +3,15 @@
 ``archive/`` (loaded, or a duplicate of a loaded file), ``failed/``, ``held/`` and
 ``unmatched/`` live inside the inbox itself. No upload may take one of their names, in any
 case: a file named ``failed`` in the inbox root stands where the folder must be made.
+
+:func:`folder_problem` words a folder that cannot be made or written in (the inbox, the host
+key's), the same way for ``serve``, which stops on it, and ``check``, which reports it.
 """
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 ARCHIVE = "archive"
 FAILED = "failed"
@@ -17,3 +23,13 @@ FOLDERS = (ARCHIVE, FAILED, HELD, UNMATCHED)
 def clashes(name: str) -> bool:
     """Whether a file name is one of the inbox's folder names, compared case-insensitively."""
     return name.lower() in FOLDERS
+
+
+def folder_problem(path: Path, error: OSError, *, writing: bool) -> str:
+    """Why the folder ``path`` cannot be made (or, with ``writing``, written in), in a line."""
+    reason = error.strerror or str(error)
+    if os.path.exists(path) and not os.path.isdir(path):  # these two never raise
+        return f"{path} is not a folder"
+    if writing:
+        return f"cannot write in the folder {path}: {reason}"
+    return f"cannot make the folder {path}: {reason}"

@@ -4,19 +4,24 @@ The config and its environment overrides are checked by loading them (``config.l
 refuses typos and wrong values). Then each thing ``serve`` needs is tried the way
 ``serve`` would use it: the database by creating, writing and dropping a scratch table
 (``serve`` creates tables and columns as fields arrive, so it needs that right); the
-ports by binding them; the SFTP host key by reading it, or, when it does not exist yet,
-by finding its folder writable; the TLS files, when configured, by loading them; and
-that no ``serve`` already runs on the SQLite database or the inbox, by trying its locks.
-Nothing is left behind: no table, no file, no key.
+ports by binding them; the inbox by making it and writing a file in it; the SFTP host key
+by reading it, or, when it does not exist yet, by making its folder and writing a file
+there (and saying that ``serve`` will create the key); the TLS files, when configured, by
+loading them; and that no ``serve`` already runs on the SQLite database or the inbox, by
+trying its locks. A folder that cannot be made or written in is worded as ``serve`` stops
+on it (``folders.folder_problem``).
+Nothing is left behind: no table, no file, no folder, no key.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import socket
 import ssl
 from dataclasses import dataclass, field
+from itertools import takewhile
 from pathlib import Path
 
 import asyncssh
@@ -24,6 +29,7 @@ from sqlalchemy import Column, Integer, MetaData, Table, insert, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from .config import Settings
+from .folders import folder_problem
 from .overview import database_file_missing
 from .service import port_taken, serve_locks
 from .sftp_settings import HOST_KEY_ALGORITHM
@@ -64,7 +70,7 @@ def run(settings: Settings) -> Report:
                 check_port("morning.listen", morning.host, morning.port),
                 f"port {morning.port} free",
             )
-            report.add(check_host_key(morning.host_key), f"host key {morning.host_key}")
+            report.add(*check_host_key(morning.host_key))
     return report
 
 
@@ -155,29 +161,44 @@ def check_port(key: str, host: str, port: int) -> str | None:
 
 
 def check_folder(key: str, path: Path) -> str | None:
-    """A folder ``serve`` writes in: writable, or creatable in its nearest existing parent."""
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        return f"{key}: {existing} is not a folder"
-    if not os.access(existing, os.W_OK | os.X_OK):
-        what = "folder" if existing == path else f"folder {existing}, where {path} would be made,"
-        return f"{key}: the {what} is not writable"
+    """A folder ``serve`` makes and writes in: made (with any missing parents), a file
+    written in it, both then removed, as ``serve`` would fail on them. None if fine."""
+    missing = list(takewhile(lambda p: not os.path.lexists(p), [path, *path.parents]))
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        return f"{key}: {folder_problem(path, e, writing=False)}"
+    try:
+        probe = path / f".aljex-sync-check-{secrets.token_hex(4)}"
+        try:
+            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except OSError as e:
+            return f"{key}: {folder_problem(path, e, writing=True)}"
+        probe.unlink()
+    finally:
+        for folder in missing:  # the deepest first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
     return None
 
 
-def check_host_key(path: Path) -> str | None:
-    """The SFTP host key reads as an ed25519 key, or can be created. None if fine."""
+def check_host_key(path: Path) -> tuple[str | None, str]:
+    """The SFTP host key reads as an ed25519 key, or its folder takes the one ``serve``
+    would create (which changes the fingerprint Aljex was given, if it had one)."""
     if not path.exists():
-        return check_folder("morning.host_key", path.parent)
+        problem = check_folder("morning.host_key", path.parent)
+        return problem, (
+            f"host key {path} does not exist: serve will create it, and Aljex must be"
+            " given its new fingerprint"
+        )
     try:
         key = asyncssh.read_private_key(path)
     except (OSError, asyncssh.KeyImportError) as e:
-        return f"morning.host_key: cannot read {path}: {e}"
+        return f"morning.host_key: cannot read {path}: {e}", ""
     if key.get_algorithm() != HOST_KEY_ALGORITHM:
-        return f"morning.host_key: {path} is an {key.get_algorithm()} key, not {HOST_KEY_ALGORITHM}"
-    return None
+        algorithm = key.get_algorithm()
+        return f"morning.host_key: {path} is an {algorithm} key, not {HOST_KEY_ALGORITHM}", ""
+    return None, f"host key {path}, fingerprint {key.get_fingerprint('sha256')}"
 
 
 def check_tls(settings: Settings) -> tuple[str | None, str] | None:

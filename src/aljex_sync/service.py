@@ -32,13 +32,16 @@ from types import TracebackType
 from typing import Literal
 
 import uvicorn
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 
 from . import http_server, metrics, tls
 from .admin import admin_routes
 from .chores import BackgroundTasks, Chores
 from .config import Settings
 from .credentials import PasswordCheck
-from .errors import AljexSyncError, DatabaseUnavailable
+from .errors import AljexSyncError, ConfigError, DatabaseUnavailable
+from .folders import FOLDERS, folder_problem
 from .inbox import FolderWatch, LoadQueue, left_over
 from .journal_inline import InlineFirst
 from .journal_process import JournalProcess
@@ -48,9 +51,9 @@ from .morning import MorningLoader
 from .notifier import Notifier
 from .sftp import SftpInbox
 from .sftp_settings import SftpSettings
-from .store.database import close_engine, display_url, normalize_url, open_engine
+from .store.database import close_engine, display_url, normalize_url, open_engine, reading
 from .store.locks import FileLock, beside
-from .store.schema import Schema
+from .store.schema import Schema, files
 from .view_refresh import ViewRefresher
 
 log = logging.getLogger("aljex_sync.service")
@@ -222,23 +225,31 @@ class Service:
         self._running = True
 
     def _hold_locks(self) -> None:
-        """Lock ``serve_locks``; AlreadyServing if another process holds one."""
+        """Lock ``serve_locks``; AlreadyServing if another process holds one.
+
+        The inbox is made here, and its lock is the first file written in it: an inbox
+        that cannot be made or written in stops the start with one line naming it, as
+        neither the SFTP server nor the folder watch could take a file.
+        """
         for lock in serve_locks(self.settings):
+            folder = lock.file.path.parent
+            if lock.kind == "inbox":
+                try:
+                    folder.mkdir(parents=True, exist_ok=True)
+                except OSError as e:
+                    raise ConfigError(
+                        "morning.inbox", folder_problem(folder, e, writing=False)
+                    ) from None
             try:
-                if lock.kind == "inbox":
-                    lock.file.path.parent.mkdir(parents=True, exist_ok=True)
                 taken = lock.file.take()
             except OSError as e:
                 if lock.kind == "database":  # its folder is missing or read-only
                     raise DatabaseUnavailable(
                         f"cannot open the database: cannot make {lock.file.path}: {e.strerror}"
                     ) from None
-                log.warning(  # the inbox's own ERROR follows: it cannot take files either
-                    "cannot lock the inbox %s: %s; another serve on it would not be refused",
-                    lock.file.path.parent,
-                    e.strerror or e,
-                )
-                continue
+                raise ConfigError(
+                    "morning.inbox", folder_problem(folder, e, writing=True)
+                ) from None
             if not taken:
                 raise AlreadyServing(lock.refusal())
             self._locks.append(lock.file)
@@ -261,7 +272,8 @@ class Service:
         refresh_view = self.views.after_load if self._run_chores else None
         loader = MorningLoader(self.engine, self.settings, self.schema, refresh_view=refresh_view)
         self.loads = LoadQueue(loader, morning.inbox)
-        self.loads.start()
+        key_in_use = morning.sftp and await asyncio.to_thread(self._morning_used_before)
+        self.loads.start()  # which makes the inbox's folders
         if morning.sftp:
             for arrival in left_over(morning.inbox):
                 self.loads.put(arrival)
@@ -281,8 +293,8 @@ class Service:
                 self.loads.from_upload,
             )
             try:
-                await self.sftp.start()
-            except OSError as e:
+                await self.sftp.start(key_in_use=key_in_use)
+            except OSError as e:  # the key and the inbox raise ConfigError
                 self.sftp = None
                 reason = os.strerror(e.errno) if e.errno else str(e)
                 raise CannotListen(
@@ -292,6 +304,18 @@ class Service:
         else:
             self.watch = FolderWatch(morning.inbox, self.loads, morning.quiet_seconds)
             self.watch.start()
+
+    def _morning_used_before(self) -> bool:
+        """Whether morning files came here before: the inbox has its folders (a serve ran
+        on it), or the file log has a row. A host key made now is then a changed one."""
+        inbox = self.settings.morning.inbox
+        if any((inbox / name).is_dir() for name in FOLDERS):
+            return True
+        try:
+            with reading(self.engine) as conn:
+                return conn.execute(select(files.c.id).limit(1)).first() is not None
+        except SQLAlchemyError:
+            return False  # the loads will say what is wrong with the database
 
     async def stop(self, *, timeout: float = STOP_TIMEOUT) -> bool:
         """Stop taking files and requests, finish what is in flight, close the database.

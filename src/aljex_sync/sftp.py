@@ -41,6 +41,8 @@ from collections.abc import Awaitable, Callable
 
 import asyncssh
 
+from .errors import ConfigError
+from .folders import folder_problem
 from .sftp_files import InboxSFTPServer, Upload, remove_stale_temp_files
 from .sftp_login import Closings, ConnectionGate, InboxSSHServer, LoginGuard
 from .sftp_settings import (
@@ -78,12 +80,38 @@ class SftpInbox:
         self._no_sessions.set()
         self._callbacks: set[asyncio.Task[None]] = set()
 
-    async def start(self) -> None:
-        """Load or create the host key, tidy the inbox, and start listening."""
+    async def start(self, *, key_in_use: bool = False) -> None:
+        """Load or create the host key, tidy the inbox, and start listening.
+
+        ``key_in_use``: whether morning files came here before, so that a host key made
+        now is one Aljex has not been given (it was moved, or ``host_key`` points elsewhere):
+        that is logged at WARNING, as Aljex will refuse the changed key. A key or inbox
+        that cannot be made is a ConfigError; an OSError means the port cannot be listened on.
+        """
         settings = self.settings
-        key = load_or_create_host_key(settings.host_key)
+        key, created = load_or_create_host_key(settings.host_key)
         self._fingerprint = key.get_fingerprint("sha256")
-        settings.inbox.mkdir(parents=True, exist_ok=True)
+        if created and key_in_use:
+            log.warning(
+                "generated a new SSH host key %s, fingerprint %s, though this receiver has taken"
+                " morning files before: Aljex will see a changed host key and refuse to connect"
+                " until it is given the new fingerprint (if the old key was moved or"
+                " [morning] host_key is mistyped, stop, put it back and start again)",
+                settings.host_key,
+                self._fingerprint,
+            )
+        elif created:
+            log.info(
+                "generated SSH host key %s, fingerprint %s: give it to Aljex",
+                settings.host_key,
+                self._fingerprint,
+            )
+        try:
+            settings.inbox.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(
+                "morning.inbox", folder_problem(settings.inbox, e, writing=False)
+            ) from None
         remove_stale_temp_files(settings.inbox)
         self._acceptor = await asyncssh.create_server(
             lambda: InboxSSHServer(self),

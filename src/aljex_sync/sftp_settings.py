@@ -11,7 +11,6 @@ uploads one file at a time.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import secrets
@@ -23,6 +22,7 @@ import asyncssh
 from asyncssh.crypto import mlkem_available
 
 from .errors import ConfigError
+from .folders import folder_problem
 from .http_server import RESERVED_DESCRIPTORS
 from .settings import Network
 
@@ -117,26 +117,33 @@ def host_key_fingerprint(path: Path) -> str:
 
     The customer gives this to Aljex, so it must be stable across restarts.
     """
-    return load_or_create_host_key(path).get_fingerprint("sha256")
-
-
-def load_or_create_host_key(path: Path) -> asyncssh.SSHKey:
-    """Read the ed25519 host key, or create it (0600) if missing, so the fingerprint is stable."""
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        key = asyncssh.generate_private_key(HOST_KEY_ALGORITHM, comment="aljex-sync host key")
-        temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(fd, "wb") as file:
-                file.write(key.export_private_key("openssh"))
-                file.flush()
-                os.fsync(file.fileno())
-            with contextlib.suppress(FileExistsError):  # a concurrent start won: keep its key
-                os.link(temp, path)  # atomic create-if-absent
-        finally:
-            temp.unlink(missing_ok=True)
+    key, created = load_or_create_host_key(path)
+    if created:
         log.info("generated SSH host key %s", path)
+    return key.get_fingerprint("sha256")
+
+
+def load_or_create_host_key(path: Path) -> tuple[asyncssh.SSHKey, bool]:
+    """Read the ed25519 host key, or create it (0600) if missing, so the fingerprint is stable.
+
+    Returns the key and whether it was created now, for the caller to log: a key ``serve``
+    creates where one was used before is a changed key to Aljex. A key that cannot be
+    read or made is a ConfigError naming the file or its folder and the system's reason.
+    """
+    created = False
+    if not path.exists():
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as e:
+            raise ConfigError(
+                "morning.host_key", folder_problem(path.parent, e, writing=False)
+            ) from None
+        try:
+            created = _create_host_key(path)
+        except OSError as e:
+            raise ConfigError(
+                "morning.host_key", f"cannot create {path}: {e.strerror or e}"
+            ) from None
     try:
         key = asyncssh.read_private_key(path)
     except (OSError, asyncssh.KeyImportError) as exc:
@@ -149,4 +156,23 @@ def load_or_create_host_key(path: Path) -> asyncssh.SSHKey:
         )
     if path.stat().st_mode & 0o077:
         log.warning("host key %s is readable by other users; chmod 600 it", path)
-    return key
+    return key, created
+
+
+def _create_host_key(path: Path) -> bool:
+    """Write a new key to ``path`` unless one appears there meanwhile; True if this one won."""
+    key = asyncssh.generate_private_key(HOST_KEY_ALGORITHM, comment="aljex-sync host key")
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(key.export_private_key("openssh"))
+            file.flush()
+            os.fsync(file.fileno())
+        try:
+            os.link(temp, path)  # atomic create-if-absent
+        except FileExistsError:  # a concurrent start won: keep its key
+            return False
+    finally:
+        temp.unlink(missing_ok=True)
+    return True
