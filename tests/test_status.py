@@ -13,15 +13,16 @@ from pathlib import Path
 from click.testing import CliRunner
 from sqlalchemy import create_engine, insert, inspect
 
-from aljex_sync import config
+from aljex_sync import config, dashboard, overview
 from aljex_sync.cli import main
 from aljex_sync.clock import utcnow
 from aljex_sync.journal import Journal
 from aljex_sync.messages import Outcome, Received
+from aljex_sync.morning import MorningLoader
 from aljex_sync.store.database import normalize_url, open_engine
 from aljex_sync.store.schema import files
 
-from .support import RunningService
+from .support import RunningService, make_settings
 
 
 def run(*args: str) -> tuple[int, str]:
@@ -310,3 +311,37 @@ def test_status_says_whether_serve_runs_and_is_well(tmp_path, sqlite_url):
     gone = status()
     assert f"Service: not running: nothing answers at {url}" in gone
     assert json.loads(status("--json"))["service"]["state"] == "not running"
+
+
+def test_a_file_not_loaded_is_listed_until_a_later_file_of_its_table_loads(database_url, tmp_path):
+    """A truncated loads.csv is settled by the complete one after it, though their bytes
+    differ; a file of another table is not; an unmatched file is settled by its name."""
+    settings = make_settings(database_url, tmp_path)
+    engine = open_engine(settings.database.url)
+    journal = Journal(engine, settings)
+    journal.install()
+    loader = MorningLoader(engine, settings, journal.schema)
+    inbox = tmp_path / "files"
+    inbox.mkdir()
+
+    def load(name: str, body: bytes, with_loader: MorningLoader = loader) -> str:
+        (inbox / name).write_bytes(body)
+        return with_loader.load(inbox / name).status
+
+    def listed() -> tuple[list[str], list[str]]:
+        by_status = [p.name for p in overview.read(engine).problems]
+        on_the_page = [f.name for f in dashboard.read_overview(engine).problem_files]
+        return by_status, on_the_page
+
+    assert load("loads.csv", b"id,status\nL1,OPEN\nL2,OP") == "held"  # cut short
+    assert load("Carriers_20261201.csv", b"id,name\nK1,Acme\nK2,Bo") == "held"
+    assert load("weather.csv", b"id,sky\nW1,clear\n") == "unmatched"
+    assert listed() == (["weather.csv", "Carriers_20261201.csv", "loads.csv"],) * 2
+    assert load("loads.csv", b"id,status\nL1,OPEN\nL2,OPEN\n") == "loaded"
+    assert listed() == (["weather.csv", "Carriers_20261201.csv"],) * 2
+    # Once [tables.weather] names the file, it loads, and its unmatched copy is settled.
+    named = make_settings(database_url, tmp_path, tables={"weather": {"files": ["weather*"]}})
+    weather = MorningLoader(engine, named, journal.schema)
+    assert load("weather.csv", b"id,sky\nW1,clear\nW2,rain\n", weather) == "loaded"
+    assert listed() == (["Carriers_20261201.csv"],) * 2
+    engine.dispose()

@@ -278,7 +278,8 @@ def _files(overview: Overview) -> str:
     numbers = ("read", "ins", "upd", "del", "kept", "feed health", "finished (UTC)")
     return (
         f"<section id=files><h2>Morning files</h2><p>{counts}</p>"
-        "<h3>Held, failed and unmatched, with their reasons</h3>"
+        "<h3>Held, failed and unmatched, with their reasons, until a later file of their"
+        " table loads</h3>"
         + _table(
             ("file", "table", "status", "reason", *numbers),
             _file_rows(overview.problem_files, reasons=True),

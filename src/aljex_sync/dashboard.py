@@ -17,7 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql.elements import ColumnElement
 
 from .clock import utcnow
-from .overview import held_reasons
+from .overview import ATTENTION, held_reasons, not_loaded
 from .store.database import reading
 from .store.schema import events, files, tables_table
 from .store.statuses import count_by_status, status_in
@@ -27,7 +27,6 @@ MAX_TABLES = 200
 MAX_REASONS = 10
 MAX_FILES = 50
 MAX_EVENTS = 50
-PROBLEM_STATUSES = ("held", "failed", "unmatched")
 COUNTS = (
     "rows_read",
     "inserted",
@@ -120,7 +119,7 @@ class Overview:
     tables: list[TableRow]
     feeds: list[Feed]
     files_by_status: dict[str, int]
-    problem_files: list[FileRow]  # the latest held, failed and unmatched files
+    problem_files: list[FileRow]  # the latest held, failed and unmatched: overview.not_loaded
     recent_files: list[FileRow]
     events: list[EventRow]
     held_by_reason: list[tuple[str, str, int]]  # table, reason, count
@@ -138,7 +137,7 @@ def read_overview(engine: Engine, now: datetime | None = None) -> Overview:
         by_status = count_by_status(conn)
         files_by_status = _count_by(conn, files.c.status)
         feeds = [_live_feed(conn, now), _morning_feed(conn, now)]
-        problem = file_rows(conn, files.c.status.in_(PROBLEM_STATUSES), MAX_FILES)
+        problem = file_rows(conn, not_loaded(), MAX_FILES)
         recent = file_rows(conn, None, MAX_FILES)
         latest = [_event_row(row) for row in conn.execute(_event_query().limit(MAX_EVENTS))]
         held = held_reasons(conn, MAX_REASONS)
@@ -287,7 +286,7 @@ def _morning_feed(conn: Connection, now: datetime) -> Feed:
         (f"{status}: {reason or ''}", int(n))
         for status, reason, n in conn.execute(
             select(files.c.status, files.c.error, func.count())
-            .where(files.c.status.in_(PROBLEM_STATUSES), column >= since)
+            .where(files.c.status.in_(ATTENTION), column >= since)
             .group_by(files.c.status, files.c.error)
             .order_by(func.count().desc(), files.c.status)
             .limit(MAX_REASONS)

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import Connection, Engine, and_, exists, func, inspect, select
+from sqlalchemy import Connection, Engine, and_, exists, func, inspect, or_, select
 from sqlalchemy.orm import aliased
+from sqlalchemy.sql.elements import ColumnElement
 
 from .store.database import normalize_url, reading
 from .store.schema import events, files
@@ -23,9 +24,31 @@ NO_TABLES = "no aljex-sync tables here"
 ATTENTION = ("failed", "held", "unmatched")
 
 
+def not_loaded() -> ColumnElement[bool]:
+    """Files of ``_aljex_files`` that still need a look: held, failed or unmatched, and no
+    later file has loaded for the same table, under the same name, or with the same bytes.
+
+    A truncated ``loads.csv`` is settled by the complete one loaded after it, and an
+    unmatched file by a file of its name loaded once ``[tables.X] files`` names it. The one
+    rule for ``status`` and the admin page.
+    """
+    later = aliased(files)
+    loaded_since = exists().where(
+        later.c.status == "loaded",
+        later.c.id > files.c.id,
+        or_(
+            later.c.table_name == files.c.table_name,  # NULL (unmatched) matches nothing
+            later.c.name == files.c.name,
+            and_(later.c.sha256 == files.c.sha256, later.c.sha256 != ""),
+        ),
+    )
+    return and_(files.c.status.in_(ATTENTION), ~loaded_since)
+
+
 @dataclass(frozen=True)
 class FileProblem:
-    """A morning file that was not loaded, and why; kept until the same file loads."""
+    """A morning file that was not loaded, and why; kept until a later file settles it
+    (:func:`not_loaded`)."""
 
     name: str
     table: str | None
@@ -133,15 +156,6 @@ def read(engine: Engine, *, limit: int = 10) -> Overview:
                 .limit(limit)
             )
         ]
-        later = aliased(files)
-        loaded_since = exists().where(
-            and_(
-                later.c.sha256 == files.c.sha256,
-                later.c.sha256 != "",
-                later.c.status == "loaded",
-                later.c.id > files.c.id,
-            )
-        )
         problems = [
             FileProblem(
                 str(row.name),
@@ -153,7 +167,7 @@ def read(engine: Engine, *, limit: int = 10) -> Overview:
             for row in conn.execute(
                 select(files.c.name, files.c.table_name, files.c.status, files.c.error)
                 .add_columns(files.c.finished_at)
-                .where(files.c.status.in_(ATTENTION), ~loaded_since)
+                .where(not_loaded())
                 .order_by(files.c.id.desc())
                 .limit(limit)
             )
