@@ -178,8 +178,28 @@ def test_guard_holds_an_empty_full_file(receiver, tmp_path):
     header = ["id", "name", "city"]
     receiver.load(write_csv(tmp_path / "Employees.csv", header, customers(5)))
     report = receiver.load(write_csv(tmp_path / "Employees.csv", header, []))
-    assert report.status == "held" and "empty" in report.error
+    assert report.status == "held"
+    assert report.error == "the full file is empty; it would delete all 5 rows (use --force)"
     assert table_rows(receiver.engine, "SELECT COUNT(*) AS n FROM employees") == [{"n": 5}]
+
+
+def test_an_empty_full_file_for_a_new_table_loads_and_makes_the_table_empty(receiver, tmp_path):
+    """Deleting nothing is no mass delete: the table is made from the header, as a first
+    file with rows makes it, and holds none."""
+    report = receiver.load(write_csv(tmp_path / "Employees.csv", ["id", "name", "city"], []))
+    assert (report.mode, report.status, report.error) == ("full", "loaded", "")
+    assert report.counts.deleted == 0
+    columns = {c["name"] for c in inspect(receiver.engine).get_columns("employees")}
+    assert {"id", "name", "city"} <= columns
+    assert table_rows(receiver.engine, "SELECT COUNT(*) AS n FROM employees") == [{"n": 0}]
+    assert [f["status"] for f in file_log(receiver.engine)] == ["loaded"]
+
+
+def test_an_empty_full_file_for_an_empty_table_loads(receiver, tmp_path):
+    receiver.load(write_csv(tmp_path / "Employees.csv", ["id", "name"], []))
+    report = receiver.load(write_csv(tmp_path / "Employees.csv", ["id", "name", "city"], []))
+    assert report.status == "loaded" and report.counts.deleted == 0
+    assert table_rows(receiver.engine, "SELECT COUNT(*) AS n FROM employees") == [{"n": 0}]
 
 
 def test_small_tables_are_not_guarded(receiver, tmp_path):

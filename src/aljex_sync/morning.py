@@ -484,9 +484,9 @@ class MorningLoader:
         reason = retention.resurrection_risk(conn, report.snapshot_at, counts.inserted)
         if reason or not full:
             return reason
-        if report.rows_read == 0:
-            return "the full file is empty; it would delete the whole table (use --force)"
         existing, deleting = counts.existing, counts.deleted
+        if report.rows_read == 0 and existing:  # an empty table loses nothing: it loads
+            return f"the full file is empty; it would delete all {existing} rows (use --force)"
         limit = self.settings.morning.max_delete_fraction
         if existing > GUARD_MIN_ROWS and deleting > limit * existing:
             return (
