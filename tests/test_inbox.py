@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -156,4 +158,103 @@ def test_a_file_uploaded_again_while_the_first_loads_is_loaded_too(tmp_path, sql
     archived = sorted(p.read_text() for p in (inbox / "archive").rglob("*.csv"))
     assert archived == ["id,name\nE1,First\n", "id,name\nE1,Second\nE2,Bob\n"]
     assert [p.name for p in inbox.iterdir() if p.is_file()] == []
+    engine.dispose()
+
+
+def inbox_records(caplog) -> list[tuple[str, str]]:
+    return [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "aljex_sync.inbox"]
+
+
+def test_an_upload_a_newer_one_of_its_name_replaced_is_info_and_the_newer_one_loads(
+    tmp_path, sqlite_url, caplog
+):
+    """Aljex uploads payable.csv twice in quick succession: the second is renamed over the
+    first before the queue gets to it. Nothing is wrong, so nothing is a WARNING."""
+    caplog.set_level(logging.INFO, "aljex_sync.inbox")
+    settings, engine, journal = installed(sqlite_url, tmp_path)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    path = inbox / "Payable.csv"
+    path.write_text("id,amount\nP1,10\n")
+    first = Arrival(path, utcnow(), None)
+    temp = inbox / ".upload-1234-Payable.csv"
+    temp.write_text("id,amount\nP1,10\nP2,20\n")
+    temp.replace(path)  # as the SFTP server publishes an upload
+    second = Arrival(path, utcnow(), None)
+    loads = LoadQueue(MorningLoader(engine, settings, journal.schema), inbox)
+    loads.put(first)
+    loads.put(second)
+    loads.start()
+    assert loads.wait_idle(30)
+    loads.close()
+    assert [(r.name, r.status, r.rows_read) for r in loads.reports] == [
+        ("Payable.csv", "loaded", 2)
+    ]
+    assert [level for level, _ in inbox_records(caplog)] == ["INFO"]
+    assert inbox_records(caplog)[0][1] == (
+        "Payable.csv: replaced by a newer upload of the same name before it was loaded;"
+        " the newer one loads next"
+    )
+    engine.dispose()
+
+
+class ReplacedWhileTaken(MorningLoader):
+    """The real loader; the upload that replaced the file it loads is queued only once the
+    file was taken, as when its rename lands just before the take."""
+
+    def __init__(self, *args, loads: list[LoadQueue], newer: Arrival, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.loads, self.newer = loads, newer
+
+    def load(self, path, **options):
+        if self.newer is not None:
+            self.loads[0].put(self.newer)
+            self.newer = None
+        return super().load(path, **options)
+
+
+def test_an_upload_loaded_in_place_of_the_one_it_replaced_is_info_not_a_warning(
+    tmp_path, sqlite_url, caplog
+):
+    caplog.set_level(logging.INFO, "aljex_sync.inbox")
+    settings, engine, journal = installed(sqlite_url, tmp_path)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    path = inbox / "Payable.csv"
+    started = utcnow()  # the newer upload began before the take
+    path.write_text("id,amount\nP1,10\nP2,20\n")
+    queues: list[LoadQueue] = []
+    loader = ReplacedWhileTaken(
+        engine, settings, journal.schema, loads=queues, newer=Arrival(path, started, None)
+    )
+    loads = LoadQueue(loader, inbox)
+    queues.append(loads)
+    loads.put(Arrival(path, started - timedelta(seconds=5), None))
+    loads.start()
+    wait_for(lambda: len(loads.reports) == 1 and loads.wait_idle(0))
+    loads.close()
+    assert [r.status for r in loads.reports] == ["loaded"]
+    ((level, message),) = inbox_records(caplog)
+    assert level == "INFO"
+    assert message.startswith("Payable.csv: loaded already: it replaced an earlier upload")
+    engine.dispose()
+
+
+def test_a_queued_file_gone_without_a_newer_upload_is_a_warning(tmp_path, sqlite_url, caplog):
+    settings, engine, journal = installed(sqlite_url, tmp_path)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    path = inbox / "Payable.csv"
+    path.write_text("id,amount\nP1,10\n")
+    arrival = Arrival(path, utcnow(), None)
+    path.unlink()  # removed by hand before the queue got to it
+    loads = LoadQueue(MorningLoader(engine, settings, journal.schema), inbox)
+    loads.put(arrival)
+    loads.start()
+    assert loads.wait_idle(30)
+    loads.close()
+    assert loads.reports == []
+    assert inbox_records(caplog) == [
+        ("WARNING", "Payable.csv: no longer in the inbox, nothing to load")
+    ]
     engine.dispose()

@@ -6,6 +6,11 @@ counts once it has not changed for ``quiet_seconds``; names ending ``.part``, ``
 ``.filepart`` are still being written, and load once renamed). Loading runs in one worker
 thread, file after file, so a big file never blocks the event loop that answers live sync.
 
+An upload of a name that is still queued replaces the file on disk (the SFTP server renames it
+over the older one): the older arrival then has nothing of its own left to load, which is
+logged at INFO, and the newer one loads the file. A queued file that is gone without a newer
+upload of its name (removed by hand, say) is a WARNING.
+
 The worker never dies: whatever goes wrong with one file sends that file to ``failed/`` with
 its reason and an ERROR in the log, and the worker goes on with the next. A file the database
 refused (down, unreachable, locked, full) stays in the inbox and is tried again every
@@ -22,8 +27,9 @@ import queue
 import secrets
 import shutil
 import threading
+from collections import Counter
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from .clock import utcnow
@@ -33,6 +39,10 @@ from .morning import FileReport, MorningLoader
 from .sftp_files import PARTIAL_SUFFIXES, Upload
 
 log = logging.getLogger("aljex_sync.inbox")
+
+TAKEN_MEMORY = timedelta(days=1)
+"""How long the load queue remembers when it took a file of each name, to tell a queued
+upload that a newer one replaced (and was loaded in its place) from one that vanished."""
 
 LOADING = ".loading"
 """The inbox's hidden folder a file is moved into, under a folder of its own, while it loads:
@@ -72,6 +82,8 @@ class LoadQueue:
         self._pending = 1  # the worker first makes the inbox's folders
 
         self._lock = threading.Lock()
+        self._queued: Counter[Path] = Counter()  # arrivals queued or loading, per path
+        self._taken_at: dict[Path, datetime] = {}  # naive UTC: a root file last taken to load
         self._retries: set[threading.Timer] = set()
         self._closed = False
 
@@ -81,6 +93,7 @@ class LoadQueue:
     def put(self, arrival: Arrival) -> None:
         with self._lock:
             self._pending += 1
+            self._queued[arrival.path] += 1
             self._idle.clear()
         self._queue.put(arrival)
 
@@ -143,6 +156,10 @@ class LoadQueue:
             except Exception:  # last resort: the next file must still load
                 log.exception("%s: could not be dealt with", arrival.path.name)
             finally:
+                with self._lock:
+                    self._queued[arrival.path] -= 1
+                    if self._queued[arrival.path] <= 0:
+                        del self._queued[arrival.path]
                 self._done()
 
     def _done(self) -> None:
@@ -166,8 +183,28 @@ class LoadQueue:
 
     def _load(self, arrival: Arrival) -> None:
         path = arrival.path
+        with self._lock:
+            newer_queued = self._queued[path] > 1
+        if path.parent == self.inbox and newer_queued:
+            # A newer upload of the name is queued behind this one: the file is now its.
+            log.info(
+                "%s: replaced by a newer upload of the same name before it was loaded;"
+                " the newer one loads next",
+                path.name,
+            )
+            return
         if not path.is_file() or path.is_symlink():
-            log.warning("%s: no longer in the inbox, nothing to load", path.name)
+            taken = self._taken_at.get(path)
+            if taken is not None and taken >= arrival.started_at:
+                # This upload replaced an earlier one of its name while that one was being
+                # taken to load: the earlier arrival loaded this file.
+                log.info(
+                    "%s: loaded already: it replaced an earlier upload of the same name and"
+                    " was loaded in that one's place",
+                    path.name,
+                )
+            else:
+                log.warning("%s: no longer in the inbox, nothing to load", path.name)
             return
         path = self._take(path)
         arrival = Arrival(path, arrival.started_at, arrival.mtime)
@@ -187,6 +224,9 @@ class LoadQueue:
         if path.parent != self.inbox:
             return path
         folder = self.inbox / LOADING / secrets.token_hex(6)
+        now = _naive_now()
+        self._taken_at = {p: t for p, t in self._taken_at.items() if now - t < TAKEN_MEMORY}
+        self._taken_at[path] = now
         try:
             folder.mkdir(parents=True)
             os.rename(path, folder / path.name)
