@@ -22,6 +22,7 @@ from aljex_sync.csvfile import (
     MalformedFile,
     PossiblyTruncated,
     inspect_file,
+    no_key_field,
 )
 
 BOM = b"\xef\xbb\xbf"
@@ -291,6 +292,18 @@ def test_other_delimiters_are_refused(tmp_path):
     facts = FileFacts("0" * 64, 4, "utf-8", ";", has_bom=False)
     with pytest.raises(ValueError, match="delimiter"):
         CsvReader(path, facts)
+
+
+def test_a_semicolon_file_reads_as_one_column_and_its_missing_key_says_why(tmp_path):
+    path = write(tmp_path, b"id;name\n1;Ann\n")
+    header, rows = read_all(path)
+    assert (header, rows) == (["id;name"], [["1;Ann"]])
+    assert no_key_field("id", header) == (
+        "the header has no key field 'id'; it looks delimited by ';', which is not read:"
+        " export it delimited by ',', tab or '|'"
+    )
+    assert no_key_field("id", ["key", "name;x"]) == "the header has no key field 'id'"
+    assert no_key_field("id", ["key"]) == "the header has no key field 'id'"
 
 
 # The header

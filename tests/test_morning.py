@@ -377,6 +377,17 @@ def test_a_malformed_file_is_rejected_whole_and_quarantined_with_its_line(
         assert not conn.dialect.has_table(conn, "carriers")
 
 
+def test_a_semicolon_delimited_file_fails_saying_its_delimiter_is_not_read(receiver, tmp_path):
+    path = tmp_path / "Carriers.csv"
+    path.write_bytes(b"id;name\r\nK1;Acme\r\n")
+    report = receiver.load(path)
+    assert report.status == "failed"
+    assert report.error == (
+        "Carriers.csv line 1: the header has no key field 'id'; it looks delimited by ';',"
+        " which is not read: export it delimited by ',', tab or '|'"
+    )
+
+
 def test_a_file_malformed_after_many_rows_leaves_no_trace(receiver, tmp_path):
     bad = tmp_path / "Carriers.csv"
     bad.write_bytes(b"id,name\r\n" + PLAIN_ROWS + b"K1200,x,extra\r\nK1201,y\r\n")

@@ -15,8 +15,8 @@ What a file may be (RFC 4180 with the leniencies real exports need):
 - a file ends with a line break, and its last record is whole: a file that stops mid-line or
   inside a quoted field, or whose last record has fewer fields than the header, is most likely
   a cut upload, and is refused as :class:`PossiblyTruncated`.
-- comma, tab or pipe delimited; CRLF or LF line endings; quoted fields may hold delimiters,
-  doubled quotes and line breaks, which are kept exactly as written (CR LF stays CR LF).
+- comma, tab or pipe delimited (a ``;`` file is one column); CRLF or LF line endings; quoted
+  fields may hold delimiters, doubled quotes and line breaks, kept exactly (CR LF stays CR LF).
 - blank lines are ignored wherever they are. ``csv`` yields ``[]`` for them, and a trailing
   blank line is common; the cost is that a one-column file cannot carry an empty value except
   as ``""``.
@@ -72,6 +72,7 @@ __all__ = [
     "MalformedFile",
     "PossiblyTruncated",
     "inspect_file",
+    "no_key_field",
     "records_end",
 ]
 
@@ -215,6 +216,13 @@ def _line_at(path: Path, offset: int) -> int:
             newlines += chunk.count(b"\n")
             offset -= len(chunk)
     return newlines + 1
+
+
+def no_key_field(key_field: str, header: list[str]) -> str:
+    """Why the header lacks a key field, naming the ``;`` it looks delimited by (not read)."""
+    looks = len(header) == 1 and ";" in header[0]
+    hint = "; it looks delimited by ';', which is not read: export it delimited by ',', tab or '|'"
+    return f"the header has no key field {key_field!r}{hint if looks else ''}"
 
 
 def _sniff_delimiter(text: str) -> str:

@@ -31,7 +31,7 @@ from typing import BinaryIO, Literal
 from sqlalchemy import Connection, Engine, insert, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import catalog, retention
+from . import catalog, csvfile, retention
 from .clock import utcnow
 from .config import Settings
 from .csvfile import (
@@ -591,7 +591,7 @@ def _with_key_names(header: list[str], key: tuple[str, ...], path: Path) -> list
     for key_field in key:
         sent = SyncedTable.key_field_for_names(names, key_field)
         if sent is None:
-            raise MalformedFile(path, 1, f"the header has no key field {key_field!r}")
+            raise MalformedFile(path, 1, csvfile.no_key_field(key_field, header))
         names[names.index(sent)] = key_field
     return names
 
