@@ -16,7 +16,8 @@ from .common import Context
 def check(obj: Context) -> None:
     """Check that `serve` can start: the config and environment, the database (reachable
     and writable), no serve already running on the SQLite database or the inbox, the ports
-    (free), the SFTP host key and the TLS files.
+    (free), the inbox (made and written in, as serve would), the SFTP host key (read, or
+    said to be created by serve) and the TLS files.
 
     Prints one line per problem and exits with status 1 on any; leaves nothing behind.
     """

@@ -37,9 +37,9 @@ def serve(obj: Context, workers: int) -> None:
 
     In-flight requests are finished and committed before the database is closed. A
     second signal, or a stop that takes longer than 30 seconds, ends it at once. If it
-    cannot start (a port taken, the database unreachable), it exits with status 1 and
-    one line saying why; so does a second serve on the SQLite database or the inbox
-    folder of one already running.
+    cannot start (a port taken, the database unreachable, an inbox or host-key folder it
+    cannot make or write in), it exits with status 1 and one line saying why; so does a
+    second serve on the SQLite database or the inbox folder of one already running.
 
     With --workers N, N processes answer Live Sync on the one port, each with its own
     journal writer, and the Morning Sync inbox runs once, in the main process. A worker
