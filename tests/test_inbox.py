@@ -179,7 +179,7 @@ def test_an_upload_a_newer_one_of_its_name_replaced_is_info_and_the_newer_one_lo
     first = Arrival(path, utcnow(), None)
     temp = inbox / ".upload-1234-Payable.csv"
     temp.write_text("id,amount\nP1,10\nP2,20\n")
-    temp.replace(path)  # as the SFTP server publishes an upload
+    temp.replace(path)  # as an SFTP server of your own does, in folder-watch mode
     second = Arrival(path, utcnow(), None)
     loads = LoadQueue(MorningLoader(engine, settings, journal.schema), inbox)
     loads.put(first)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import sqlite3
 import subprocess
 import time
 from collections import Counter
@@ -156,3 +157,46 @@ def test_an_interrupted_openssh_upload_is_never_applied(tmp_path, sqlite_url):
 
 
 pytestmark = pytest.mark.timeout(300)
+
+
+def test_an_upload_of_a_name_still_waiting_to_load_is_a_file_of_its_own(tmp_path, sqlite_url):
+    """The attacker's trial: Employees.csv uploaded twice while the queue was busy with
+    another file. The second replaced the first in the inbox, which was never loaded nor
+    recorded. Now each is loaded, in the order they came, and each is in the file log."""
+    settings = make_settings(sqlite_url, tmp_path, database={"timeout": 20.0})
+    inbox = tmp_path / "inbox"
+    first, second = tmp_path / "first.csv", tmp_path / "second.csv"
+    first.write_text("id,name\nE1,Ann\n")
+    second.write_text("id,name\nE1,Ann\nE2,Bob\n")
+    customers = tmp_path / "Customers.csv"
+    customers.write_text("id,name\nC1,Acme\n")
+    with RunningService(settings) as running:
+        assert running.service.sftp is not None
+        blocker = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), isolation_level=None)
+        blocker.execute("BEGIN EXCLUSIVE")  # the queue waits on the first file's load
+        try:
+            result = sftp_upload(
+                running.service.sftp.port,
+                [f"put {customers}", f"put {first} Employees.csv", f"put {second} Employees.csv"],
+                tmp_path / "client",
+            )
+            assert result.returncode == 0, result.stderr
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        settled(running, inbox)
+        engine = running.engine()
+        try:
+            with engine.connect() as conn:
+                logged = conn.execute(
+                    select(files.c.name, files.c.status, files.c.rows_read).order_by(files.c.id)
+                ).all()
+                names = conn.execute(text("SELECT id FROM employees ORDER BY id")).scalars()
+                assert list(names) == ["E1", "E2"]
+        finally:
+            engine.dispose()
+    assert [tuple(row) for row in logged] == [
+        ("Customers.csv", "loaded", 1),
+        ("Employees.csv", "loaded", 1),
+        ("Employees.csv", "loaded", 2),
+    ]

@@ -11,6 +11,7 @@ key's), the same way for ``serve``, which stops on it, and ``check``, which repo
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 ARCHIVE = "archive"
@@ -18,6 +19,15 @@ FAILED = "failed"
 HELD = "held"
 UNMATCHED = "unmatched"
 FOLDERS = (ARCHIVE, FAILED, HELD, UNMATCHED)
+LOADING = ".loading"
+"""The inbox's hidden folder a file is moved into, under a folder of its own, while it loads:
+an upload of the same name meanwhile is then a new file, not the one being read. An upload
+completed while another of its name still waits in the root is put there too."""
+
+
+def aside_folder(inbox: Path) -> Path:
+    """A folder of its own under the inbox's ``.loading``, for one file; not made yet."""
+    return inbox / LOADING / secrets.token_hex(6)
 
 
 def clashes(name: str) -> bool:

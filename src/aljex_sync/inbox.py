@@ -34,7 +34,7 @@ from pathlib import Path
 
 from .clock import utcnow
 from .errors import DatabaseUnavailable
-from .folders import ARCHIVE, FAILED, FOLDERS, HELD, UNMATCHED, clashes
+from .folders import ARCHIVE, FAILED, FOLDERS, HELD, LOADING, UNMATCHED, aside_folder, clashes
 from .morning import FileReport, MorningLoader
 from .sftp_files import PARTIAL_SUFFIXES, Upload
 
@@ -43,10 +43,6 @@ log = logging.getLogger("aljex_sync.inbox")
 TAKEN_MEMORY = timedelta(days=1)
 """How long the load queue remembers when it took a file of each name, to tell a queued
 upload that a newer one replaced (and was loaded in its place) from one that vanished."""
-
-LOADING = ".loading"
-"""The inbox's hidden folder a file is moved into, under a folder of its own, while it loads:
-an upload of the same name meanwhile is then a new file, not the one being read."""
 
 
 @dataclass(frozen=True)
@@ -223,7 +219,7 @@ class LoadQueue:
         """
         if path.parent != self.inbox:
             return path
-        folder = self.inbox / LOADING / secrets.token_hex(6)
+        folder = aside_folder(self.inbox)
         now = _naive_now()
         self._taken_at = {p: t for p, t in self._taken_at.items() if now - t < TAKEN_MEMORY}
         self._taken_at[path] = now

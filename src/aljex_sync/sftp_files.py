@@ -36,7 +36,7 @@ from asyncssh import (
     SFTPVFSAttrs,
 )
 
-from .folders import clashes
+from .folders import aside_folder, clashes
 from .sftp_login import peer_address
 
 if TYPE_CHECKING:
@@ -282,8 +282,8 @@ class InboxSFTPServer(asyncssh.SFTPServer):
             raise SFTPFailure("Upload failed and was discarded")
         try:
             size = await asyncio.to_thread(_seal, upload)
-            os.replace(upload.temp, self._dir / upload.name)
-            await asyncio.to_thread(_fsync_dir, self._dir)
+            path = self._publish(upload.temp, upload.name)
+            await asyncio.to_thread(_fsync_dir, path.parent)
         except OSError as e:
             self._discard(upload, f"it could not be saved: {e.strerror}")
             self._cannot_save(upload.name, e)
@@ -291,7 +291,7 @@ class InboxSFTPServer(asyncssh.SFTPServer):
         if _is_partial(upload.name):
             self._partials[upload.name] = closed
         else:
-            self._deliver(upload.name, closed)
+            self._deliver(path, closed)
 
     async def rename(self, oldpath: bytes, newpath: bytes) -> None:
         """Publish a partial upload of this session under its final name (replacing any)."""
@@ -300,13 +300,17 @@ class InboxSFTPServer(asyncssh.SFTPServer):
         if closed is None:
             raise SFTPPermissionDenied("Only your own finished partial uploads can be renamed")
         _existing_file(self._dir / new)
-        os.replace(self._dir / old, self._dir / new)
+        if _is_partial(new):
+            os.replace(self._dir / old, self._dir / new)
+            path = self._dir / new
+        else:
+            path = self._publish(self._dir / old, new)
         del self._partials[old]
-        await asyncio.to_thread(_fsync_dir, self._dir)
+        await asyncio.to_thread(_fsync_dir, path.parent)
         if _is_partial(new):
             self._partials[new] = closed
         else:
-            self._deliver(new, closed)
+            self._deliver(path, closed)
 
     async def posix_rename(self, oldpath: bytes, newpath: bytes) -> None:
         await self.rename(oldpath, newpath)
@@ -338,11 +342,24 @@ class InboxSFTPServer(asyncssh.SFTPServer):
         # takes as a failure even after a good upload. No-op if the channel is already closed.
         self.channel.exit(0)
 
-    def _deliver(self, name: str, closed: _Closed) -> None:
+    def _publish(self, source: Path, name: str) -> Path:
+        """Put a completed upload under its name in the inbox root; or, while an earlier
+        upload of that name still waits there to be loaded, in a folder of its own beside
+        the files being loaded: it loads after that one, and replaces nothing."""
+        target = self._dir / name
+        if _is_partial(name) or not target.is_file():
+            os.replace(source, target)
+            return target
+        folder = aside_folder(self._dir)
+        folder.mkdir(parents=True)
+        os.rename(source, folder / name)
+        log.info("%s: an earlier upload of it waits to be loaded; this one loads after it", name)
+        return folder / name
+
+    def _deliver(self, path: Path, closed: _Closed) -> None:
+        name = path.name
         self._delivered.add(name)
-        upload = Upload(
-            self._dir / name, name, closed.started_at, closed.mtime, closed.size, self._remote_addr
-        )
+        upload = Upload(path, name, closed.started_at, closed.mtime, closed.size, self._remote_addr)
         self._inbox.report(upload, closed.finished - closed.started)
 
     def _cannot_save(self, name: str, error: OSError) -> NoReturn:
