@@ -136,3 +136,24 @@ def test_a_host_key_serve_makes_where_files_came_before_is_a_warning_of_a_change
         f" {fingerprint}, though this receiver has taken morning files before: Aljex will see a"
         " changed host key"
     )
+
+
+def test_files_left_in_the_inbox_at_a_stop_load_at_the_start_and_it_says_so(
+    tmp_path, sqlite_url, caplog
+):
+    """A load can take a while: the start says what it is busy with."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "Customers.csv").write_text("id,name\nC1,Acme\n")
+    caplog.set_level(logging.INFO, "aljex_sync.service")
+    with RunningService(make_settings(sqlite_url, tmp_path)) as running:
+        loads = running.service.loads
+        assert loads is not None and loads.wait_idle(30)
+        engine = running.engine()
+        try:
+            with engine.connect() as conn:
+                assert conn.execute(text("SELECT id FROM customers")).scalars().all() == ["C1"]
+        finally:
+            engine.dispose()
+    said = [r.getMessage() for r in caplog.records if r.name == "aljex_sync.service"]
+    assert "loading 1 file(s) left in the inbox at the last stop: Customers.csv" in said

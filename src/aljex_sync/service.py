@@ -275,7 +275,15 @@ class Service:
         key_in_use = morning.sftp and await asyncio.to_thread(self._morning_used_before)
         self.loads.start()  # which makes the inbox's folders
         if morning.sftp:
-            for arrival in left_over(morning.inbox):
+            left = list(left_over(morning.inbox))
+            if left:  # a load can take a while: say why the service is busy at once
+                names = ", ".join(sorted({a.path.name for a in left}))
+                log.info(
+                    "loading %d file(s) left in the inbox at the last stop: %s",
+                    len(left),
+                    names[:300],
+                )
+            for arrival in left:
                 self.loads.put(arrival)
             check = PasswordCheck(
                 morning.username, password=morning.password, password_hash=morning.password_hash
