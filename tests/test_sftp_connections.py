@@ -128,6 +128,14 @@ def flood(port: int, source: str, count: int) -> None:
         sys.stdin.read()
 
 
+def upload_a_file(server: RunningInbox, tmp_path: Path) -> int:
+    """Upload a small Loads.csv with OpenSSH's sftp; its exit code."""
+    local = tmp_path / "Loads.csv"
+    local.write_text("id\nL1\n")
+    result = sftp_upload(server.port, [f"put {local}"], tmp_path / "client", password=SFTP_PASSWORD)
+    return result.returncode
+
+
 def lines_of(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
     """The SFTP server's log lines that say ``text``."""
     return [
@@ -248,14 +256,9 @@ def test_logged_in_connections_are_capped_and_a_freed_place_takes_the_next(
     serve: Callable[..., RunningInbox], tmp_path: Path, sftp_log: pytest.LogCaptureFixture
 ) -> None:
     server = serve(max_connections=2)
-    local = tmp_path / "Loads.csv"
-    local.write_text("id\nL1\n")
 
     def upload() -> int:
-        result = sftp_upload(
-            server.port, [f"put {local}"], tmp_path / "client", password=SFTP_PASSWORD
-        )
-        return result.returncode
+        return upload_a_file(server, tmp_path)
 
     async def while_two_are_logged_in() -> tuple[int, int]:
         held = [await login(server.port) for _ in range(2)]
@@ -319,14 +322,9 @@ def test_open_uploads_are_capped_per_session_and_in_total_and_descriptors_stay_b
     in_total = sftp_settings.MAX_OPEN_UPLOADS
     sessions = in_total // per_session + 1
     tries = 200
-    local = tmp_path / "Loads.csv"
-    local.write_text("id\nL1\n")
 
     def upload() -> int:
-        result = sftp_upload(
-            server.port, [f"put {local}"], tmp_path / "client", password=SFTP_PASSWORD
-        )
-        return result.returncode
+        return upload_a_file(server, tmp_path)
 
     async def attack() -> tuple[list[int], set[str], int, int, int]:
         before = open_descriptors()
