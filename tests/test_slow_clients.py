@@ -344,3 +344,15 @@ def test_with_allow_ips_another_address_is_refused_as_it_connects(guarded, caplo
     assert b"address 127.0.0.3 is not allowed" in reply
     assert "closed a connection: address 127.0.0.3 not allowed" in caplog.text
     assert normal_post(guarded) == 200
+
+
+def test_with_allow_ips_the_health_check_still_answers_on_this_machine(tmp_path, sqlite_url):
+    """A monitor (or `status`) on the machine itself asks /healthz on 127.0.0.1, whatever
+    addresses Aljex posts from; a Live Sync request from there is still refused."""
+    settings = make_settings(sqlite_url, tmp_path, live={"allow_ips": ["203.0.113.0/24"]})
+    with RunningService(settings) as running:
+        base = running.url.rsplit("/aljex/sync", 1)[0]
+        assert httpx.get(f"{base}/healthz", timeout=10).status_code == 200
+        assert normal_post(running) == 403
+        stranger = connect_from(running, "127.0.0.3")
+        assert read_until_closed(stranger).startswith(b"HTTP/1.1 403")

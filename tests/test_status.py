@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -288,6 +290,8 @@ def test_status_says_whether_serve_runs_and_is_well(tmp_path, sqlite_url):
         "ALJEX_SYNC_LIVE_LISTEN": f"127.0.0.1:{port}",
         "ALJEX_SYNC_MORNING_LISTEN": "127.0.0.1:0",
         "ALJEX_SYNC_DATABASE_TIMEOUT": "0.3",
+        "http_proxy": "http://127.0.0.1:9",  # a shell's proxy, dead: never used for this
+        "HTTP_PROXY": "http://127.0.0.1:9",
     }
     url = f"http://127.0.0.1:{port}/healthz"
 
@@ -345,3 +349,22 @@ def test_a_file_not_loaded_is_listed_until_a_later_file_of_its_table_loads(datab
     assert load("weather.csv", b"id,sky\nW1,clear\nW2,rain\n", weather) == "loaded"
     assert listed() == (["Carriers_20261201.csv"],) * 2
     engine.dispose()
+
+
+def test_status_tells_another_program_on_the_port_from_serve(tmp_path, sqlite_url):
+    path = make_config(tmp_path, sqlite_url)
+    _fill(path)
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        env = {"ALJEX_SYNC_LIVE_LISTEN": f"127.0.0.1:{server.server_address[1]}"}
+        result = CliRunner().invoke(main, ["-c", str(path), "status"], env=env)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.exit_code == 0, result.output
+    assert "Service: NOT HEALTHY: something other than aljex-sync answers there (HTTP 404)" in (
+        " ".join(result.output.split())
+    )
+    assert "DOCTYPE" not in result.output

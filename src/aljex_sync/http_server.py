@@ -20,7 +20,8 @@ is what Aljex waits on); ``EdgeProtocol`` is its protocol with, per connection:
   soon as it is accepted, so the descriptors it would hold go back at once; so is one
   beyond ``max_connections_per_address`` from one address (an IPv6 address's /64; trusted
   proxies aside), so that one client's idle connections cannot take every slot; and with
-  ``allow_ips``, one from any other address (trusted proxies aside) gets 403 at once;
+  ``allow_ips``, one from any other address (trusted proxies, and 127.0.0.1 and ::1 for
+  the health check, aside) gets 403 at once;
 - a pipeline cap: uvicorn queues every request a client sends ahead of its replies, and
   reads on after each reply, so one client pipelining without end (no password needed)
   grew the process by about 48 MB for each MB it sent. A connection with more than
@@ -78,6 +79,9 @@ KEEP_ALIVE_TIMEOUT = 5.0
 RESERVED_DESCRIPTORS = 128
 MAX_BACKLOG = 1024
 MAX_PIPELINED = 16  # requests a connection may send ahead of their replies
+# Let in by the connection gate whatever ``allow_ips`` says, for /healthz and `status` on
+# this machine; a Live Sync request from them is still judged by ``allow_ips`` (403).
+THIS_MACHINE = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})
 CUT = "aljex_sync.cut"
 """The ASGI scope extension in which the server says why it closed the connection of a
 request whose body it stopped waiting for: ``{"reason": ...}``."""
@@ -219,6 +223,7 @@ class EdgeProtocol(HttpToolsProtocol):
             host is not None
             and limits.allow_ips
             and not proxy
+            and host not in THIS_MACHINE
             and not within(host, limits.allow_ips)
         ):
             self.report.count(f"address {host} not allowed")

@@ -12,6 +12,7 @@ import ssl
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from email.message import Message
 
 from .settings import LiveSettings
 
@@ -57,17 +58,35 @@ def ask(live: LiveSettings, timeout: float = TIMEOUT) -> ServeHealth:
         context = ssl.create_default_context()
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
+    # Straight to this machine: never through the http_proxy a shell may have set.
+    opener = urllib.request.build_opener(
+        urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
+    )
     try:
-        with urllib.request.urlopen(url, timeout=timeout, context=context) as reply:  # noqa: S310 (http or https, built above)
+        with opener.open(url, timeout=timeout) as reply:
             lines = _lines(reply.read())
+            if lines[:1] != ["ok"] or not _ours(reply.headers):
+                return _not_ours(url, reply.status)
             return ServeHealth(url, "healthy", lines[1:])
     except urllib.error.HTTPError as e:
+        if e.code != 503 or not _ours(e.headers):
+            return _not_ours(url, e.code)
         return ServeHealth(url, "unhealthy", _lines(e.read()) or [f"{e.code} {e.reason}"])
     except (OSError, ValueError) as e:
         reason = getattr(e, "reason", None) or e
         if isinstance(reason, TimeoutError):  # it took the connection: it runs, hung
             return ServeHealth(url, "unhealthy", [f"no answer within {timeout:g} s"])
         return ServeHealth(url, "not running", [str(reason)])
+
+
+def _ours(headers: Message) -> bool:
+    """Whether an answer looks like aljex-sync's health check: one plain-text body."""
+    return str(headers.get("content-type", "")).startswith("text/plain")
+
+
+def _not_ours(url: str, status: int) -> ServeHealth:
+    reason = f"something other than aljex-sync answers there (HTTP {status})"
+    return ServeHealth(url, "unhealthy", [reason])
 
 
 def _lines(body: bytes) -> list[str]:
