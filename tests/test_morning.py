@@ -337,6 +337,25 @@ def test_a_file_with_the_same_content_is_skipped_as_a_duplicate(receiver, tmp_pa
     assert [f["status"] for f in file_log(receiver.engine)] == ["loaded", "duplicate"]
 
 
+def test_an_older_files_content_back_again_is_loaded_not_a_duplicate(receiver, tmp_path):
+    """Monday's file, Tuesday's with one carrier more, Wednesday's without it again, byte
+    for byte Monday's: skipped as a duplicate of Monday's, it left that carrier in."""
+    nine = [[f"K{i}", "A"] for i in range(9)]
+    monday = write_csv(tmp_path / "mon" / "Carriers.csv", ["id", "name"], nine)
+    tuesday = write_csv(tmp_path / "tue" / "Carriers.csv", ["id", "name"], [*nine, ["K9", "B"]])
+    assert receiver.load(monday).status == "loaded"
+    assert receiver.load(tuesday).status == "loaded"
+    os.utime(monday)  # exported again, on Wednesday
+    assert receiver.load(monday).status == "loaded"
+    count = "SELECT COUNT(*) AS n FROM carriers WHERE _aljex_deleted_at IS NULL"
+    assert table_rows(receiver.engine, count) == [{"n": 9}]
+    again = receiver.load(monday)  # the same file sent twice: that is a duplicate
+    assert (again.status, again.error) == (
+        "duplicate",
+        "the same content as the last file loaded into its table",
+    )
+
+
 def test_every_file_is_recorded_with_its_counts_and_times(receiver, tmp_path):
     path = write_csv(tmp_path / "Carriers.csv", ["id", "name"], [["K1", "A"], ["K2", "B"]])
     report = receiver.load(path)

@@ -1,4 +1,5 @@
-"""When each feed last delivered: the last applied Live Sync record, the last loaded file.
+"""When each feed last delivered: the last applied Live Sync record, the last loaded file
+(and, for telling a file sent again, what the last one of a table held).
 
 The feed-health alerts and /metrics both ask at every check or scrape. Neither
 ``received_at`` nor ``finished_at`` carries an index, so a ``max()`` of them reads the
@@ -31,3 +32,13 @@ def last_activity(conn: Connection) -> tuple[datetime | None, datetime | None]:
         .limit(1)
     ).scalar()
     return live, morning
+
+
+def last_loaded_content(conn: Connection, table: str) -> str | None:
+    """The SHA-256 of the last file loaded into ``table``, or None if none was."""
+    return conn.execute(
+        select(files.c.sha256)
+        .where(files.c.table_name == table, files.c.status == "loaded")
+        .order_by(files.c.id.desc())
+        .limit(1)
+    ).scalar()

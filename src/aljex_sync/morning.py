@@ -43,6 +43,7 @@ from .csvfile import (
     records_end,
 )
 from .errors import DatabaseUnavailable, MorningFileError
+from .feed_activity import last_loaded_content
 from .folders import clashes
 from .store import locks
 from .store.database import reading, translate
@@ -209,9 +210,9 @@ class MorningLoader:
             )
             report.sha256, report.size = facts.sha256, facts.size
             report.legacy_bytes, report.legacy_charset = facts.fixes, facts.encoding
-            if not force and self._already_loaded(facts.sha256):
+            if not force and self._already_loaded(facts.sha256, report.table):
                 report.status = "duplicate"
-                report.error = "a file with the same content was loaded before"
+                report.error = "the same content as the last file loaded into its table"
             else:
                 self._apply(path, facts, report, force=force, dry_run=dry_run, progress=progress)
         except PossiblyTruncated as e:
@@ -243,14 +244,13 @@ class MorningLoader:
         log.log(report.level, "%s", report.summary())
         return report
 
-    def _already_loaded(self, sha256: str, conn: Connection | None = None) -> bool:
-        """Whether a file of this content was loaded: read on ``conn`` when given (in the
-        merge's transaction), else on a reading connection of its own."""
-        query = select(files.c.id).where(files.c.sha256 == sha256, files.c.status == "loaded")
+    def _already_loaded(self, sha256: str, table: str, conn: Connection | None = None) -> bool:
+        """Whether this is what the table's last loaded file held (sent again); an older file's
+        content back again is today's truth. Read on ``conn`` (the merge's) if given."""
         if conn is not None:
-            return conn.execute(query).first() is not None
+            return last_loaded_content(conn, table) == sha256
         with reading(self.engine) as reader:
-            return reader.execute(query).first() is not None
+            return last_loaded_content(reader, table) == sha256
 
     def _apply(
         self,
@@ -414,20 +414,20 @@ class MorningLoader:
         commits with the merge. On PostgreSQL the changed rows are rewritten while another
         connection counts (``store.overlap``), and the guards judge the counts after that.
         """
-        assert report.table is not None and report.snapshot_at is not None
-        table_settings = self.settings.table(report.table)
+        name, at = report.table, report.snapshot_at
+        assert name is not None and at is not None
+        table_settings = self.settings.table(name)
         full = report.mode == "full"
         transaction = conn.begin()
         try:
-            with locks.for_transaction(conn, locks.morning_load(report.table), wait=MERGE_WAIT):
-                if not force and not dry_run and self._already_loaded(report.sha256, conn):
+            with locks.for_transaction(conn, locks.morning_load(name), wait=MERGE_WAIT):
+                if not (force or dry_run) and self._already_loaded(report.sha256, name, conn):
                     report.status = "duplicate"
-                    report.error = "a file with the same content was loaded meanwhile"
+                    report.error = "the same content as the table's last file, loaded meanwhile"
                     transaction.rollback()
                     return
                 # Forced, the file's own rows from an earlier load of it give way to it.
                 own = report.name if force else None
-                at = report.snapshot_at
                 tombstoned = drop_tombstoned(conn, stage, synced, at)
                 counts = None
                 if can_overlap(stage, tombstoned, scratch=scratch):
@@ -458,7 +458,7 @@ class MorningLoader:
                     counts,
                     full=full,
                     soft_delete=table_settings.delete == "soft",
-                    snapshot_at=report.snapshot_at,
+                    snapshot_at=at,
                     source=report.name,
                     own=own,
                     rewritten=overlap,
