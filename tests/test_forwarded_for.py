@@ -12,6 +12,7 @@ from sqlalchemy import select
 from aljex_sync import config
 from aljex_sync.errors import ConfigError
 from aljex_sync.live import client_address
+from aljex_sync.settings import within
 from aljex_sync.store.schema import events
 
 from .support import TEST_PASSWORD, RunningService, make_settings
@@ -95,3 +96,15 @@ def test_trusted_proxies_that_trust_everyone_are_refused_from_the_environment():
     env = {"ALJEX_SYNC_LIVE_TRUSTED_PROXIES": "::/0"}
     with pytest.raises(ConfigError, match="trusts every address"):
         config.parse({"live": {"password": "x"}, **OFF}, env=env)
+
+
+def test_an_ipv4_peer_of_a_dual_stack_listener_is_judged_as_the_ipv4_address_it_is():
+    """On `listen = "[::]:8080"` IPv4 peers come as ::ffff:a.b.c.d: an IPv4 proxy or allowed
+    address never matched, and every client behind the proxy shared its failure limit."""
+    proxy = (ipaddress.ip_network("127.0.0.50/32"),)
+    assert within("::ffff:127.0.0.50", proxy)
+    assert client_address("::ffff:127.0.0.50", ["203.0.113.10"], proxy) == "203.0.113.10"
+    assert client_address("::ffff:127.0.0.99", [], proxy) == "127.0.0.99"
+    assert client_address("127.0.0.50", ["::ffff:198.51.100.7"], proxy) == "198.51.100.7"
+    assert not within("::ffff:127.0.0.51", proxy)
+    assert within("2001:db8::1", (ipaddress.ip_network("2001:db8::/32"),))

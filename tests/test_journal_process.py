@@ -143,8 +143,10 @@ def test_the_writers_log_lines_reach_the_service_log(tmp_path, sqlite_url, caplo
         blocker.execute("ROLLBACK")
         blocker.close()
     lines = [r for r in caplog.records if r.name == "aljex_sync.journal"]
-    assert any(
-        r.levelname == "ERROR" and "1 request(s) not acknowledged" in r.getMessage() for r in lines
+    assert any(  # a lock not free in time is the database busy, not down
+        r.levelname == "WARNING"
+        and "database busy, 1 request(s) not acknowledged" in r.getMessage()
+        for r in lines
     )
 
 

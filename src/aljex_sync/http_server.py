@@ -66,7 +66,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from .config import LiveSettings
-from .settings import Network, within
+from .settings import Network, plain_ip, within
 
 log = logging.getLogger("aljex_sync.http")
 
@@ -184,13 +184,12 @@ def address_of(peer: Any) -> str | None:
 
 def _bucket(host: str) -> str:
     """What connections are counted by: the address, or an IPv6 address's /64."""
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
+    ip = plain_ip(host)
+    if ip is None:
         return host
-    if ip.version == 6 and ip.ipv4_mapped is None:
+    if ip.version == 6:
         return str(ipaddress.ip_network(f"{ip}/64", strict=False))
-    return str(ip.ipv4_mapped or ip) if ip.version == 6 else str(ip)
+    return str(ip)
 
 
 class EdgeProtocol(HttpToolsProtocol):

@@ -188,6 +188,9 @@ class Journal:
             if self.hands_off and locked(error):
                 log.debug("the write lock is taken, handing %d request(s) on: %s", count, error)
                 return error
+            if locked(error):  # busy, not down: the edge says at what level (a load's, or not)
+                log.warning("database busy, %d request(s) not acknowledged: %s", count, error)
+                return error
             log.error("database unavailable, %d request(s) not acknowledged: %s", count, error)
         else:  # a bug: fail the requests, keep the writer alive
             log.error("journal writer failed", exc_info=error)

@@ -43,7 +43,7 @@ from .errors import (
 from .login_failures import FailedLogins
 from .logins import Logins, basic_credentials
 from .messages import Outcome, Received
-from .settings import within
+from .settings import plain_ip, within
 from .store.database import LOCKED
 from .store.schema import events
 
@@ -145,6 +145,9 @@ def client_address(peer: str | None, forwarded_for: list[str], trusted: tuple[Ne
     as the source: the walk stops at it, at the last proxy that was trusted.
     """
     address = peer or "unknown"
+    plain = plain_ip(address)
+    if plain is not None:  # an IPv4 peer of a dual-stack listener, as the IPv4 address it is
+        address = str(plain)
     if not forwarded_for or not trusted or not within(address, trusted):
         return address
     hops = [h.strip() for line in forwarded_for for h in line.split(",") if h.strip()]
@@ -166,7 +169,8 @@ def _ip(hop: str) -> str | None:
     elif text.count(":") == 1:  # IPv4 with a port
         text = text.partition(":")[0]
     try:
-        return str(ipaddress.ip_address(text))
+        ip = ipaddress.ip_address(text)
+        return str(ip.ipv4_mapped or ip if isinstance(ip, ipaddress.IPv6Address) else ip)
     except ValueError:
         return None
 

@@ -17,12 +17,19 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def within(address: str, networks: tuple[Network, ...]) -> bool:
-    """True when ``address`` is an IP address in one of ``networks``."""
+    """True when ``address`` is an IP address in one of ``networks``; an IPv4 address a
+    dual-stack listener reports as IPv6 (``::ffff:a.b.c.d``) as the IPv4 address it is."""
+    ip = plain_ip(address)
+    return ip is not None and any(ip in net for net in networks)
+
+
+def plain_ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """``address`` as an IP address, ``::ffff:a.b.c.d`` as ``a.b.c.d``; None if it is none."""
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
-        return False
-    return any(ip in net for net in networks)
+        return None
+    return ip.ipv4_mapped or ip if isinstance(ip, ipaddress.IPv6Address) else ip
 
 
 DeleteMode = Literal["hard", "soft"]
