@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 
 import asyncssh
@@ -26,6 +27,7 @@ import pytest
 
 from aljex_sync import sftp_settings
 from aljex_sync.http_server import RESERVED_DESCRIPTORS
+from aljex_sync.sftp_login import ConnectionGate
 from aljex_sync.sftp_settings import SftpSettings
 
 from .support import (
@@ -382,3 +384,48 @@ def test_the_sftp_server_fits_in_the_descriptors_live_sync_leaves_to_the_rest() 
 
 if __name__ == "__main__":  # the flood process
     flood(int(sys.argv[1]), sys.argv[2], int(sys.argv[3]))
+
+
+class _Conn:
+    """A connection as the gate sees it: closed when it must give way, and then gone, as
+    asyncssh reports it (``left``)."""
+
+    def __init__(self, gate: ConnectionGate, addr: str) -> None:
+        self.gate, self.addr, self.closed = gate, addr, False
+
+    def give_way(self) -> None:
+        self.closed = True
+
+    def come(self) -> str | None:
+        return self.gate.admit(self.addr, self)
+
+    def gone(self) -> None:
+        self.gate.left(self.addr, self)
+
+
+def test_a_connection_that_began_to_log_in_never_gives_way_to_a_newer_one(tmp_path: Path) -> None:
+    """The attacker's second trial: bare connections churned from 20 addresses evicted
+    Aljex's own before its login was through. Once it logs in, only bare ones give way."""
+    settings = replace(
+        inbox_settings(tmp_path / "inbox", tmp_path / "key"),
+        max_unauthenticated=3,
+        max_unauthenticated_per_address=2,
+    )
+    gate = ConnectionGate(settings)
+    aljex = _Conn(gate, "203.0.113.10")
+    assert aljex.come() is None
+    gate.logging_in(aljex)
+    bare = [_Conn(gate, "198.51.100.1"), _Conn(gate, "198.51.100.1")]
+    assert [c.come() for c in bare] == [None, None]
+    churned = []
+    for n in range(2, 50):  # each from an address of its own, the last one's gone as it comes
+        churned.append(_Conn(gate, f"198.51.100.{n}"))
+        assert churned[-1].come() is None
+        for conn in [*bare, *churned]:
+            if conn.closed:
+                conn.gone()
+                conn.closed = None  # gone once
+    assert aljex.closed is False  # first in line at every tie, yet never replaced
+    assert [c.closed for c in bare] == [None, None]
+    assert [c.closed for c in churned].count(None) == len(churned) - 2  # 2 places besides
+    gate.logged_in(aljex.addr, aljex)

@@ -45,9 +45,11 @@ class ConnectionGate:
 
     Refusing every connection once ``max_unauthenticated`` wait to log in let a few
     addresses holding idle connections shut Aljex out. So a connection from an address
-    with fewer waiting than the address with the most takes the place of that address's
-    oldest, which is closed; only a connection from an address that already has as many
-    waiting as any other is refused.
+    with fewer waiting than another address takes the place of that address's oldest
+    connection that has not begun to log in, which is closed. One that has begun (its key
+    exchange done, its password being checked) is never closed for another: a flood of
+    bare connections, however fast it comes again, cannot end Aljex's login halfway. A
+    connection that finds no such place is refused.
     """
 
     def __init__(self, settings: SftpSettings) -> None:
@@ -55,6 +57,7 @@ class ConnectionGate:
         self.open = 0
         # Per address, its connections not logged in yet, oldest first.
         self._waiting: dict[str, dict[Waiting, None]] = {}
+        self._logging_in: set[Waiting] = set()  # of those, the ones that began to log in
 
     def admit(self, addr: str, conn: Waiting) -> str | None:
         """Count in a connection from ``addr``; or, if it would pass a limit, which one."""
@@ -66,15 +69,30 @@ class ConnectionGate:
         if mine >= per_address:
             return f"over {per_address} connections not logged in from one address"
         if sum(map(len, self._waiting.values())) >= settings.max_unauthenticated:
-            most = max(self._waiting, key=lambda a: len(self._waiting[a]))
-            if len(self._waiting[most]) <= mine:
+            victim = self._place_for(mine)
+            if victim is None:
                 return f"over {settings.max_unauthenticated} connections not logged in"
-            oldest = next(iter(self._waiting[most]))
-            self._done_waiting(most, oldest)
-            oldest.give_way()
+            self._done_waiting(*victim)
+            victim[1].give_way()
         self.open += 1
         self._waiting.setdefault(addr, {})[conn] = None
         return None
+
+    def _place_for(self, mine: int) -> tuple[str, Waiting] | None:
+        """The connection a newcomer whose address has ``mine`` waiting may replace: the
+        oldest not logging in yet, of the address with the most waiting (more than mine)."""
+        for addr in sorted(self._waiting, key=lambda a: -len(self._waiting[a])):
+            if len(self._waiting[addr]) <= mine:
+                return None
+            for conn in self._waiting[addr]:
+                if conn not in self._logging_in:
+                    return addr, conn
+        return None
+
+    def logging_in(self, conn: Waiting) -> None:
+        """``conn`` began to log in (asyncssh's ``begin_auth``): never replaced from now."""
+        if any(conn in waiting for waiting in self._waiting.values()):
+            self._logging_in.add(conn)
 
     def logged_in(self, addr: str, conn: Waiting) -> None:
         self._done_waiting(addr, conn)
@@ -84,6 +102,7 @@ class ConnectionGate:
         self._done_waiting(addr, conn)
 
     def _done_waiting(self, addr: str, conn: Waiting) -> None:
+        self._logging_in.discard(conn)
         waiting = self._waiting.get(addr)
         if waiting is None or conn not in waiting:
             return  # logged in, or closed for another already
@@ -245,6 +264,7 @@ class InboxSSHServer(asyncssh.SSHServer):
 
     async def begin_auth(self, username: str) -> bool:
         self._refuse_if_locked(username)
+        self._inbox.gate.logging_in(self)
         return True
 
     def password_auth_supported(self) -> bool:
