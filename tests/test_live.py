@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
@@ -15,6 +16,7 @@ from sqlalchemy import Engine, select, text
 
 from aljex_sync import logs, overview
 from aljex_sync.journal import Journal
+from aljex_sync.live import RefusedLines
 from aljex_sync.store.schema import columns_table, events
 
 from .support import TEST_PASSWORD, RunningService, make_settings
@@ -740,6 +742,8 @@ def sqlite_service(tmp_path: Path, sqlite_url: str):
 
 def test_what_the_operator_must_act_on_is_logged_at_warning_with_its_reason(sqlite_service, caplog):
     """Applied is INFO; a held record, a refused request and a wrong password are WARNING."""
+    assert sqlite_service.service.live is not None  # refusals of the tests before held back:
+    sqlite_service.service.live.refused_lines = RefusedLines()  # each comes once a minute
     with caplog.at_level("INFO", logger="aljex_sync.live"):
         post(sqlite_service, record("notes", "create", id="K1"))
         post(sqlite_service, record("notes", "create", text="no key"))
@@ -759,3 +763,28 @@ def test_a_wrong_password_is_told_apart_from_none_in_the_reply(sqlite_service):
     missing = post(sqlite_service, record("notes", "create", id="1"), auth=None)
     assert (wrong.status_code, wrong.text.strip()) == (401, "wrong username or password")
     assert (missing.status_code, missing.text.strip()) == (401, "username and password required")
+
+
+def test_a_flood_of_refusals_writes_a_line_a_minute_per_address_and_counts_the_rest(
+    sqlite_service, caplog
+):
+    """Refusals need no password: one line each let a client fill the disk with the log
+    (40 GB a day from one). A request let in keeps its own line, however many come."""
+    endpoint = sqlite_service.service.live
+    assert endpoint is not None
+    endpoint.refused_lines = RefusedLines()  # none held from the tests before on this service
+
+    async def flush() -> None:
+        endpoint.refused_lines.flush()
+
+    with caplog.at_level("INFO", logger="aljex_sync.live"):
+        for _ in range(30):
+            assert httpx.post(sqlite_service.url, content=b"a=1", timeout=10).status_code == 401
+        for n in range(3):
+            assert post(sqlite_service, record("notes", "frobnicate", id=str(n))).status_code == 422
+        asyncio.run_coroutine_threadsafe(flush(), sqlite_service.loop).result(10)
+    lines = [r.getMessage() for r in caplog.records if r.name == "aljex_sync.live"]
+    refused = [line for line in lines if " 401 no credentials" in line]
+    assert len(refused) == 2, lines
+    assert refused[1].endswith("401 no credentials (29 more like it in the last 60 s)")
+    assert len([line for line in lines if " 422 " in line]) == 3

@@ -382,6 +382,8 @@ class Service:
                 await self._server_task
             self._server = None
         await self._edge_tasks.close()
+        if self.live is not None:
+            self.live.refused_lines.flush()  # the counts of refusals held back, if any
         if self._journal_ready:
             await self.failed_logins.flush()  # the last ones counted
         for sock in self._sockets:
