@@ -478,6 +478,9 @@ def test_a_post_to_a_wrong_path_gets_404_is_journaled_and_shows_in_status(sqlite
             reason,
             body.encode(),
         )
+        # What it was for, read from its body: `events --table` and `replay --table` find it.
+        what = (event["table_name"], event["action"], event["record_key"])
+        assert what == ("notes", "create", "1")
         assert (reason, 1) in overview.read(engine).rejected  # what `status` lists
         assert rows(engine, "SELECT name FROM sqlite_master WHERE name = 'notes'") == []
         replayer = Journal(engine, sqlite_service.settings)

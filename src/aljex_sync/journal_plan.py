@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from sqlalchemy.exc import SQLAlchemyError
 
 from .config import Settings, TableSettings
-from .errors import DatabaseUnavailable, TableNotAccepted, WireError
+from .errors import DatabaseUnavailable, TableNotAccepted, WireError, WrongPath
 from .messages import Received, Status
 from .store.database import translate
 from .store.rows import record_key
@@ -76,6 +76,26 @@ class Planner:
         self._columns: dict[tuple[str, tuple[str, ...]], tuple[str, ...]] = {}
         self._settings_of: dict[str, TableSettings] = {}
 
+    def _astray(self, received: Received, wrong: WrongPath, replay_of: int | None) -> Plan:
+        """A request posted to a wrong path, rejected, but journaled with the table, action
+        and key its body names (if it reads), so ``status``, ``events --table`` and ``replay
+        --table`` find the records that went astray."""
+        live = self.settings.live
+        try:
+            change = parse_body(
+                received.body, legacy_charset=live.legacy_charset, max_fields=live.max_fields
+            )
+        except WireError:
+            return Plan(received, None, wrong, "rejected", wrong.reason, replay_of=replay_of)
+        plan = Plan(received, change, wrong, "rejected", wrong.reason, replay_of=replay_of)
+        names = [
+            SyncedTable.key_field_for_names(change.fields, k)
+            for k in self.table_settings(change.table).key
+        ]
+        if all(names):
+            plan.key = record_key([change.fields[n] for n in names if n is not None])
+        return plan
+
     def plan(self, received: Received, replay_of: int | None) -> Plan:
         """Parse a request and decide what to do with it; creates tables and columns it needs."""
         rejection = received.rejection
@@ -91,6 +111,8 @@ class Planner:
             existing = self.schema.tables.get(change.table)
             if existing is None:
                 existing, rejection = self._new_table(change)
+        if isinstance(rejection, WrongPath):
+            return self._astray(received, rejection, replay_of)
         if rejection is not None:
             return Plan(
                 received, None, rejection, "rejected", rejection.reason, replay_of=replay_of

@@ -59,7 +59,7 @@ def replay(
         console.print("Replayed: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     if still_held:
         n = sum(still_held.values())
-        console.print(f"{n} record{'s' if n != 1 else ''} stay held:")
+        console.print(f"{n} record{'s stay' if n != 1 else ' stays'} held:")
         for reason, count in sorted(still_held.items(), key=lambda item: (-item[1], item[0])):
             console.print(f"  {count} {reason}", highlight=False)
         console.print("Fix the cause (often a key under [tables.NAME]), then replay again.")
