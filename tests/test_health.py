@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -164,3 +166,41 @@ def test_a_morning_load_holding_sqlite_busy_is_no_reason_to_restart(tmp_path, sq
             "database busy: a morning load holds the write lock; nothing was stored, send again\n"
         )
         assert post_note(running, "2") == 200
+
+
+def test_a_load_by_hand_holding_sqlite_busy_is_no_reason_to_restart_either(tmp_path, sqlite_url):
+    """`aljex-sync load` run beside serve: the same "database busy", not a database down."""
+    settings = make_settings(sqlite_url, tmp_path, database={"timeout": 5.0})
+    config = tmp_path / "hand.toml"
+    config.write_text(
+        f'[database]\nurl = "{sqlite_url}"\ntimeout = 8\n[live]\npassword = "x"\n'
+        f'[morning]\npassword = "x"\ninbox = "{tmp_path / "hand-inbox"}"\n'
+    )
+    csv = tmp_path / "Customers.csv"
+    csv.write_text("id,name\nC1,Acme\n")
+    with RunningService(settings) as running:
+        blocker = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), isolation_level=None)
+        blocker.execute("BEGIN EXCLUSIVE")  # as a long merge holds it
+        load = subprocess.Popen(
+            [sys.executable, "-m", "aljex_sync.cli", "-c", str(config), "load", str(csv)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 6
+            while "database busy" not in (answer := health(running)).text:
+                assert time.monotonic() < deadline, answer.text
+                time.sleep(0.1)
+            assert answer.status_code == 200
+            busy = (
+                "database busy: a morning load run by hand (aljex-sync load) holds the write lock"
+            )
+            assert busy in answer.text.splitlines()
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+            assert load.wait(30) == 0
+        deadline = time.monotonic() + 3  # looked at once a second at most
+        while "database busy" in health(running).text:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)

@@ -26,6 +26,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import TracebackType
@@ -51,8 +52,8 @@ from .morning import MorningLoader
 from .notifier import Notifier
 from .sftp import SftpInbox
 from .sftp_settings import SftpSettings
-from .store.database import close_engine, display_url, normalize_url, open_engine, reading
-from .store.locks import FileLock, beside
+from .store.database import close_engine, display_url, open_engine, reading
+from .store.locks import LOADING, FileLock, beside_sqlite
 from .store.schema import Schema, files
 from .view_refresh import ViewRefresher
 
@@ -105,12 +106,9 @@ def serve_locks(settings: Settings) -> list[ServeLock]:
     sharing a PostgreSQL or MariaDB database, each with an inbox of its own, are fine.
     """
     locks = []
-    url = normalize_url(settings.database.url)
-    database = url.database or ""
-    in_memory = database in ("", ":memory:") or url.query.get("mode") == "memory"
-    if url.get_backend_name() == "sqlite" and not in_memory:
-        file = FileLock(beside(database, SERVE_LOCK))
-        locks.append(ServeLock(file, "database", display_url(url)))
+    file = beside_sqlite(settings.database.url, SERVE_LOCK)
+    if file is not None:
+        locks.append(ServeLock(file, "database", display_url(settings.database.url)))
     if settings.morning.enabled:
         inbox = settings.morning.inbox
         locks.append(ServeLock(FileLock(inbox / INBOX_LOCK), "inbox", f"the inbox {inbox}"))
@@ -148,6 +146,8 @@ class Service:
         self.http_port: int | None = None
         self._hurry = asyncio.Event()
         self._running = False  # started whole, and not stopped yet
+        self._hand_lock = beside_sqlite(settings.database.url, LOADING)  # `aljex-sync load`
+        self._hand_load = (-1.0, False)  # when the hand load's lock was last looked at, held
         self._journal_ready = False
 
     async def start(self) -> None:
@@ -259,11 +259,18 @@ class Service:
         return [*self.chores.health.lines(), *self.views.lines()]
 
     def _busy_with(self) -> str | None:
-        """What of this service may hold SQLite's write lock for long: a morning load
-        merges a file in one transaction, and live writes wait for it."""
-        if self.engine.dialect.name != "sqlite" or self.loads is None:
+        """What may hold SQLite's write lock for long: a morning load (this service's, or
+        an ``aljex-sync load`` by hand) merges a file in one transaction, and live writes
+        wait for it. The hand load's lock file is looked at once a second at most."""
+        if self.engine.dialect.name != "sqlite":
             return None
-        return None if self.loads.wait_idle(0) else "a morning load"
+        if self.loads is not None and not self.loads.wait_idle(0):
+            return "a morning load"
+        now = time.monotonic()
+        if now - self._hand_load[0] >= 1.0:
+            by_hand = self._hand_lock is not None and self._hand_lock.in_use()
+            self._hand_load = (now, by_hand)
+        return "a morning load run by hand (aljex-sync load)" if self._hand_load[1] else None
 
     async def _start_morning(self) -> None:
         """The load queue, then the SFTP server or the folder watch that feeds it."""

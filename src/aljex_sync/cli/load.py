@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import click
@@ -18,6 +20,7 @@ from rich.progress import (
 from rich.table import Table
 
 from ..morning import FileReport, MorningLoader
+from ..store.locks import LOADING, FileLock, beside_sqlite
 from ..store.schema import Schema
 from .common import Context, console, database, err_console
 
@@ -54,8 +57,13 @@ def load(
     """
     settings = obj.settings
     failed = False
+    # Held while loading, so that a serve on the same SQLite database says "busy", not down.
+    loading = None if dry_run else beside_sqlite(settings.database.url, LOADING)
+    with suppress(OSError):
+        if loading is not None:
+            loading.take()
     # A dry run changes nothing, so it needs a database aljex-sync has set up.
-    with database(settings, create=not dry_run) as engine:
+    with closing_lock(loading), database(settings, create=not dry_run) as engine:
         schema = Schema(engine)
         schema.reload()
         loader = MorningLoader(engine, settings, schema)
@@ -141,3 +149,13 @@ def _print_report(report: FileReport) -> None:
             )
         )
         console.print(table)
+
+
+@contextmanager
+def closing_lock(lock: FileLock | None) -> Iterator[None]:
+    """Let go of ``lock`` (if held) when the block ends."""
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()

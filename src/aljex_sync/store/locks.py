@@ -137,6 +137,24 @@ def beside(database: str, name: str) -> Path:
     return Path(f"{database}.{name}.lock")
 
 
+LOADING = "loading"
+"""The lock file an ``aljex-sync load`` holds beside a SQLite database while it loads, so
+that ``serve`` can tell the database busy with a load from one that is down."""
+
+
+def beside_sqlite(url: str, name: str) -> FileLock | None:
+    """The lock file ``name`` beside the SQLite database file of ``url``; None for another
+    database, or one in memory (one process's own)."""
+    from .database import normalize_url  # database imports this module
+
+    parsed = normalize_url(url)
+    database = parsed.database or ""
+    in_memory = database in ("", ":memory:") or parsed.query.get("mode") == "memory"
+    if parsed.get_backend_name() != "sqlite" or in_memory:
+        return None
+    return FileLock(beside(database, name))
+
+
 class KeptLock:
     """A named lock one process keeps for as long as it likes, tried without waiting.
 
