@@ -414,7 +414,7 @@ def test_a_connection_that_began_to_log_in_never_gives_way_to_a_newer_one(tmp_pa
     gate = ConnectionGate(settings)
     aljex = _Conn(gate, "203.0.113.10")
     assert aljex.come() is None
-    gate.logging_in(aljex)
+    gate.logging_in(aljex.addr, aljex)
     bare = [_Conn(gate, "198.51.100.1"), _Conn(gate, "198.51.100.1")]
     assert [c.come() for c in bare] == [None, None]
     churned = []

@@ -11,7 +11,6 @@ writer both answer.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import time
 from collections import Counter
@@ -41,6 +40,7 @@ from .errors import (
     WireError,
     WrongPath,
 )
+from .journal import locked
 from .login_failures import FailedLogins
 from .logins import Logins, basic_credentials
 from .messages import Outcome, Received
@@ -219,11 +219,8 @@ def _ip(hop: str) -> str | None:
         text = text[1 : text.index("]")]
     elif text.count(":") == 1:  # IPv4 with a port
         text = text.partition(":")[0]
-    try:
-        ip = ipaddress.ip_address(text)
-        return str(ip.ipv4_mapped or ip if isinstance(ip, ipaddress.IPv6Address) else ip)
-    except ValueError:
-        return None
+    ip = plain_ip(text)
+    return None if ip is None else str(ip)
 
 
 def _text(status: int, line: str, headers: dict[str, str] | None = None) -> Response:
@@ -381,9 +378,8 @@ class LiveEndpoint:
             outcome = await self.journal.write(Received(body, source, received_at))
         except DatabaseUnavailable as e:
             self.refusals.refused(str(e))
-            if busy and LOCKED in str(
-                e
-            ):  # not down: waited its time for the lock held by this service's own work
+            # Not down: it waited its time for a lock this service's own work holds.
+            if busy and locked(e):
                 reason = f"database busy: {busy} holds the write lock"
                 hint = "[database] timeout is how long a request waits for it"
                 line.emit(503, f"{reason} ({hint})", level=logging.WARNING)

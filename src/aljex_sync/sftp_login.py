@@ -89,9 +89,9 @@ class ConnectionGate:
                     return addr, conn
         return None
 
-    def logging_in(self, conn: Waiting) -> None:
+    def logging_in(self, addr: str, conn: Waiting) -> None:
         """``conn`` began to log in (asyncssh's ``begin_auth``): never replaced from now."""
-        if any(conn in waiting for waiting in self._waiting.values()):
+        if conn in self._waiting.get(addr, ()):
             self._logging_in.add(conn)
 
     def logged_in(self, addr: str, conn: Waiting) -> None:
@@ -264,7 +264,7 @@ class InboxSSHServer(asyncssh.SSHServer):
 
     async def begin_auth(self, username: str) -> bool:
         self._refuse_if_locked(username)
-        self._inbox.gate.logging_in(self)
+        self._inbox.gate.logging_in(self._addr, self)
         return True
 
     def password_auth_supported(self) -> bool:
