@@ -480,3 +480,16 @@ def test_init_refuses_a_port_out_of_range_before_writing_anything(tmp_path, opti
     code, out = run("-c", str(path), "init", "--force", option, "99999")
     assert code == 2 and option in out, out
     assert path.read_text() == before  # the config and its passwords are kept
+
+
+def test_check_refuses_an_ipv6_listen_address_without_brackets_in_one_line(tmp_path):
+    path = tmp_path / "aljex-sync.toml"
+    path.write_text('[live]\nlisten = "::8080"\npassword = "x"\n[morning]\nsftp = false\n')
+    code, out = run("-c", str(path), "check")
+    problems = [line for line in out.splitlines() if line.startswith("problem:")]
+    assert code == 1
+    assert problems == [
+        f"problem: {path}: live.listen: must be HOST:PORT or [IPv6]:PORT, like 0.0.0.0:8080"
+        " or [::]:8080, got '::8080': an IPv6 address goes in brackets; for every address"
+        " write [::]:8080"
+    ]

@@ -89,6 +89,50 @@ def test_a_bad_value_names_its_key(tmp_path, text, key):
     assert "\n" not in str(error.value)
 
 
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        ("::8080", "for every address write [::]:8080"),
+        (":::8080", "write [::]:8080"),
+        ("::1:8080", "write [::1]:8080"),
+        ("1.2.3.4", "no port"),
+        ("[::1]", "no port"),
+        ("127.0.0.1:65536", "port 65536 is over 65535"),
+        ("[1.2.3.4]:8080", "only an IPv6 address is bracketed"),
+        ("[::1:8080", ""),
+        (":8080", ""),
+        ("0.0.0.0:http", ""),
+    ],
+)
+@pytest.mark.parametrize("section", ["live", "morning"])
+def test_a_listen_value_not_host_port_is_refused_with_the_right_form(tmp_path, section, value, why):
+    path = write(tmp_path, MINIMAL.replace(f"[{section}]\n", f'[{section}]\nlisten = "{value}"\n'))
+    with pytest.raises(ConfigError) as error:
+        config.load(path, env={})
+    assert error.value.key == f"{section}.listen"
+    line = str(error.value)
+    assert "\n" not in line
+    assert "must be HOST:PORT or [IPv6]:PORT, like 0.0.0.0:8080 or [::]:8080" in line
+    assert f"got {value!r}" in line
+    assert why in line
+
+
+@pytest.mark.parametrize(
+    ("value", "host", "port"),
+    [
+        ("0.0.0.0:8080", "0.0.0.0", 8080),
+        ("[::]:8080", "::", 8080),
+        ("[::1]:0", "::1", 0),
+        ("localhost:65535", "localhost", 65535),
+        (" 127.0.0.1:2222 ", "127.0.0.1", 2222),
+    ],
+)
+def test_a_listen_value_gives_the_host_and_port_to_bind(tmp_path, value, host, port):
+    env = {"ALJEX_SYNC_LIVE_LISTEN": value}
+    settings = config.load(write(tmp_path, MINIMAL), env=env)
+    assert (settings.live.host, settings.live.port) == (host, port)
+
+
 def test_a_missing_file_says_how_to_make_one(tmp_path):
     with pytest.raises(ConfigError, match="aljex-sync init"):
         config.load(tmp_path / "nope.toml", env={})

@@ -281,11 +281,57 @@ def _from_env(dotted: str, spec: Key, text: str) -> Any:
         raise ConfigError(dotted, f"must be a {kind}, got {text!r}") from None
 
 
+LISTEN_FORM = "must be HOST:PORT or [IPv6]:PORT, like 0.0.0.0:8080 or [::]:8080"
+
+
 def _listen(dotted: str, value: str) -> tuple[str, int]:
-    match = re.fullmatch(r"\[?([^\[\]]*?)\]?:(\d{1,5})", value.strip())
-    if not match or not match.group(1) or not 0 <= int(match.group(2)) <= 65535:
-        raise ConfigError(dotted, f"must be HOST:PORT, like 0.0.0.0:8080, got {value!r}")
-    return match.group(1), int(match.group(2))
+    """``HOST:PORT`` or ``[IPv6]:PORT``: the host to bind, and the port (0: any free one).
+
+    An IPv6 address must be in brackets: in ``::1:8080`` or ``::8080`` nothing says where
+    the address ends and the port begins (``::8080`` is an IPv6 address itself), so such
+    a value is refused with the bracketed form most likely meant.
+    """
+    text = value.strip()
+    if text.startswith("["):
+        bracketed = re.fullmatch(r"\[([^\[\]]+)\]:([0-9]+)", text)
+        if bracketed is None:
+            missing = re.fullmatch(r"\[[^\[\]]*\]", text) is not None
+            raise ConfigError(dotted, _listen_problem(value, "no port" if missing else ""))
+        host, port = bracketed.groups()
+        if not _is_ipv6(host):
+            raise ConfigError(dotted, _listen_problem(value, "only an IPv6 address is bracketed"))
+    elif ":" not in text:
+        raise ConfigError(dotted, _listen_problem(value, "no port" if text else ""))
+    else:
+        host, _, port = text.rpartition(":")
+        if ":" in host:
+            raise ConfigError(dotted, _listen_problem(value, _brackets_meant(host, port)))
+        if not host or not re.fullmatch(r"[0-9]+", port) or re.search(r"[\[\]\s/]", host):
+            raise ConfigError(dotted, _listen_problem(value, ""))
+    if int(port) > 65535:
+        raise ConfigError(dotted, _listen_problem(value, f"port {int(port)} is over 65535"))
+    return host, int(port)
+
+
+def _listen_problem(value: str, why: str) -> str:
+    return f"{LISTEN_FORM}, got {value!r}" + (f": {why}" if why else "")
+
+
+def _brackets_meant(host: str, port: str) -> str:
+    """For an IPv6 address written without brackets, the value most likely meant."""
+    if re.fullmatch(r"[0-9]+", port) and _is_ipv6(host):
+        return f"an IPv6 address goes in brackets; write [{host}]:{port}"
+    whole = host + ":" + port
+    if whole.startswith("::") and re.fullmatch(r"[0-9]+", whole[2:]):  # "::8080"
+        return f"an IPv6 address goes in brackets; for every address write [::]:{whole[2:]}"
+    return "an IPv6 address goes in brackets"
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        return isinstance(ipaddress.ip_address(text), ipaddress.IPv6Address)
+    except ValueError:
+        return False
 
 
 def _check_credentials(section: str, values: Mapping[str, Any]) -> None:

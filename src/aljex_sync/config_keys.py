@@ -26,7 +26,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "live": {
         "enabled": Key(bool, True, "run the Live Sync HTTP endpoint"),
-        "listen": Key(str, "0.0.0.0:8080", "HOST:PORT the HTTP endpoint listens on"),
+        "listen": Key(str, "0.0.0.0:8080", "HOST:PORT or [IPv6]:PORT the HTTP endpoint listens on"),
         "path": Key(str, "/aljex/sync", "URL path Aljex posts to"),
         "username": Key(str, "aljex", "user name Aljex sends with HTTP Basic auth"),
         "password": Key(str, "", "password in clear (prefer password_hash)"),
@@ -54,7 +54,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "morning": {
         "enabled": Key(bool, True, "receive Morning Sync files"),
         "sftp": Key(bool, True, "run the embedded SFTP server (false: watch the inbox)"),
-        "listen": Key(str, "0.0.0.0:2222", "HOST:PORT the SFTP server listens on"),
+        "listen": Key(str, "0.0.0.0:2222", "HOST:PORT or [IPv6]:PORT the SFTP server listens on"),
         "username": Key(str, "aljex", "SFTP user name Aljex logs in with"),
         "password": Key(str, "", "SFTP password in clear (prefer password_hash)"),
         "password_hash": Key(str, "", "argon2 or scrypt hash of the SFTP password"),
