@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import queue
+import re
 import signal
 import socket
 import sqlite3
@@ -21,6 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
+import httpx
 import pytest
 
 from aljex_sync.service import bind
@@ -113,9 +115,9 @@ def serving(
 
 
 @contextmanager
-def port_taken() -> Iterator[int]:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
+def port_taken(host: str = "127.0.0.1") -> Iterator[int]:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.bind((host, 0))
     sock.listen()
     try:
         yield sock.getsockname()[1]
@@ -167,6 +169,63 @@ def test_an_address_not_on_this_host_is_one_line_without_the_already_running_hin
     assert code == 1
     assert_one_error_line(lines, "Live Sync HTTP: cannot listen on 192.0.2.1:8080: ")
     assert "already running" not in lines[0] and "[Errno" not in lines[0]
+
+
+def has_ipv6_loopback() -> bool:
+    try:
+        with port_taken("::1"):
+            return True
+    except OSError:
+        return False
+
+
+needs_ipv6 = pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback (::1) here")
+
+
+@needs_ipv6
+@pytest.mark.parametrize(
+    ("key", "what"), [("http", "Live Sync HTTP"), ("sftp", "Morning Sync SFTP")]
+)
+def test_a_taken_ipv6_port_is_named_with_the_address_in_brackets(tmp_path, key, what):
+    with (
+        port_taken("::1") as port,
+        serving(write_config(tmp_path, **{key: f"[::1]:{port}"})) as serve,
+    ):
+        code, lines, _ = serve.finish()
+    assert code == 1
+    assert_one_error_line(lines, f"{what}: cannot listen on [::1]:{port}: Address already in use")
+
+
+@needs_ipv6
+def test_serve_on_ipv6_writes_its_addresses_and_urls_with_the_address_in_brackets(tmp_path):
+    """`::1:8080` cannot be pasted into a browser, nor read one way only."""
+    port = free_port()
+    with serving(
+        write_config(tmp_path, http=f"[::1]:{port}", sftp="[::1]:0"), level="info"
+    ) as serve:
+        live = serve.wait_for_line("live sync listening on")
+        sftp = serve.wait_for_line("SFTP inbox")
+        assert live.endswith(f" live sync listening on http://[::1]:{port}/aljex/sync")
+        assert re.search(r" listening on \[::1\]:[0-9]+, host key ", sftp), sftp
+        health = httpx.get(f"http://[::1]:{port}/healthz", timeout=10, trust_env=False)
+        assert health.status_code == 200
+        status = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "aljex_sync.cli",
+                "-c",
+                str(tmp_path / "aljex-sync.toml"),
+                "status",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert f"Service: healthy (serve answers at http://[::1]:{port}/healthz)" in status.stdout
+        serve.process.send_signal(signal.SIGTERM)
+        code, _, _ = serve.finish()
+    assert code == 0
 
 
 def under_a_file(tmp_path: Path, *parts: str) -> Path:

@@ -32,6 +32,7 @@ from .config import Settings
 from .folders import folder_problem
 from .overview import database_file_missing
 from .service import port_taken, serve_locks
+from .settings import host_port
 from .sftp_settings import HOST_KEY_ALGORITHM
 from .store.database import display_url, normalize_url, open_engine, reading, translate
 
@@ -156,7 +157,7 @@ def check_port(key: str, host: str, port: int) -> str | None:
             sock.bind((host, port))
         except OSError as e:
             hint = " (is aljex-sync already running?)" if port_taken(e) else ""
-            return f"{key}: cannot listen on {host}:{port}: {e.strerror}{hint}"
+            return f"{key}: cannot listen on {host_port(host, port)}: {e.strerror}{hint}"
     return None
 
 

@@ -14,7 +14,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from email.message import Message
 
-from .settings import LiveSettings
+from .settings import LiveSettings, host_port
 
 TIMEOUT = 3.0  # seconds; a service that cannot answer /healthz in this is not well either
 MOST_LINES = 20
@@ -43,10 +43,8 @@ class ServeHealth:
 def health_url(live: LiveSettings) -> str:
     """The health check's URL on this machine, for ``live``'s listen address."""
     host = ANY_ADDRESS.get(live.host, live.host)
-    if ":" in host:
-        host = f"[{host}]"
     scheme = "https" if live.tls_cert is not None else "http"
-    return f"{scheme}://{host}:{live.port}/healthz"
+    return f"{scheme}://{host_port(host, live.port)}/healthz"
 
 
 def ask(live: LiveSettings, timeout: float = TIMEOUT) -> ServeHealth:

@@ -50,6 +50,7 @@ from .live import LiveEndpoint, database_probe
 from .login_failures import FailedLogins
 from .morning import MorningLoader
 from .notifier import Notifier
+from .settings import host_port
 from .sftp import SftpInbox
 from .sftp_settings import SftpSettings
 from .store.database import close_engine, display_url, open_engine, reading
@@ -210,7 +211,10 @@ class Service:
                 await asyncio.sleep(0.01)
             scheme = "https" if context else "http"
             log.info(
-                "live sync listening on %s://%s:%d%s", scheme, live.host, self.http_port, live.path
+                "live sync listening on %s://%s%s",
+                scheme,
+                host_port(live.host, sock.getsockname()[1]),
+                live.path,
             )
             if warning := tls.plain_password_warning(live):
                 log.warning(warning)
@@ -314,7 +318,8 @@ class Service:
                 reason = os.strerror(e.errno) if e.errno else str(e)
                 raise CannotListen(
                     e.errno,
-                    f"Morning Sync SFTP: cannot listen on {morning.host}:{morning.port}: {reason}",
+                    f"Morning Sync SFTP: cannot listen on {host_port(morning.host, morning.port)}:"
+                    f" {reason}",
                 ) from None
         else:
             self.watch = FolderWatch(morning.inbox, self.loads, morning.quiet_seconds)
@@ -462,7 +467,7 @@ def bind(host: str, port: int, what: str) -> socket.socket:
     except OSError as e:
         sock.close()
         raise CannotListen(
-            e.errno, f"{what}: cannot listen on {host}:{port}: {e.strerror}"
+            e.errno, f"{what}: cannot listen on {host_port(host, port)}: {e.strerror}"
         ) from None
     sock.listen(2048)
     sock.setblocking(False)

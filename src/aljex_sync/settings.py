@@ -32,6 +32,12 @@ def plain_ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | No
     return ip.ipv4_mapped or ip if isinstance(ip, ipaddress.IPv6Address) else ip
 
 
+def host_port(host: str, port: int | str) -> str:
+    """``host:port`` as a URL or a listen value writes it: an IPv6 address in brackets
+    (``[::1]:8080``), since in ``::1:8080`` nothing says where the address ends."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 DeleteMode = Literal["hard", "soft"]
 
 

@@ -43,6 +43,7 @@ import asyncssh
 
 from .errors import ConfigError
 from .folders import folder_problem
+from .settings import host_port
 from .sftp_files import InboxSFTPServer, Upload, remove_stale_temp_files
 from .sftp_login import Closings, ConnectionGate, InboxSSHServer, LoginGuard
 from .sftp_settings import (
@@ -142,10 +143,9 @@ class SftpInbox:
             x11_forwarding=False,
         )
         log.info(
-            "SFTP inbox %s listening on %s:%d, host key %s",
+            "SFTP inbox %s listening on %s, host key %s",
             settings.inbox,
-            settings.host,
-            self.port,
+            host_port(settings.host, self.port),
             self._fingerprint,
         )
 

@@ -24,6 +24,7 @@ from cryptography.x509.oid import NameOID
 
 from .config import LiveSettings
 from .errors import ConfigError
+from .settings import host_port
 
 log = logging.getLogger("aljex_sync.tls")
 
@@ -81,7 +82,7 @@ def plain_password_warning(live: LiveSettings) -> str | None:
     if live.tls_cert is not None or live.trusted_proxies or _loopback(live.host):
         return None
     return (
-        f"Live Sync is plain HTTP on {live.host}:{live.port}: the password crosses the"
+        f"Live Sync is plain HTTP on {host_port(live.host, live.port)}: the password crosses the"
         " network readable by anyone on the way (HTTP Basic auth). Set [live] tls_cert and"
         " tls_key, or put an HTTPS proxy in front and list it in [live] trusted_proxies"
     )

@@ -37,6 +37,7 @@ from . import logs
 from .config import Settings
 from .errors import AljexSyncError
 from .service import STOP_TIMEOUT, Service, bind, new_event_loop
+from .settings import host_port
 
 log = logging.getLogger("aljex_sync.workers")
 
@@ -90,7 +91,10 @@ class Workers:
                 if isinstance(result, BaseException):
                     raise result
             log.info(
-                "live sync: %d workers on %s:%d%s", self.count, live.host, self.http_port, live.path
+                "live sync: %d workers on %s%s",
+                self.count,
+                host_port(live.host, self.http_port),
+                live.path,
             )
             await self._watch(stop)
         finally:

@@ -14,6 +14,7 @@ import click
 from .. import config
 from ..credentials import generate_password, hash_password
 from ..errors import ConfigError
+from ..settings import host_port
 from ..sftp_settings import host_key_fingerprint
 from ..store.database import normalize_url
 from ..tls import make_self_signed
@@ -124,8 +125,9 @@ def init(
     console.print(f"Wrote {path}.\n")
     console.print("[bold]Send Aljex the following.[/]\n", markup=True)
     console.print("Live Sync (HTTP POST):")
-    url_host = f"[{host}]" if ":" in host else host  # an IPv6 address, bracketed
-    console.print(f"  URL:      {scheme}://{url_host}:{settings.live.port}{settings.live.path}")
+    console.print(
+        f"  URL:      {scheme}://{host_port(host, settings.live.port)}{settings.live.path}"
+    )
     console.print(f"  Username: {settings.live.username}")
     console.print(f"  Password: {live_password}", highlight=False)
     if tls_fingerprint:
