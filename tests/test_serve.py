@@ -27,6 +27,8 @@ import pytest
 
 from aljex_sync.service import bind
 
+from .support import TEST_PASSWORD, sftp_upload
+
 HANG_GUARD = 10.0  # seconds; a correct exit takes about one
 
 
@@ -434,6 +436,74 @@ def test_a_signal_delivered_twice_at_once_still_stops_cleanly(tmp_path):
     assert code == 0
     assert lines[-1].endswith("stopped")
     assert not any("abandoning" in line for line in lines)
+
+
+def test_healthz_says_stopping_while_a_stop_finishes_what_is_in_flight(tmp_path):
+    """After SIGTERM a morning load and a Live Sync request still run: /healthz answers 503
+    "stopping" meanwhile, so a load balancer turns away, and the request still gets its 200
+    once its record is committed."""
+    port, sftp_port = free_port(), free_port()
+    config = tmp_path / "aljex-sync.toml"
+    config.write_text(
+        f'[database]\nurl = "sqlite:///aljex.db"\ntimeout = 60\n'
+        f'[live]\nlisten = "127.0.0.1:{port}"\npassword = "{TEST_PASSWORD}"\n'
+        f'[morning]\nlisten = "127.0.0.1:{sftp_port}"\npassword = "{TEST_PASSWORD}"\n'
+    )
+    healthz = f"http://127.0.0.1:{port}/healthz"
+    with serving(config, level="info") as serve:
+        serve.wait_for_line("SFTP inbox")
+        blocker = sqlite3.connect(tmp_path / "aljex.db", isolation_level=None)
+        blocker.execute("BEGIN EXCLUSIVE")  # as a long merge holds it: the load lasts
+        replies: queue.Queue[httpx.Response | Exception] = queue.Queue()
+
+        def post() -> None:
+            try:
+                replies.put(
+                    httpx.post(
+                        f"http://127.0.0.1:{port}/aljex/sync",
+                        content="web_sync_table_name=notes&web_sync_action=create&id=7",
+                        auth=("aljex", TEST_PASSWORD),
+                        headers={"Content-Type": "application/x-www-form-urlencoded"},
+                        timeout=60,
+                        trust_env=False,
+                    )
+                )
+            except Exception as e:
+                replies.put(e)
+
+        try:
+            local = tmp_path / "Customers.csv"
+            local.write_text("id,name\nC1,Acme\n")
+            upload = sftp_upload(sftp_port, [f"put {local}"], tmp_path / "client")
+            assert upload.returncode == 0, upload.stderr
+            deadline = time.monotonic() + 10
+            while "a morning load" not in httpx.get(healthz, trust_env=False).text:
+                assert time.monotonic() < deadline, "the load did not begin"
+                time.sleep(0.05)
+            sender = threading.Thread(target=post)
+            sender.start()
+            time.sleep(0.5)  # the request is in, waiting for the write lock
+            serve.process.send_signal(signal.SIGTERM)
+            serve.wait_for_line("stopping: finishing the requests")
+            answer = httpx.get(healthz, trust_env=False)
+            assert (answer.status_code, answer.text) == (
+                503,
+                "stopping: finishing the requests and any morning load in flight\n",
+            )
+            assert replies.empty()
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        sender.join(60)
+        reply = replies.get(timeout=1)
+        assert isinstance(reply, httpx.Response), reply
+        assert reply.status_code == 200, reply.text
+        code, lines, _ = serve.finish()
+    assert code == 0, lines
+    assert lines[-1].endswith("stopped")
+    with sqlite3.connect(tmp_path / "aljex.db") as db:
+        assert db.execute("SELECT id FROM notes").fetchall() == [("7",)]
+        assert db.execute("SELECT id FROM customers").fetchall() == [("C1",)]
 
 
 def _has_children(pid: int) -> bool:

@@ -5,7 +5,7 @@ failed-login limit, credentials, content type and size; then the body goes to th
 journal's writer, which parses it in its own process (a malformed body comes back as a
 rejection, journaled like the rest). Only the journal's commit produces a 200. Every
 request is logged as one line. ``/healthz`` answers 200 only while the database and the
-writer both answer.
+writer both answer, and the service is not stopping.
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ FORM = "application/x-www-form-urlencoded"
 MAX_LOGGED = 60
 REFUSED_INTERVAL = 60.0  # seconds between two lines of one address's refusals (RefusedLines)
 MAX_REFUSED_ADDRESSES = 10_000
+STOPPING = "stopping: finishing the requests and any morning load in flight"
 ALL_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 STATUS_OF: dict[type[WireError], int] = {
     MalformedRequest: 400,
@@ -265,6 +266,13 @@ class LiveEndpoint:
         # turn /healthz to 503 (and aljex_sync_database_up to 0) until one lands.
         self.refusals = refusals if refusals is not None else metrics.WriteRefusals()
         self.refused_lines = RefusedLines()
+        self._stopping = False
+
+    def stopping(self) -> None:
+        """The service has begun to stop: /healthz answers 503 from now on, so that a load
+        balancer or monitor turns away while what is in flight finishes. Live Sync
+        requests are still taken and answered until the server closes."""
+        self._stopping = True
 
     def app(self, *, extra_routes: list[Route] | None = None) -> Starlette:
         routes = [
@@ -297,11 +305,15 @@ class LiveEndpoint:
         return await self._handle(request, source, line, wrong)
 
     async def health(self, request: Request) -> Response:
-        """200 "ok" while every probe (the database, the writer) answers, else 503 and why.
+        """200 "ok" while every probe (the database, the writer) answers, else 503 and why;
+        503 "stopping" once the service has begun to stop (a stop can last while a morning
+        load finishes, and the service is going away).
 
         A 200 carries, after "ok", one line per watched feed; a silent feed never makes it
         a 503, so a quiet night does not get the service restarted.
         """
+        if self._stopping:
+            return _text(503, STOPPING)
         busy = self.busy()
         refused = self.refusals.current()
         if refused is not None and not (busy and LOCKED in refused):

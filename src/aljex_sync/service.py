@@ -345,6 +345,8 @@ class Service:
         still busy are left to die with the process.
         """
         child = self.journal.pid
+        if self.live is not None:  # /healthz says so at once: the drain may take a while
+            self.live.stopping()
         running, self._running = self._running, False
         if running:  # a stop can take long (a morning load ends first): say so at once
             log.info(
