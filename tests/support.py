@@ -181,6 +181,7 @@ class RunningInbox:
         self.uploads: queue.Queue[Upload] = queue.Queue()
         self.port = 0
         self.fingerprint = ""
+        self.inbox: SftpInbox | None = None
         self._ready = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -202,6 +203,7 @@ class RunningInbox:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         inbox = SftpInbox(self.settings, self._on_upload)
+        self.inbox = inbox  # for a test to look at its limits' counts
         await inbox.start()
         self.port, self.fingerprint = inbox.port, inbox.fingerprint
         self._ready.set()

@@ -11,9 +11,12 @@ import threading
 from urllib.parse import urlencode
 
 import httpx
+import pytest
 from argon2 import PasswordHasher
 
+from aljex_sync import login_failures
 from aljex_sync.credentials import PasswordCheck
+from aljex_sync.settings import address_group
 
 from .support import TEST_PASSWORD, RunningService, make_settings, open_from, raw_post, read_all
 
@@ -26,16 +29,19 @@ SLOW_HASH = PasswordHasher(time_cost=2, memory_cost=32768, parallelism=1).hash(T
 
 
 def post(
-    running: RunningService, password: str, *, source: str = "127.0.0.1", user: str = "aljex"
+    running: RunningService,
+    password: str,
+    *,
+    source: str = "127.0.0.1",
+    user: str = "aljex",
+    forwarded_for: str | None = None,
 ) -> httpx.Response:
     transport = httpx.HTTPTransport(local_address=source)
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    if forwarded_for is not None:  # as a trusted proxy says who the client is
+        headers["X-Forwarded-For"] = forwarded_for
     with httpx.Client(transport=transport, timeout=60) as client:
-        return client.post(
-            running.url,
-            content=BODY,
-            auth=(user, password),
-            headers={"Content-Type": "application/x-www-form-urlencoded"},
-        )
+        return client.post(running.url, content=BODY, auth=(user, password), headers=headers)
 
 
 def test_an_address_over_its_failure_limit_gets_429_and_others_still_log_in(tmp_path, sqlite_url):
@@ -51,6 +57,42 @@ def test_an_address_over_its_failure_limit_gets_429_and_others_still_log_in(tmp_
         assert post(running, TEST_PASSWORD, source=ATTACKER).status_code == 429
         # ... but Aljex, from its own address, is not affected.
         assert post(running, TEST_PASSWORD).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("address", "group"),
+    [
+        ("203.0.113.9", "203.0.113.9"),
+        ("::ffff:203.0.113.9", "203.0.113.9"),  # an IPv4 peer of a dual-stack listener
+        ("2001:db8:1:2::1", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64"),
+        ("2001:db8:1:3::1", "2001:db8:1:3::/64"),
+        ("::1", "::/64"),
+        ("unknown", "unknown"),
+    ],
+)
+def test_a_client_is_counted_by_its_ipv4_address_or_its_ipv6_64(address, group):
+    assert address_group(address) == group
+
+
+def test_the_addresses_of_one_ipv6_64_share_one_failure_limit(tmp_path, sqlite_url):
+    """An attacker with a /64 has 2**64 addresses: one failure limit for them all, as
+    `status` records them; the next /64 is someone else."""
+    live = {"max_failed_logins": 3, "trusted_proxies": ["127.0.0.1/32"]}
+    settings = make_settings(sqlite_url, tmp_path, live=live)
+    with RunningService(settings) as running:
+        for n in range(1, 4):
+            assert post(running, "wrong", forwarded_for=f"2001:db8:1:2::{n}").status_code == 401
+        refused = post(running, "wrong", forwarded_for="2001:db8:1:2:ffff::9")
+        assert refused.status_code == 429
+        assert post(running, "wrong", forwarded_for="2001:db8:1:3::1").status_code == 401
+        assert post(running, TEST_PASSWORD, forwarded_for="2001:db8:1:3::2").status_code == 200
+    engine = running.engine()  # the service wrote what it counted as it stopped
+    try:
+        found = {f.address: f.failures for f in login_failures.recent(engine)}
+    finally:
+        engine.dispose()
+    assert found == {"2001:db8:1:2::/64": 4, "2001:db8:1:3::/64": 1}
 
 
 def test_failures_age_out_of_the_window(tmp_path, sqlite_url):

@@ -87,10 +87,12 @@ class Client:
             "DISPLAY": ":0",
         }
 
-    def sftp_command(self, port: int, commands: list[str], options: list[str]) -> list[str]:
+    def sftp_command(
+        self, port: int, commands: list[str], options: list[str], target: str = TARGET
+    ) -> list[str]:
         batch = self.workdir / "batch"
         batch.write_text("".join(f"{command}\n" for command in commands))
-        return ["sftp", *SSH_OPTIONS, *options, "-P", str(port), "-b", str(batch), TARGET]
+        return ["sftp", *SSH_OPTIONS, *options, "-P", str(port), "-b", str(batch), target]
 
     def sftp(
         self,
@@ -98,8 +100,11 @@ class Client:
         *commands: str,
         password: str = PASSWORD,
         options: tuple[str, ...] = (),
+        host: str = HOST,
     ) -> subprocess.CompletedProcess[str]:
-        return self.run(self.sftp_command(port, list(commands), list(options)), password)
+        target = f"{USER}@[{host}]" if ":" in host else f"{USER}@{host}"
+        command = self.sftp_command(port, list(commands), list(options), target)
+        return self.run(command, password)
 
     def ssh(
         self, port: int, *options: str, command: tuple[str, ...] = ()
@@ -227,6 +232,31 @@ def test_repeated_failed_logins_lock_out_the_address_until_the_window_passes(
 
     time.sleep(max(0.0, both_failed + window + 0.1 - time.monotonic()))
     assert client.sftp(server.port, "ls").returncode == 0
+
+
+def has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback (::1) here")
+def test_failed_logins_from_ipv6_are_counted_against_the_whole_64(
+    serve: Callable[..., RunningInbox], client: Client, sftp_log: pytest.LogCaptureFixture
+) -> None:
+    """A client with a /64 has 2**64 addresses to turn through: the lockout counts the /64."""
+    server = serve(host="::1", max_failed_logins=2, failed_login_delay=0.05)
+    for _ in range(2):
+        assert client.sftp(server.port, "ls", password="guess", host="::1").returncode != 0
+    assert server.inbox is not None
+    assert server.inbox.guard.failures("::/64") == 2
+    assert server.inbox.guard.is_locked("::/64")
+    locked = client.sftp(server.port, "ls", host="::1")
+    assert "Too many failed logins" in locked.stderr
+    assert "login refused: user 'aljex' from ::1 is locked out" in sftp_log.text
 
 
 @pytest.mark.parametrize(

@@ -49,7 +49,6 @@ the reply is complete, or until the end of the loop's turn for a reply sent in p
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import ssl
 import sys
@@ -66,7 +65,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from .config import LiveSettings
-from .settings import Network, plain_ip, within
+from .settings import Network, address_group, within
 
 log = logging.getLogger("aljex_sync.http")
 
@@ -182,22 +181,12 @@ def address_of(peer: Any) -> str | None:
     return None
 
 
-def _bucket(host: str) -> str:
-    """What connections are counted by: the address, or an IPv6 address's /64."""
-    ip = plain_ip(host)
-    if ip is None:
-        return host
-    if ip.version == 6:
-        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
-    return str(ip)
-
-
 class EdgeProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with header and body deadlines and a connection cap."""
 
     limits: ClassVar[Limits]
     report: ClassVar[_Report]
-    from_address: ClassVar[Counter[str]]  # open connections by address (``_bucket``)
+    from_address: ClassVar[Counter[str]]  # open connections by ``address_group``
 
     def __init__(
         self,
@@ -233,7 +222,7 @@ class EdgeProtocol(HttpToolsProtocol):
             self._answer_and_close(503, "too many connections, try again")
             return
         if host is not None and not proxy:
-            bucket = _bucket(host)
+            bucket = address_group(host)
             if self.from_address[bucket] >= limits.per_address:
                 self.report.count(f"over {limits.per_address} connections from {bucket}")
                 self._answer_and_close(503, "too many connections from this address, try again")

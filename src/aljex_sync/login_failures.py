@@ -2,7 +2,8 @@
 
 A password changed on one side only is the likeliest reason records stop arriving, and
 the WARNING line each refused request logs is easy to miss in a busy log. Failures are
-counted in memory per address and user name tried, and written every
+counted in memory per address (an IPv6 address's /64, as the limits count it:
+``settings.address_group``) and user name tried, and written every
 :data:`FLUSH_INTERVAL` seconds into ``_aljex_login_failures``, one row per address and
 name: a flood of guesses costs one row write per address and interval, never one per
 request, and no request is journaled for it (the journal keeps what was authenticated).
@@ -29,6 +30,7 @@ from sqlalchemy import Connection, Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from .clock import utcnow
+from .settings import address_group
 from .store.database import reading
 from .store.schema import login_failures
 
@@ -76,7 +78,7 @@ class FailedLogins:
         name = _printable(username)
         if admin:
             name = (ADMIN_MARK + name)[:NAME_CHARS]
-        key = (address[:ADDRESS_CHARS], name)
+        key = (address_group(address)[:ADDRESS_CHARS], name)
         count = self._counts.get(key)
         if count is None:
             self._counts[key] = _Count(1, now, now)

@@ -1,5 +1,8 @@
 """Logins at the HTTP edge: failure limits per address, and fair turns at the slow check.
 
+An address here is a client as ``settings.address_group`` counts it: an IPv4 address, or an
+IPv6 address's /64, so that a client turning through the addresses of its /64 is one.
+
 A wrong password costs the server a slow hash (argon2 or scrypt), so password guessing is
 also a way to take the CPU from Aljex. Three rules keep Aljex's own login prompt:
 
@@ -32,6 +35,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from .credentials import PasswordCheck
+from .settings import address_group
 
 # Slow hashes running at once; the rest of the CPU stays with the HTTP loop and the writer.
 SLOW_SLOTS = 2
@@ -62,7 +66,8 @@ class Verdict:
 
 
 class Logins:
-    """Failed logins per address, and whose turn it is at the slow password check.
+    """Failed logins per address (an IPv6 address's /64), and whose turn it is at the slow
+    password check.
 
     ``slots``: a number of slow-check slots of its own, or another ``Logins``' slots to
     share (``other.slots``).
@@ -117,6 +122,7 @@ class Logins:
 
     def failed(self, address: str) -> None:
         """Count a failed login from ``address``."""
+        address = address_group(address)
         recent = self._failures.pop(address, None) or deque()
         recent.append(time.monotonic())
         while len(recent) > self.max_failures:
@@ -127,12 +133,13 @@ class Logins:
 
     def succeeded(self, address: str) -> None:
         """Forget the failures of an address that has just logged in."""
-        self._failures.pop(address, None)
+        self._failures.pop(address_group(address), None)
 
     @contextlib.asynccontextmanager
     async def slow_turn(self, address: str) -> AsyncIterator[None]:
         """Wait for this address's turn, then for a slot; an address with failures waits
         behind those without."""
+        address = address_group(address)
         lock, users = self._turns.get(address, (asyncio.Lock(), 0))
         self._turns[address] = (lock, users + 1)
         try:
@@ -150,6 +157,7 @@ class Logins:
                 del self._turns[address]
 
     def _recent(self, address: str) -> deque[float]:
+        address = address_group(address)
         recent = self._failures.get(address)
         if recent is None:
             return deque()

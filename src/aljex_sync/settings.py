@@ -32,6 +32,19 @@ def plain_ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | No
     return ip.ipv4_mapped or ip if isinstance(ip, ipaddress.IPv6Address) else ip
 
 
+def address_group(address: str) -> str:
+    """What one client is counted by in the limits per address: its IPv4 address (as a
+    dual-stack listener's ``::ffff:a.b.c.d`` too), or its IPv6 address's /64, which a
+    single subscriber gets whole (2**64 addresses to turn through); else the text itself.
+    Counting exact IPv6 addresses would limit no one."""
+    ip = plain_ip(address)
+    if ip is None:
+        return address
+    if ip.version == 6:
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
 def host_port(host: str, port: int | str) -> str:
     """``host:port`` as a URL or a listen value writes it: an IPv6 address in brackets
     (``[::1]:8080``), since in ``::1:8080`` nothing says where the address ends."""

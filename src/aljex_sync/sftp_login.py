@@ -1,7 +1,9 @@
 """The SFTP server's SSH side: who may connect, and password login for one user.
 
 Only password authentication is offered. A failed password is slowed down, and an address
-with too many failures within the window is refused before its password is checked.
+with too many failures within the window is refused before its password is checked. The
+limits count an IPv6 client by its /64 (``settings.address_group``), as Live Sync's do: one
+subscriber has all of its 2**64 addresses to turn through.
 
 Every connection holds a file descriptor of the process Live Sync runs in, so a connection
 beyond a limit (:class:`ConnectionGate`) is closed as soon as it is accepted, before the
@@ -21,7 +23,7 @@ from typing import TYPE_CHECKING, NoReturn, Protocol
 
 import asyncssh
 
-from .settings import within
+from .settings import address_group, within
 from .sftp_settings import SftpSettings
 
 if TYPE_CHECKING:
@@ -41,7 +43,7 @@ class Waiting(Protocol):
 class ConnectionGate:
     """The SSH connections open, and whether one more may be: at most ``max_connections``,
     of which ``max_unauthenticated`` not logged in yet, ``max_unauthenticated_per_address``
-    of those from one address.
+    of those from one address (as ``address_group`` counts one: an IPv6 address's /64).
 
     Refusing every connection once ``max_unauthenticated`` wait to log in let a few
     addresses holding idle connections shut Aljex out. So a connection from an address
@@ -158,7 +160,8 @@ class Closings:
 
 
 class LoginGuard:
-    """Counts login attempts per source address, so password guessing from one place stops early.
+    """Counts login attempts per source address (``address_group``: an IPv6 address's /64), so
+    password guessing from one place stops early.
 
     An attempt takes its slot before the password is checked, and gives it back only if the
     password was right: a burst of parallel guesses can never get more than ``limit`` checks
@@ -210,6 +213,7 @@ class InboxSSHServer(asyncssh.SSHServer):
         self._settings = inbox.settings
         self._conn: asyncssh.SSHServerConnection | None = None
         self._addr = "unknown"
+        self._group = "unknown"  # what the limits count it by: ``address_group``
         self._admitted = False
         self._logged_in = False
         self._deadline: asyncio.TimerHandle | None = None
@@ -217,11 +221,12 @@ class InboxSSHServer(asyncssh.SSHServer):
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._conn = conn
         self._addr = peer_address(conn)
+        self._group = address_group(self._addr)
         allowed = self._settings.allow_ips
         refused = None
         if allowed and not within(self._addr, allowed):
             refused = "address not allowed"
-        refused = refused or self._inbox.gate.admit(self._addr, self)
+        refused = refused or self._inbox.gate.admit(self._group, self)
         if refused is not None:
             self._inbox.closings.count(refused, self._addr)
             conn.abort()  # before the banner: the descriptor goes back at once
@@ -234,14 +239,14 @@ class InboxSSHServer(asyncssh.SSHServer):
     def auth_completed(self) -> None:
         self._cancel_deadline()
         self._logged_in = True
-        self._inbox.gate.logged_in(self._addr, self)
+        self._inbox.gate.logged_in(self._group, self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_deadline()
         if self._admitted and self._conn is not None:
             self._admitted = False
             self._inbox.connections.discard(self._conn)
-            self._inbox.gate.left(self._addr, self)
+            self._inbox.gate.left(self._group, self)
 
     def give_way(self) -> None:
         """Closed, not logged in yet, for a connection from another address (the gate)."""
@@ -264,7 +269,7 @@ class InboxSSHServer(asyncssh.SSHServer):
 
     async def begin_auth(self, username: str) -> bool:
         self._refuse_if_locked(username)
-        self._inbox.gate.logging_in(self._addr, self)
+        self._inbox.gate.logging_in(self._group, self)
         return True
 
     def password_auth_supported(self) -> bool:
@@ -281,7 +286,7 @@ class InboxSSHServer(asyncssh.SSHServer):
 
     async def validate_password(self, username: str, password: str) -> bool:
         guard = self._inbox.guard
-        slot = guard.reserve(self._addr)
+        slot = guard.reserve(self._group)
         if slot is None:
             self._refuse(username)
         user_ok = hmac.compare_digest(username.encode(), self._settings.username.encode())
@@ -292,14 +297,14 @@ class InboxSSHServer(asyncssh.SSHServer):
             log.exception("check_password raised; treating the login as failed")
             password_ok = False
         if user_ok and password_ok:
-            guard.release(self._addr, slot)
+            guard.release(self._group, slot)
             log.info("login ok: user %r from %s", username, self._addr)
             return True
         log.warning(
             "login failed: user %r from %s (%d of %d allowed in %.0f s)",
             username,
             self._addr,
-            guard.failures(self._addr),
+            guard.failures(self._group),
             self._settings.max_failed_logins,
             self._settings.failed_login_window,
         )
@@ -307,7 +312,7 @@ class InboxSSHServer(asyncssh.SSHServer):
         return False
 
     def _refuse_if_locked(self, username: str) -> None:
-        if self._inbox.guard.is_locked(self._addr):
+        if self._inbox.guard.is_locked(self._group):
             self._refuse(username)
 
     def _refuse(self, username: str) -> NoReturn:
