@@ -25,6 +25,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from aljex_sync.listening import listening_socket
 from aljex_sync.service import bind
 
 from .support import TEST_PASSWORD, sftp_upload
@@ -228,6 +229,44 @@ def test_serve_on_ipv6_writes_its_addresses_and_urls_with_the_address_in_bracket
         serve.process.send_signal(signal.SIGTERM)
         code, _, _ = serve.finish()
     assert code == 0
+
+
+@needs_ipv6
+def test_serve_on_every_ipv6_address_takes_ipv4_and_ipv6_clients_on_both_ports(tmp_path):
+    """`[::]` means every address, as `0.0.0.0` does for IPv4, on the HTTP port and the
+    SFTP port alike, whatever the system's default for IPv6 sockets."""
+    http, sftp = free_port(), free_port()
+    config = write_config(tmp_path, http=f"[::]:{http}", sftp=f"[::]:{sftp}")
+    with serving(config, level="info") as serve:
+        serve.wait_for_line("SFTP inbox")
+        for host in ("127.0.0.1", "[::1]"):
+            reply = httpx.get(f"http://{host}:{http}/healthz", timeout=10, trust_env=False)
+            assert reply.status_code == 200, host
+            with socket.create_connection((host.strip("[]"), sftp), timeout=10) as ssh:
+                assert ssh.recv(64).startswith(b"SSH-2.0-aljex-sync"), host
+        serve.process.send_signal(signal.SIGTERM)
+        code, _, _ = serve.finish()
+    assert code == 0
+
+
+@needs_ipv6
+def test_a_socket_on_every_ipv6_address_takes_ipv4_whatever_the_system_default():
+    """Linux's default is a sysctl (net.ipv6.bindv6only); the BSDs and Windows default to
+    IPv6 only. serve turns it off itself."""
+    with listening_socket("::", 0, backlog=1) as sock:
+        assert sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 0
+
+
+@needs_ipv6
+def test_check_finds_an_ipv4_listener_on_the_port_of_every_ipv6_address(tmp_path):
+    """`[::]` takes IPv4 too, so a program on 127.0.0.1 at its port keeps serve from it."""
+    with port_taken() as port:
+        config = write_config(tmp_path, http=f"[::]:{port}")
+        problems = check_problems(config, {})
+    assert problems == [
+        f"problem: live.listen: cannot listen on [::]:{port}: Address already in use"
+        " (is aljex-sync already running?)"
+    ]
 
 
 def under_a_file(tmp_path: Path, *parts: str) -> Path:

@@ -243,7 +243,24 @@ def has_ipv6_loopback() -> bool:
     return True
 
 
-@pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback (::1) here")
+needs_ipv6 = pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback (::1) here")
+
+
+@needs_ipv6
+def test_listening_on_every_ipv6_address_takes_ipv4_clients_too(
+    serve: Callable[..., RunningInbox], client: Client, local_csv: Path
+) -> None:
+    """`[::]` means every address, as `0.0.0.0` does for IPv4: an IPv4 client connects too
+    (asyncio alone makes it IPv6 only), and is seen as the IPv4 address it is."""
+    server = serve(host="::")
+    for n, host in enumerate(["127.0.0.1", "::1"]):
+        result = client.sftp(server.port, f'put "{local_csv}" loads{n}.csv', host=host)
+        assert result.returncode == 0, (host, result.stderr)
+        upload = server.next_upload()
+        assert (upload.name, upload.remote_addr) == (f"loads{n}.csv", host)
+
+
+@needs_ipv6
 def test_failed_logins_from_ipv6_are_counted_against_the_whole_64(
     serve: Callable[..., RunningInbox], client: Client, sftp_log: pytest.LogCaptureFixture
 ) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import socket
 import ssl
 from dataclasses import dataclass, field
 from itertools import takewhile
@@ -30,6 +29,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .config import Settings
 from .folders import folder_problem
+from .listening import listening_socket
 from .overview import database_file_missing
 from .service import port_taken, serve_locks
 from .settings import host_port
@@ -150,14 +150,11 @@ def check_port(key: str, host: str, port: int) -> str | None:
     """The port is free: bind it as ``serve`` would (port 0 is always free). None if fine."""
     if port == 0:
         return None
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as e:
-            hint = " (is aljex-sync already running?)" if port_taken(e) else ""
-            return f"{key}: cannot listen on {host_port(host, port)}: {e.strerror}{hint}"
+    try:
+        listening_socket(host, port, backlog=1).close()
+    except OSError as e:
+        hint = " (is aljex-sync already running?)" if port_taken(e) else ""
+        return f"{key}: cannot listen on {host_port(host, port)}: {e.strerror}{hint}"
     return None
 
 

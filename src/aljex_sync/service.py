@@ -46,6 +46,7 @@ from .folders import FOLDERS, folder_problem
 from .inbox import FolderWatch, LoadQueue, left_over
 from .journal_inline import InlineFirst
 from .journal_process import JournalProcess
+from .listening import listening_socket
 from .live import LiveEndpoint, database_probe
 from .login_failures import FailedLogins
 from .morning import MorningLoader
@@ -458,22 +459,14 @@ def _kill_child(pid: int | None) -> None:
 
 
 def bind(host: str, port: int, what: str) -> socket.socket:
-    """A listening socket; binding here lets port 0 be used and known before serving."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY on accepted sockets only when the
-    # protocol says TCP, and without it every keep-alive reply waits 40 ms for an ACK.
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    """A listening socket (``[::]`` takes IPv4 too: ``listening``); binding here lets port
+    0 be used and known before serving."""
     try:
-        sock.bind((host, port))
+        return listening_socket(host, port, backlog=2048)
     except OSError as e:
-        sock.close()
         raise CannotListen(
             e.errno, f"{what}: cannot listen on {host_port(host, port)}: {e.strerror}"
         ) from None
-    sock.listen(2048)
-    sock.setblocking(False)
-    return sock
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:

@@ -37,12 +37,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 
 import asyncssh
 
 from .errors import ConfigError
 from .folders import folder_problem
+from .listening import listening_socket
 from .settings import host_port
 from .sftp_files import InboxSFTPServer, Upload, remove_stale_temp_files
 from .sftp_login import Closings, ConnectionGate, InboxSSHServer, LoginGuard
@@ -114,10 +116,25 @@ class SftpInbox:
                 "morning.inbox", folder_problem(settings.inbox, e, writing=False)
             ) from None
         remove_stale_temp_files(settings.inbox)
-        self._acceptor = await asyncssh.create_server(
+        # Bound here, not by asyncio: its servers take IPv6 only on [::] (listening.py).
+        sock = listening_socket(settings.host, settings.port, SSH_BACKLOG)
+        try:
+            self._acceptor = await self._listen(sock, key)
+        except BaseException:
+            sock.close()
+            raise
+        log.info(
+            "SFTP inbox %s listening on %s, host key %s",
+            settings.inbox,
+            host_port(settings.host, self.port),
+            self._fingerprint,
+        )
+
+    async def _listen(self, sock: socket.socket, key: asyncssh.SSHKey) -> asyncssh.SSHAcceptor:
+        """The SSH server on ``sock``: what it offers, and what it refuses."""
+        return await asyncssh.create_server(
             lambda: InboxSSHServer(self),
-            settings.host,
-            settings.port,
+            sock=sock,
             server_host_keys=[key],
             kex_algs=list(KEX_ALGORITHMS),
             encryption_algs=list(CIPHERS),
@@ -141,12 +158,6 @@ class SftpInbox:
             allow_pty=False,
             agent_forwarding=False,
             x11_forwarding=False,
-        )
-        log.info(
-            "SFTP inbox %s listening on %s, host key %s",
-            settings.inbox,
-            host_port(settings.host, self.port),
-            self._fingerprint,
         )
 
     @property

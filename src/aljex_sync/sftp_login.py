@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, NoReturn, Protocol
 
 import asyncssh
 
-from .settings import address_group, within
+from .settings import address_group, plain_ip, within
 from .sftp_settings import SftpSettings
 
 if TYPE_CHECKING:
@@ -321,5 +321,10 @@ class InboxSSHServer(asyncssh.SSHServer):
 
 
 def peer_address(conn: asyncssh.SSHServerConnection) -> str:
+    """The client's address; an IPv4 client of a dual-stack listener (``::ffff:a.b.c.d``)
+    as the IPv4 address it is, in the logs as in the checks."""
     peer = conn.get_extra_info("peername")
-    return str(peer[0]) if peer else "unknown"
+    if not peer:
+        return "unknown"
+    ip = plain_ip(str(peer[0]))
+    return str(peer[0]) if ip is None else str(ip)
