@@ -791,3 +791,31 @@ def test_a_flood_of_refusals_writes_a_line_a_minute_per_address_and_counts_the_r
     assert len(refused) == 2, lines
     assert refused[1].endswith("401 no credentials (29 more like it in the last 60 s)")
     assert len([line for line in lines if " 422 " in line]) == 3
+
+
+def test_refusals_from_one_ipv6_64_write_one_line_a_minute_for_all_its_addresses(
+    tmp_path, sqlite_url, caplog
+):
+    """A client with a /64 turns through 2**64 addresses: one line for them all, then a
+    count naming the /64, or it would fill the disk with the log as before."""
+    settings = make_settings(sqlite_url, tmp_path, live={"trusted_proxies": ["127.0.0.1/32"]})
+    with RunningService(settings) as running, caplog.at_level("INFO", logger="aljex_sync.live"):
+        endpoint = running.service.live
+        assert endpoint is not None
+        for n in range(1, 11):
+            forwarded = {"X-Forwarded-For": f"2001:db8:1:2::{n}"}
+            assert post(running, b"a=1", auth=None, headers=forwarded).status_code == 401
+        forwarded = {"X-Forwarded-For": "2001:db8:1:3::1"}  # the next /64: someone else
+        assert post(running, b"a=1", auth=None, headers=forwarded).status_code == 401
+
+        async def flush() -> None:
+            endpoint.refused_lines.flush()
+
+        asyncio.run_coroutine_threadsafe(flush(), running.loop).result(10)
+    lines = [r.getMessage() for r in caplog.records if " 401 no credentials" in r.getMessage()]
+    assert [line.split(" ")[0] for line in lines] == [
+        "2001:db8:1:2::1",
+        "2001:db8:1:3::1",
+        "2001:db8:1:2::/64",
+    ], lines
+    assert lines[2].endswith("401 no credentials (9 more like it in the last 60 s)")

@@ -44,7 +44,7 @@ from .journal import locked
 from .login_failures import FailedLogins
 from .logins import Logins, basic_credentials
 from .messages import Outcome, Received
-from .settings import plain_ip, within
+from .settings import address_group, plain_ip, within
 from .store.database import LOCKED
 from .store.schema import events
 
@@ -112,7 +112,8 @@ class Writer(Protocol):
 
 class RefusedLines:
     """The lines of requests refused before any record was read (401, 403, 405, 429), at
-    most one per address, reason and ``interval``; the rest counted into one line later.
+    most one per address (an IPv6 address's /64: ``address_group``), reason and
+    ``interval``; the rest counted into one line later, which names the /64.
 
     Those need no password, so a flood of them wrote one line each, about 40 GB a day
     from one client: a disk filled, or the journal's rate limit dropping Aljex's own lines.
@@ -128,12 +129,13 @@ class RefusedLines:
     def admit(self, source: str, status: int, result: str, level: int) -> bool:
         """Whether to write this refusal's line now; if not, it is counted for later."""
         now = time.monotonic()
-        if now - self._last.get((source, status, result), -self.interval) >= self.interval:
+        client = address_group(source)  # a client turning through its /64 is one
+        if now - self._last.get((client, status, result), -self.interval) >= self.interval:
             if len(self._last) > MAX_REFUSED_ADDRESSES:
                 self._last = {k: t for k, t in self._last.items() if now - t < self.interval}
-            self._last[source, status, result] = now
+            self._last[client, status, result] = now
             return True
-        self._held[source, status, result, level] += 1
+        self._held[client, status, result, level] += 1
         if self._flush is None:
             self._flush = asyncio.get_running_loop().call_later(self.interval, self.flush)
         return False
