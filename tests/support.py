@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import httpx
+import pytest
 from sqlalchemy import Engine, text
 
 from aljex_sync import config
@@ -30,6 +31,18 @@ from aljex_sync.sftp_settings import SftpSettings
 from aljex_sync.store.database import open_engine
 
 TEST_PASSWORD = "s3cret-pass"
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+needs_ipv6 = pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback (::1) here")
 SFTP_USER = "aljex"
 SFTP_PASSWORD = "correct horse battery"
 

@@ -28,7 +28,7 @@ import pytest
 from aljex_sync.listening import listening_socket
 from aljex_sync.service import bind
 
-from .support import TEST_PASSWORD, sftp_upload
+from .support import TEST_PASSWORD, needs_ipv6, sftp_upload
 
 HANG_GUARD = 10.0  # seconds; a correct exit takes about one
 
@@ -172,17 +172,6 @@ def test_an_address_not_on_this_host_is_one_line_without_the_already_running_hin
     assert code == 1
     assert_one_error_line(lines, "Live Sync HTTP: cannot listen on 192.0.2.1:8080: ")
     assert "already running" not in lines[0] and "[Errno" not in lines[0]
-
-
-def has_ipv6_loopback() -> bool:
-    try:
-        with port_taken("::1"):
-            return True
-    except OSError:
-        return False
-
-
-needs_ipv6 = pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback (::1) here")
 
 
 @needs_ipv6

@@ -23,7 +23,14 @@ import pytest
 
 from aljex_sync.sftp_settings import SftpSettings, host_key_fingerprint
 
-from .support import SFTP_PASSWORD, SFTP_USER, RunningInbox, inbox_servers, sftp_settings
+from .support import (
+    SFTP_PASSWORD,
+    SFTP_USER,
+    RunningInbox,
+    inbox_servers,
+    needs_ipv6,
+    sftp_settings,
+)
 
 USER = SFTP_USER
 TARGET = f"{USER}@127.0.0.1"
@@ -232,18 +239,6 @@ def test_repeated_failed_logins_lock_out_the_address_until_the_window_passes(
 
     time.sleep(max(0.0, both_failed + window + 0.1 - time.monotonic()))
     assert client.sftp(server.port, "ls").returncode == 0
-
-
-def has_ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as sock:
-            sock.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
-needs_ipv6 = pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback (::1) here")
 
 
 @needs_ipv6
