@@ -137,7 +137,9 @@ def live_floors(repeats: int) -> dict[str, Any]:
         "naive_write_us": min(r["naive"] for r in runs),
         "journaled_write_us": min(r["journaled"] for r in runs),
         "journal_write_us": min(r["ours"] for r in runs),
-        "p50_ms": {side: one[side]["p50_ms"] for side in ("naive", "journaled", "ceiling", "sqlite")},
+        "p50_ms": {
+            side: one[side]["p50_ms"] for side in ("naive", "journaled", "ceiling", "sqlite")
+        },
         "per_second": {
             side: sixteen[side]["per_second"] for side in ("naive", "ceiling", "sqlite")
         },

@@ -15,7 +15,11 @@ table, the upsert, ``COMMIT``): one fsynced commit, as before, one row and one p
 No statuses, no index, no planning. What it costs over the naive receiver is the floor
 under any design's cost for the journal.
 
-    python -m bench.naive DATABASE KEY_FIELD [--journal]
+With ``--parse-only`` it parses each body with ``parse_qsl`` and writes nothing: what the
+naive receiver's HTTP stack costs, against which aljex-sync's parse-only ceiling shows what
+its own stack, authentication and checks add.
+
+    python -m bench.naive DATABASE KEY_FIELD [--journal | --parse-only]
 """
 
 from __future__ import annotations
@@ -97,26 +101,35 @@ class Writer:
         return sql
 
 
-def app(database: str, key: str, journal: bool = False) -> Starlette:
-    writer = Writer(database, key, journal=journal)
+MODES = ("", "--journal", "--parse-only")
+
+
+def app(database: str, key: str, mode: str = "") -> Starlette:
+    """The receiver; ``mode`` is one of MODES."""
+    writer = None if mode == "--parse-only" else Writer(database, key, journal=bool(mode))
 
     async def receive(request: Request) -> Response:
         body = await request.body()
-        writer.write(body, request.client.host if request.client else "-")
+        if writer is None:
+            parse_qsl(body.decode(), keep_blank_values=True)
+        else:
+            writer.write(body, request.client.host if request.client else "-")
         return PlainTextResponse("ok\n")
 
     return Starlette(routes=[Route("/", receive, methods=["POST"])])
 
 
 def main() -> None:
-    database, key = sys.argv[1:3]
-    journal = sys.argv[3:] == ["--journal"]
+    database, key, *rest = sys.argv[1:]
+    mode = rest[0] if rest else ""
+    if mode not in MODES or len(rest) > 1:
+        sys.exit(__doc__)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))
     sock.listen(2048)
     print(sock.getsockname()[1], flush=True)
     config = uvicorn.Config(
-        app(database, key, journal),
+        app(database, key, mode),
         loop="uvloop",
         http="httptools",
         log_level="warning",

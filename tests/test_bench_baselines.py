@@ -35,7 +35,7 @@ def _rows(database: Path, sql: str) -> list[tuple[object, ...]]:
 @pytest.mark.parametrize("journal", [False, True], ids=["naive", "journaling"])
 def test_each_record_is_committed_before_its_200(tmp_path: Path, journal: bool) -> None:
     database = tmp_path / "baseline.db"
-    with live.naive(database, "pro_num", journal=journal) as (url, _pid):
+    with live.naive(database, "pro_num", "--journal" if journal else "") as (url, _pid):
         sent = []
         for fields in RECORDS:
             status, body = _post(url, fields)
@@ -54,3 +54,10 @@ def test_each_record_is_committed_before_its_200(tmp_path: Path, journal: bool) 
     if journal:
         bodies = _rows(database, "SELECT body FROM journal ORDER BY id")
         assert [bytes(b) for (b,) in bodies] == sent
+
+
+def test_the_parse_only_receiver_answers_and_writes_nothing(tmp_path: Path) -> None:
+    database = tmp_path / "bare.db"
+    with live.naive(database, "pro_num", "--parse-only") as (url, _pid):
+        assert [_post(url, fields)[0] for fields in RECORDS] == [200, 200, 200]
+    assert not database.exists() or _rows(database, "SELECT name FROM sqlite_master") == []
