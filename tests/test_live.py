@@ -16,7 +16,7 @@ from sqlalchemy import Engine, select, text
 
 from aljex_sync import logs, overview
 from aljex_sync.journal import Journal
-from aljex_sync.live import RefusedLines
+from aljex_sync.live import refused_lines
 from aljex_sync.store.schema import columns_table, events
 
 from .support import TEST_PASSWORD, RunningService, make_settings
@@ -746,7 +746,7 @@ def sqlite_service(tmp_path: Path, sqlite_url: str):
 def test_what_the_operator_must_act_on_is_logged_at_warning_with_its_reason(sqlite_service, caplog):
     """Applied is INFO; a held record, a refused request and a wrong password are WARNING."""
     assert sqlite_service.service.live is not None  # refusals of the tests before held back:
-    sqlite_service.service.live.refused_lines = RefusedLines()  # each comes once a minute
+    sqlite_service.service.live.refused_lines = refused_lines()  # each comes once a minute
     with caplog.at_level("INFO", logger="aljex_sync.live"):
         post(sqlite_service, record("notes", "create", id="K1"))
         post(sqlite_service, record("notes", "create", text="no key"))
@@ -775,7 +775,7 @@ def test_a_flood_of_refusals_writes_a_line_a_minute_per_address_and_counts_the_r
     (40 GB a day from one). A request let in keeps its own line, however many come."""
     endpoint = sqlite_service.service.live
     assert endpoint is not None
-    endpoint.refused_lines = RefusedLines()  # none held from the tests before on this service
+    endpoint.refused_lines = refused_lines()  # none held from the tests before on this service
 
     async def flush() -> None:
         endpoint.refused_lines.flush()
