@@ -73,7 +73,7 @@ log = logging.getLogger("aljex_sync.http")
 MAX_HEADER_BYTES = 64 * 1024
 REPORT_INTERVAL = 60.0
 MAX_REASONS = 1000  # reasons the report keeps apart (each its last line's time)
-OTHER_REASONS = f"reasons past the first {MAX_REASONS} (each naming an address)"
+OTHER_REASONS = "other reasons (too many at once to keep apart)"  # past MAX_REASONS
 KEEP_ALIVE_TIMEOUT = 5.0
 # Descriptors kept for everything but client connections: the database, the journal
 # writer's link, the SFTP server, log files (a quarter of the limit if that is less).
