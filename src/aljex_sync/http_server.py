@@ -132,7 +132,7 @@ def config(
         timeout_keep_alive=int(KEEP_ALIVE_TIMEOUT),
         server_header=False,
         backlog=limits.backlog,
-        http=edge_protocol(limits, report or closed_connections()),
+        http=edge_protocol(limits, closed_connections() if report is None else report),
         # X-Forwarded-For is judged by the endpoint against trusted_proxies only.
         proxy_headers=False,
         ssl_context_factory=None if tls is None else (lambda _config, _default: tls),
