@@ -44,7 +44,7 @@ import asyncssh
 from .errors import ConfigError
 from .folders import folder_problem
 from .sftp_files import InboxSFTPServer, Upload, remove_stale_temp_files
-from .sftp_login import Closings, ConnectionGate, InboxSSHServer, LoginGuard
+from .sftp_login import ConnectionGate, InboxSSHServer, LoginGuard, closed_connections
 from .sftp_settings import (
     CIPHERS,
     HOST_KEY_ALGORITHM,
@@ -71,7 +71,7 @@ class SftpInbox:
         self._on_upload = on_upload
         self.guard = LoginGuard(settings.max_failed_logins, settings.failed_login_window)
         self.gate = ConnectionGate(settings)
-        self.closings = Closings()
+        self.closings = closed_connections()  # SSH connections closed, by reason
         self._acceptor: asyncssh.SSHAcceptor | None = None
         self._fingerprint: str | None = None
         self.connections: set[asyncssh.SSHServerConnection] = set()
