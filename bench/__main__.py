@@ -63,7 +63,7 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     for r in results:
         if r["connections"] != 1:
             continue
-        for who, style in (("sqlite", "-"), ("naive", "--"), ("ceiling", ":")):
+        for who, style in (("sqlite", "-"), ("naive", "--"), ("journaled", "-."), ("ceiling", ":")):
             if who in r:
                 label = f"{r['fields']} fields, {live.LABELS[who]}"
                 ax.plot(r[who]["quantiles_ms"], percent, style, label=label)

@@ -7,6 +7,13 @@ settings (and, when it is reachable, PostgreSQL), and compares each figure with:
   autocommit upsert per request, no authentication, no journal. Targets: at one
   connection a p50 within 1.1x of its own and a p99 <= 1.5 ms; at 16 connections at least
   twice its records/s.
+- the naive journaling receiver (``bench/naive.py --journal``, 40 fields): the naive
+  receiver plus the raw body inserted into a journal table in the same fsynced commit,
+  the least a receiver can do and keep aljex-sync's promise (a 200 means the record is
+  in its table and in the journal). Not a target: the floor under the journal's cost.
+  And the same receiver parsing each body and writing nothing (``--parse-only``): its
+  HTTP stack alone, against which the ceiling shows what aljex-sync's own stack,
+  authentication and checks add.
 - the parse-only ceiling (bench/ceiling.py): the same endpoint and server stack
   (authentication, body, decoding) with no database. Targets: at 16 connections at least
   0.9x its records/s (40 fields), 0.5x (400 fields); at one connection a p99 <= 5 ms
@@ -43,8 +50,13 @@ LABELS = {
     "sqlite": "aljex-sync (SQLite, FULL)",
     "postgresql": "aljex-sync (PostgreSQL)",
     "naive": "naive durable receiver",
+    "journaled": "naive journaling receiver",
+    "bare": "naive receiver, parse only",
     "ceiling": "parse-only ceiling",
 }
+
+
+BASELINES = {"naive": "", "journaled": "--journal", "bare": "--parse-only"}  # side: mode
 
 
 def _run_client(
@@ -101,10 +113,11 @@ def _best(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 @contextmanager
-def naive(database: Path, key: str) -> Iterator[tuple[str, int]]:
-    """The naive durable receiver in a process of its own; yields its URL and pid."""
+def naive(database: Path, key: str, mode: str = "") -> Iterator[tuple[str, int]]:
+    """A naive receiver in a process of its own (``mode``: one of ``naive.MODES``); yields
+    its URL and pid."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "bench.naive", str(database), key],
+        [sys.executable, "-m", "bench.naive", str(database), key, *([mode] if mode else [])],
         stdout=subprocess.PIPE,
         text=True,
         cwd=ROOT,
@@ -116,6 +129,8 @@ def naive(database: Path, key: str) -> Iterator[tuple[str, int]]:
     finally:
         process.terminate()
         process.wait(timeout=30)
+        if process.stdout is not None:
+            process.stdout.close()
 
 
 def _service(work: Path, url: str) -> BackgroundService:
@@ -155,20 +170,23 @@ def run(
             "sqlite": running.url,
         }
         extra: dict[str, str] = {}
-        naive_pid = None
+        baselines: dict[str, int] = {}  # side: pid of the process of its own
         if NAIVE_FIELDS in field_counts:
-            key = records_for(NAIVE_FIELDS, 1)[0][1]
-            receiver = naive(work / "naive.db", next(iter(key)))
-            extra["naive"], naive_pid = stack.enter_context(receiver)
+            key = next(iter(records_for(NAIVE_FIELDS, 1)[0][1]))
+            for side, mode in BASELINES.items():
+                receiver = naive(work / f"{side}.db", key, mode)
+                extra[side], baselines[side] = stack.enter_context(receiver)
         if postgres is not None:
             extra["postgresql"] = stack.enter_context(_service(work, postgres)).url
-        # The servers' processes: the naive receiver's own; for the others, this process
+        # The servers' processes: the naive receivers' own; for the others, this process
         # (their event loop) and its children (writer processes), idle when not measured.
         # PostgreSQL's own server processes are not counted.
-        ours = [p for p in [os.getpid(), *cpu.descendants(os.getpid())] if p != naive_pid]
+        ours = [
+            p for p in [os.getpid(), *cpu.descendants(os.getpid())] if p not in baselines.values()
+        ]
         pids = {side: ours for side in (*urls, *extra)}
-        if naive_pid is not None:
-            pids["naive"] = [naive_pid]
+        for side, pid in baselines.items():
+            pids[side] = [pid]
         for fields in field_counts:
             sides = {**urls, **(extra if fields == NAIVE_FIELDS else {})}
             for connections, count in ((1, sequential), (16, concurrent)):
@@ -236,6 +254,7 @@ def table(results: list[dict[str, Any]]) -> list[str]:
             )
     if not results:
         return lines
+    lines += journal_floor(results)
     postgres = [r for r in results if "postgresql" in r]
     if postgres:
         lines += [
@@ -260,6 +279,55 @@ def table(results: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def journal_floor(results: list[dict[str, Any]]) -> list[str]:
+    """What the journal alone costs a receiver, against the naive one: the floor under it."""
+    rows = [r for r in results if "journaled" in r and "naive" in r]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "| records | connections | metric | naive durable receiver | naive journaling receiver"
+        " | journal's cost | aljex-sync (SQLite, FULL) | vs naive journaling |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        naive_, journaled, real = r["naive"], r["journaled"], r["sqlite"]
+        metrics = ("p50_ms", "p99_ms") if r["connections"] == 1 else ("per_second",)
+        for metric in metrics:
+            unit, name = (
+                (" ms", f"{metric[:3]} latency") if metric != "per_second" else ("", "records/s")
+            )
+            digits = 2 if unit else 0
+            cost = journaled[metric] / naive_[metric]
+            lines.append(
+                f"| {r['fields']} fields | {r['connections']} | {name} | "
+                f"{naive_[metric]:.{digits}f}{unit} | {journaled[metric]:.{digits}f}{unit} | "
+                f"{cost:.2f}x | {real[metric]:.{digits}f}{unit} | "
+                f"{real[metric] / journaled[metric]:.2f}x |"
+            )
+    first = rows[0]
+    if first["connections"] == 1 and "bare" in first:
+        lines += ["", *_one_connection_floor(first)]
+    return lines
+
+
+def _one_connection_floor(r: dict[str, Any]) -> list[str]:
+    """Whether the 1.1x target leaves any room, from the baselines' p50s in this run."""
+    naive_ = r["naive"]["p50_ms"]
+    journal = r["journaled"]["p50_ms"] / naive_
+    stack = (r["ceiling"]["p50_ms"] - r["bare"]["p50_ms"]) / naive_
+    floor = journal + stack
+    return [
+        f"The floor under the one-connection target, p50s of this run: keeping the raw body"
+        f" in the same commit takes the naive receiver to {journal:.2f}x its own; aljex-sync's"
+        f" endpoint writing nothing (the ceiling, {r['ceiling']['p50_ms']:.3f} ms) costs"
+        f" {stack:+.2f}x of it over the naive receiver's stack parsing alone"
+        f" ({r['bare']['p50_ms']:.3f} ms). Together {floor:.2f}x, before any planning or"
+        f" status: the 1.1x target {'leaves' if floor < 1.1 else 'leaves no'} room for the"
+        f" rest of aljex-sync's write here.",
+    ]
+
+
 def cpu_table(results: list[dict[str, Any]]) -> list[str]:
     """CPU per request at 16 connections, and the budget the 40-field target leaves."""
     busy = [r for r in results if r["connections"] > 1 and r["sqlite"].get("server_cpu_us")]
@@ -272,7 +340,7 @@ def cpu_table(results: list[dict[str, Any]]) -> list[str]:
         "|---|---|---|---|---|---|---|",
     ]
     for r in busy:
-        for side in ("sqlite", "naive", "ceiling"):
+        for side in ("sqlite", "naive", "journaled", "ceiling"):
             got = r.get(side)
             if got is None or got.get("server_cpu_us") is None:
                 continue

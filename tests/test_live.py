@@ -14,9 +14,9 @@ import httpx
 import pytest
 from sqlalchemy import Engine, select, text
 
-from aljex_sync import logs, overview
+from aljex_sync import live, logs, overview
 from aljex_sync.journal import Journal
-from aljex_sync.live import RefusedLines
+from aljex_sync.live import refused_lines
 from aljex_sync.store.schema import columns_table, events
 
 from .support import TEST_PASSWORD, RunningService, make_settings
@@ -746,7 +746,7 @@ def sqlite_service(tmp_path: Path, sqlite_url: str):
 def test_what_the_operator_must_act_on_is_logged_at_warning_with_its_reason(sqlite_service, caplog):
     """Applied is INFO; a held record, a refused request and a wrong password are WARNING."""
     assert sqlite_service.service.live is not None  # refusals of the tests before held back:
-    sqlite_service.service.live.refused_lines = RefusedLines()  # each comes once a minute
+    sqlite_service.service.live.refused_lines = refused_lines()  # each comes once a minute
     with caplog.at_level("INFO", logger="aljex_sync.live"):
         post(sqlite_service, record("notes", "create", id="K1"))
         post(sqlite_service, record("notes", "create", text="no key"))
@@ -775,7 +775,7 @@ def test_a_flood_of_refusals_writes_a_line_a_minute_per_address_and_counts_the_r
     (40 GB a day from one). A request let in keeps its own line, however many come."""
     endpoint = sqlite_service.service.live
     assert endpoint is not None
-    endpoint.refused_lines = RefusedLines()  # none held from the tests before on this service
+    endpoint.refused_lines = refused_lines()  # none held from the tests before on this service
 
     async def flush() -> None:
         endpoint.refused_lines.flush()
@@ -799,19 +799,13 @@ def test_refusals_from_one_ipv6_64_write_one_line_a_minute_for_all_its_addresses
     """A client with a /64 turns through 2**64 addresses: one line for them all, then a
     count naming the /64, or it would fill the disk with the log as before."""
     settings = make_settings(sqlite_url, tmp_path, live={"trusted_proxies": ["127.0.0.1/32"]})
-    with RunningService(settings) as running, caplog.at_level("INFO", logger="aljex_sync.live"):
-        endpoint = running.service.live
-        assert endpoint is not None
+    with caplog.at_level("INFO", logger="aljex_sync.live"), RunningService(settings) as running:
         for n in range(1, 11):
             forwarded = {"X-Forwarded-For": f"2001:db8:1:2::{n}"}
             assert post(running, b"a=1", auth=None, headers=forwarded).status_code == 401
         forwarded = {"X-Forwarded-For": "2001:db8:1:3::1"}  # the next /64: someone else
         assert post(running, b"a=1", auth=None, headers=forwarded).status_code == 401
-
-        async def flush() -> None:
-            endpoint.refused_lines.flush()
-
-        asyncio.run_coroutine_threadsafe(flush(), running.loop).result(10)
+    # What was counted is written as the service stops.
     lines = [r.getMessage() for r in caplog.records if " 401 no credentials" in r.getMessage()]
     assert [line.split(" ")[0] for line in lines] == [
         "2001:db8:1:2::1",
@@ -819,3 +813,31 @@ def test_refusals_from_one_ipv6_64_write_one_line_a_minute_for_all_its_addresses
         "2001:db8:1:2::/64",
     ], lines
     assert lines[2].endswith("401 no credentials (9 more like it in the last 60 s)")
+
+
+def test_refusals_from_more_addresses_than_kept_apart_are_counted_together_and_logged_at_stop(
+    tmp_path: Path, sqlite_url: str, caplog: pytest.LogCaptureFixture, monkeypatch
+):
+    """An attacker with many addresses (here through a trusted proxy) gets a line at once
+    for the first ``MAX_REFUSED_ADDRESSES`` (3 here) and one line for all the others; what
+    is counted when the service stops is written as it stops."""
+    monkeypatch.setattr(live, "MAX_REFUSED_ADDRESSES", 3)
+    settings = make_settings(sqlite_url, tmp_path, live={"trusted_proxies": ["127.0.0.1/32"]})
+    with caplog.at_level("INFO", logger="aljex_sync.live"), RunningService(settings) as running:
+        for n in range(10):
+            for _ in range(2):
+                forwarded = {"X-Forwarded-For": f"203.0.113.{n}"}
+                reply = post(
+                    running, record("notes", "create", id="1"), auth=None, headers=forwarded
+                )
+                assert reply.status_code == 401
+    lines = [r.getMessage() for r in caplog.records if r.name == "aljex_sync.live"]
+    refused = [line for line in lines if "401 no credentials" in line]
+    assert [line.split(" - ")[0] for line in refused[:3]] == [f"203.0.113.{n}" for n in range(3)]
+    assert refused[3:] == [
+        *(
+            f"203.0.113.{n} - - - 401 no credentials (1 more like it in the last 60 s)"
+            for n in range(3)
+        ),
+        "other addresses - - - 401 no credentials (14 more like it in the last 60 s)",
+    ]

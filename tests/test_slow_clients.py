@@ -20,6 +20,7 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 
+from aljex_sync import http_server
 from aljex_sync.http_server import MAX_PIPELINED
 
 from .support import TEST_PASSWORD, RunningService, make_settings, post_note
@@ -356,3 +357,46 @@ def test_with_allow_ips_the_health_check_still_answers_on_this_machine(tmp_path,
         assert normal_post(running) == 403
         stranger = connect_from(running, "127.0.0.3")
         assert read_until_closed(stranger).startswith(b"HTTP/1.1 403")
+
+
+def test_connections_closed_for_one_reason_are_logged_once_and_the_rest_counted_at_stop(
+    tmp_path, sqlite_url, caplog
+):
+    """A flood of refused connections costs two lines a minute, and the count held back
+    when the service stops is written as it stops, not lost."""
+    settings = make_settings(sqlite_url, tmp_path, live={"allow_ips": ["127.0.0.1/32"]})
+    with (
+        caplog.at_level(logging.WARNING, logger="aljex_sync.http"),
+        RunningService(settings) as running,
+    ):
+        for _ in range(5):
+            stranger = connect_from(running, "127.0.0.3")
+            assert read_until_closed(stranger).startswith(b"HTTP/1.1 403")
+            stranger.close()
+    assert [r.getMessage() for r in caplog.records if r.name == "aljex_sync.http"] == [
+        "closed a connection: address 127.0.0.3 not allowed",
+        "closed 4 more connection(s) in the last 60 s: address 127.0.0.3 not allowed",
+    ]
+
+
+def test_reasons_past_those_kept_apart_are_counted_together_and_none_is_lost(
+    tmp_path, sqlite_url, caplog, monkeypatch
+):
+    """Reasons name addresses, and an attacker has many: past ``MAX_REASONS`` (3 here),
+    refusals are counted as other reasons, in one line, not one line per address."""
+    monkeypatch.setattr(http_server, "MAX_REASONS", 3)
+    settings = make_settings(sqlite_url, tmp_path, live={"allow_ips": ["127.0.0.1/32"]})
+    with (
+        caplog.at_level(logging.WARNING, logger="aljex_sync.http"),
+        RunningService(settings) as running,
+    ):
+        for n in range(10, 20):
+            stranger = connect_from(running, f"127.0.0.{n}")
+            assert read_until_closed(stranger).startswith(b"HTTP/1.1 403")
+            stranger.close()
+    assert [r.getMessage() for r in caplog.records if r.name == "aljex_sync.http"] == [
+        "closed a connection: address 127.0.0.10 not allowed",
+        "closed a connection: address 127.0.0.11 not allowed",
+        "closed a connection: address 127.0.0.12 not allowed",
+        f"closed 7 more connection(s) in the last 60 s: {http_server.OTHER_REASONS}",
+    ]

@@ -38,7 +38,7 @@ the connections and two backlogs of accepted ones fit.
 
 Connections closed for these reasons (but a body the endpoint was waiting for, which its
 own request line reports) are counted and logged as one line per reason and
-``REPORT_INTERVAL``, however many there are.
+``REPORT_INTERVAL``, however many there are (:func:`closed_connections`).
 
 A reply leaves in one send: uvicorn writes the status line and headers, then the body,
 each straight to the socket, so every reply cost two system calls here and woke the
@@ -52,7 +52,6 @@ import asyncio
 import logging
 import ssl
 import sys
-import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -64,6 +63,7 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
+from . import logs
 from .config import LiveSettings
 from .settings import Network, address_group, within
 
@@ -71,7 +71,8 @@ log = logging.getLogger("aljex_sync.http")
 
 MAX_HEADER_BYTES = 64 * 1024
 REPORT_INTERVAL = 60.0
-MAX_REASONS = 1000  # reasons the report remembers (each its last line's time)
+MAX_REASONS = 1000  # reasons the report keeps apart (each its last line's time)
+OTHER_REASONS = "other reasons (too many at once to keep apart)"  # past MAX_REASONS
 KEEP_ALIVE_TIMEOUT = 5.0
 # Descriptors kept for everything but client connections: the database, the journal
 # writer's link, the SFTP server, log files (a quarter of the limit if that is less).
@@ -100,9 +101,17 @@ class Limits:
     trusted_proxies: tuple[Network, ...] = ()
 
 
-def config(app: ASGIApp, live: LiveSettings, tls: ssl.SSLContext | None = None) -> uvicorn.Config:
+def config(
+    app: ASGIApp,
+    live: LiveSettings,
+    tls: ssl.SSLContext | None = None,
+    *,
+    report: logs.CountedRepeats[str] | None = None,
+) -> uvicorn.Config:
     """The uvicorn configuration of the Live Sync server, with ``live``'s limits; HTTPS with
-    ``tls``, the context ``tls.server_context`` made."""
+    ``tls``, the context ``tls.server_context`` made. ``report``: where the connections the
+    server closes itself are counted (``closed_connections``), for its owner to flush at
+    a stop."""
     connections, backlog = _room_for(live.max_connections)
     limits = Limits(
         live.header_timeout,
@@ -122,7 +131,7 @@ def config(app: ASGIApp, live: LiveSettings, tls: ssl.SSLContext | None = None) 
         timeout_keep_alive=int(KEEP_ALIVE_TIMEOUT),
         server_header=False,
         backlog=limits.backlog,
-        http=edge_protocol(limits),
+        http=edge_protocol(limits, closed_connections() if report is None else report),
         # X-Forwarded-For is judged by the endpoint against trusted_proxies only.
         proxy_headers=False,
         ssl_context_factory=None if tls is None else (lambda _config, _default: tls),
@@ -168,9 +177,10 @@ def cut_short(scope: Mapping[str, Any]) -> str | None:
     return None if cut is None else str(cut["reason"])
 
 
-def edge_protocol(limits: Limits) -> type[EdgeProtocol]:
-    """An ``EdgeProtocol`` class bound to ``limits`` (uvicorn builds protocols itself)."""
-    shared = {"limits": limits, "report": _Report(), "from_address": Counter()}
+def edge_protocol(limits: Limits, report: logs.CountedRepeats[str]) -> type[EdgeProtocol]:
+    """An ``EdgeProtocol`` class bound to ``limits`` and ``report`` (uvicorn builds
+    protocols itself)."""
+    shared = {"limits": limits, "report": report, "from_address": Counter()}
     return type("EdgeProtocol", (EdgeProtocol,), shared)
 
 
@@ -185,7 +195,7 @@ class EdgeProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with header and body deadlines and a connection cap."""
 
     limits: ClassVar[Limits]
-    report: ClassVar[_Report]
+    report: ClassVar[logs.CountedRepeats[str]]  # connections closed, by reason
     from_address: ClassVar[Counter[str]]  # open connections by ``address_group``
 
     def __init__(
@@ -396,37 +406,20 @@ class OneSend(asyncio.Transport):
         self._transport.set_write_buffer_limits(high, low)
 
 
-class _Report:
-    """Counts connections closed for one reason and logs them once per interval.
-
-    The first of each reason is logged at once; the rest are added up and logged when
-    the interval is over, so an attack costs a few log lines, not one per connection.
-    """
-
-    def __init__(self, interval: float = REPORT_INTERVAL) -> None:
-        self.interval = interval
-        self._counts: Counter[str] = Counter()
-        self._last: dict[str, float] = {}
-        self._flush: asyncio.TimerHandle | None = None
-
-    def count(self, reason: str) -> None:
-        now = time.monotonic()
-        if len(self._last) > MAX_REASONS:  # reasons name addresses: an attack has many
-            self._last = {r: t for r, t in self._last.items() if now - t < self.interval}
-        if now - self._last.get(reason, -self.interval) >= self.interval:
-            self._last[reason] = now
-            log.warning("closed a connection: %s", reason)
-            return
-        self._counts[reason] += 1
-        if self._flush is None:
-            self._flush = asyncio.get_running_loop().call_later(self.interval, self._log)
-
-    def _log(self) -> None:
-        self._flush = None
-        counts, self._counts = self._counts, Counter()
-        now = time.monotonic()
-        for reason, n in counts.items():
-            self._last[reason] = now
-            log.warning(
-                "closed %d more connection(s) in the last %g s: %s", n, self.interval, reason
-            )
+def closed_connections(interval: float = REPORT_INTERVAL) -> logs.CountedRepeats[str]:
+    """The log of connections closed for one reason: the first at once, the rest counted
+    and logged once per ``interval`` (and when the service stops), so an attack costs a
+    few log lines, not one per connection. Reasons name addresses: past ``MAX_REASONS``
+    within an interval, the rest are counted under ``OTHER_REASONS``."""
+    return logs.CountedRepeats(
+        lambda summary: log.warning(
+            "closed %d more connection(s) in the last %g s: %s",
+            summary.count,
+            interval,
+            summary.key,
+        ),
+        first=lambda reason, _source: log.warning("closed a connection: %s", reason),
+        interval=interval,
+        max_keys=MAX_REASONS,
+        overflow=lambda _reason: OTHER_REASONS,
+    )

@@ -13,11 +13,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from sqlalchemy import Engine, false, select
 from sqlalchemy.exc import SQLAlchemyError
@@ -53,9 +52,10 @@ log = logging.getLogger("aljex_sync.live")
 FORM = "application/x-www-form-urlencoded"
 # Longest value taken from the network into a log line; the key was always cut at 60.
 MAX_LOGGED = 60
-REFUSED_INTERVAL = 60.0  # seconds between two lines of one address's refusals (RefusedLines)
+REFUSED_INTERVAL = 60.0  # seconds between two lines of one address's refusals (refused_lines)
 MAX_REFUSED_ADDRESSES = 10_000
 STOPPING = "stopping: finishing the requests and any morning load in flight"
+OTHER_ADDRESSES = "other addresses"  # the refusals counted past MAX_REFUSED_ADDRESSES
 ALL_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 STATUS_OF: dict[type[WireError], int] = {
     MalformedRequest: 400,
@@ -110,50 +110,41 @@ class Writer(Protocol):
         ...
 
 
-class RefusedLines:
+class Refusal(NamedTuple):
+    """The kind of a request refused before any record was read, as its line says it."""
+
+    source: str
+    status: int
+    result: str
+    level: int
+
+
+def refused_lines(interval: float = REFUSED_INTERVAL) -> logs.CountedRepeats[Refusal]:
     """The lines of requests refused before any record was read (401, 403, 405, 429), at
     most one per address (an IPv6 address's /64: ``address_group``), reason and
-    ``interval``; the rest counted into one line later, which names the /64.
+    ``interval``; the rest counted into one line later, which names the /64 (and
+    when the service stops).
 
     Those need no password, so a flood of them wrote one line each, about 40 GB a day
     from one client: a disk filled, or the journal's rate limit dropping Aljex's own lines.
     A request that was let in (its record applied, held or refused) keeps its own line.
+    Past ``MAX_REFUSED_ADDRESSES`` kinds within an interval, the rest are counted under
+    ``OTHER_ADDRESSES``.
     """
-
-    def __init__(self, interval: float = REFUSED_INTERVAL) -> None:
-        self.interval = interval
-        self._last: dict[tuple[str, int, str], float] = {}
-        self._held: Counter[tuple[str, int, str, int]] = Counter()
-        self._flush: asyncio.TimerHandle | None = None
-
-    def admit(self, source: str, status: int, result: str, level: int) -> bool:
-        """Whether to write this refusal's line now; if not, it is counted for later."""
-        now = time.monotonic()
-        client = address_group(source)  # a client turning through its /64 is one
-        if now - self._last.get((client, status, result), -self.interval) >= self.interval:
-            if len(self._last) > MAX_REFUSED_ADDRESSES:
-                self._last = {k: t for k, t in self._last.items() if now - t < self.interval}
-            self._last[client, status, result] = now
-            return True
-        self._held[client, status, result, level] += 1
-        if self._flush is None:
-            self._flush = asyncio.get_running_loop().call_later(self.interval, self.flush)
-        return False
-
-    def flush(self) -> None:
-        """Write the counts of the lines held back."""
-        self._flush = None
-        held, self._held = self._held, Counter()
-        for (source, status, result, level), n in held.items():
-            log.log(
-                level,
-                "%s - - - %d %s (%d more like it in the last %g s)",
-                source[:MAX_LOGGED],
-                status,
-                result,
-                n,
-                self.interval,
-            )
+    return logs.CountedRepeats(
+        lambda summary: log.log(
+            summary.key.level,
+            "%s - - - %d %s (%d more like it in the last %g s)",
+            summary.key.source[:MAX_LOGGED],
+            summary.key.status,
+            summary.key.result,
+            summary.count,
+            interval,
+        ),
+        interval=interval,
+        max_keys=MAX_REFUSED_ADDRESSES,
+        overflow=lambda refusal: refusal._replace(source=OTHER_ADDRESSES),
+    )
 
 
 @dataclass
@@ -165,12 +156,16 @@ class _RequestLogLine:
     table: str = "-"
     action: str = "-"
     key: str = "-"
-    refused: RefusedLines | None = None  # refusals before any record: at most one a minute
+    # Refusals before any record: at most one line a minute per kind (``refused_lines``).
+    refused: logs.CountedRepeats[Refusal] | None = None
 
     def emit(self, status: int, result: str, *, level: int = logging.INFO) -> None:
         """Log the line: at ``level``, which callers raise for what the operator must act on."""
         ms = (time.perf_counter() - self.started) * 1000
-        if self.refused is not None and not self.refused.admit(self.source, status, result, level):
+        refused = self.refused
+        # Counted by client: an IPv6 one turning through the addresses of its /64 is one.
+        kind = Refusal(address_group(self.source), status, result, level)
+        if refused is not None and not refused.count(kind, self.source):
             metrics.observe_request(self.table, self.action, status, ms / 1000)
             return
         log.log(
@@ -267,7 +262,7 @@ class LiveEndpoint:
         # The probes only read, and a full disk refuses only writes: the requests it refused
         # turn /healthz to 503 (and aljex_sync_database_up to 0) until one lands.
         self.refusals = refusals if refusals is not None else metrics.WriteRefusals()
-        self.refused_lines = RefusedLines()
+        self.refused_lines = refused_lines()
         self._stopping = False
 
     def stopping(self) -> None:

@@ -13,13 +13,22 @@ Errors that repeat at machine speed (``socket.accept`` out of file descriptors, 
 logged once per ``REPEAT_INTERVAL`` with a count of the ones left out. A line logged with
 ``extra=EVERY_TIME`` (one per Live Sync request: the operator counts on one line per
 request that did not land) is never held back.
+
+Lines of a kind an attacker can make come at will (a connection refused, a request without
+credentials) are written once and counted after (:class:`CountedRepeats`): the first of
+each kind at once, the rest as one line per kind and minute, with a bound on the kinds kept.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 REPEAT_INTERVAL = 10.0
 _EVERY_TIME = "aljex_every_time"
@@ -106,6 +115,143 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry)  # non-ASCII escaped too: U+2028 breaks lines for some
+
+
+K = TypeVar("K", bound=Hashable)
+MAX_SOURCES = 16  # sources a kind's count keeps apart, to name the one most came from
+
+
+@dataclass(frozen=True)
+class Summary(Generic[K]):
+    """What :class:`CountedRepeats` counted of one kind since its last line."""
+
+    key: K
+    count: int
+    seconds: float  # since the first of the batch was counted (the interval, or less at a stop)
+    most_from: str | None  # the source most of them came from, if sources were given
+
+
+class CountedRepeats(Generic[K]):
+    """Lines of one kind (``key``) logged once, then counted: the first at once, the rest
+    added up and written as one summary line per kind when ``interval`` is over, and by
+    :meth:`flush` when the service stops, so that no count is lost.
+
+    What is counted comes from the network at an attacker's pace; one line each filled a
+    disk (40 GB a day from one client).
+
+    A summary is the kind's line of its interval: the next one after it is counted too,
+    not written at once. Writing it at once would cost a steady flood two lines per kind
+    and interval (a summary and a first line again) and tell nothing the summary did not.
+    So a line is written at once only for a kind with none waiting to be summed up whose
+    last line (first or summary) is an interval old: a kind that comes back after a quiet
+    interval is seen at once.
+
+    Kinds name addresses, and an attacker has many: at most ``max_keys`` are remembered
+    and counted apart (those whose last line is an interval old are forgotten first); one
+    more is counted under ``overflow(key)``, a kind that names none, and never written at
+    once. Per kind, ``MAX_SOURCES`` sources are counted apart (:class:`_Counted`).
+
+    ``first(key, source)`` writes the first line, or the caller does when ``count`` says
+    so (a request's line carries more than its kind). ``summary`` writes the summary.
+    """
+
+    def __init__(
+        self,
+        summary: Callable[[Summary[K]], None],
+        *,
+        interval: float,
+        max_keys: int,
+        overflow: Callable[[K], K],
+        first: Callable[[K, str | None], None] | None = None,
+    ) -> None:
+        self.interval = interval
+        self._summary = summary
+        self._first = first
+        self._max_keys = max_keys
+        self._overflow = overflow
+        self._last: OrderedDict[K, float] = OrderedDict()  # each kind's last line, oldest first
+        self._counts: dict[K, _Counted] = {}
+        self._since = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def count(self, key: K, source: str | None = None) -> bool:
+        """True if this one's line is written now (by ``first``, if given, else by the
+        caller); else it is counted into ``key``'s summary. ``source``: where it came
+        from, for the summary to name the one most came from."""
+        now = time.monotonic()
+        if key not in self._counts:  # none waits for its summary
+            last = self._last.get(key)
+            if last is None:
+                self._forget_before(now - self.interval)
+                if len(self._last) < self._max_keys:
+                    return self._write(key, source, now)
+            elif now - last >= self.interval:
+                return self._write(key, source, now)
+            if last is None or len(self._counts) >= self._max_keys:
+                key = self._overflow(key)
+        if not self._counts:
+            self._since = now
+            self._timer = asyncio.get_running_loop().call_later(self.interval, self.flush)
+        self._counts.setdefault(key, _Counted()).add(source)
+        return False
+
+    def flush(self) -> None:
+        """Write the summary of each kind counted since its last line."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        counts, self._counts = self._counts, {}
+        now = time.monotonic()
+        for key, counted in counts.items():
+            if key in self._last:
+                self._last[key] = now
+                self._last.move_to_end(key)
+            self._summary(Summary(key, counted.n, now - self._since, counted.most()))
+
+    def _write(self, key: K, source: str | None, now: float) -> bool:
+        self._last[key] = now
+        self._last.move_to_end(key)
+        if self._first is not None:
+            self._first(key, source)
+        return True
+
+    def _forget_before(self, cutoff: float) -> None:
+        """Forget the kinds whose last line is older than ``cutoff``: their next is
+        written at once anyway. Oldest first, so each is looked at once."""
+        while self._last:
+            key, last = next(iter(self._last.items()))
+            if last > cutoff:
+                return
+            del self._last[key]
+
+
+class _Counted:
+    """A kind's count since its last line, and the sources it came from.
+
+    At most ``MAX_SOURCES`` sources are kept: a new one past them takes the place of the
+    least counted, with its count plus one (the Space-Saving count), so a source that sent
+    more than one in ``MAX_SOURCES`` of them is never lost from it.
+    """
+
+    __slots__ = ("n", "sources")
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.sources: dict[str, int] = {}
+
+    def add(self, source: str | None) -> None:
+        self.n += 1
+        if source is None:
+            return
+        sources = self.sources
+        if source in sources or len(sources) < MAX_SOURCES:
+            sources[source] = sources.get(source, 0) + 1
+        else:
+            least = min(sources, key=sources.__getitem__)
+            sources[source] = sources.pop(least) + 1
+
+    def most(self) -> str | None:
+        return max(self.sources, key=self.sources.__getitem__) if self.sources else None
 
 
 FORMATS = ("text", "json")

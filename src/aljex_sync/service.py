@@ -138,6 +138,8 @@ class Service:
         self.views = ViewRefresher(self.engine, settings.field_types)  # typed views, later
         self.failed_logins = FailedLogins(self.engine)  # for `status`, written every 10 s
         self._edge_tasks = BackgroundTasks(log)
+        # Connections the HTTP server closes itself (limits, deadlines), counted by reason.
+        self.closed_connections = http_server.closed_connections()
         self.live: LiveEndpoint | None = None
         self.loads: LoadQueue | None = None
         self.sftp: SftpInbox | None = None
@@ -202,7 +204,8 @@ class Service:
                 failed_logins=self.failed_logins,
                 slots=self.live.logins.slots,  # admin guesses queue behind Aljex's logins
             )
-            config = http_server.config(self.live.app(extra_routes=extra), live, context)
+            app = self.live.app(extra_routes=extra)
+            config = http_server.config(app, live, context, report=self.closed_connections)
             self._server = _Server(config)
             self._server_task = asyncio.create_task(self._server.serve(sockets=[sock]))
             while not self._server.started:
@@ -361,6 +364,7 @@ class Service:
             await asyncio.wait({stopping, hurry}, timeout=timeout, return_when="FIRST_COMPLETED")
         finally:
             hurry.cancel()
+        self._flush_counts()
         if stopping.done():
             stopping.result()
             # After a failed start, the error is the line to read, not this.
@@ -373,6 +377,15 @@ class Service:
             log.error("not stopped after %.0f s; abandoning what is still running", timeout)
         _kill_child(child)
         return False
+
+    def _flush_counts(self) -> None:
+        """Write the counts of the log lines held back (``logs.CountedRepeats``), once
+        nothing more comes or the stop is given up: no count is lost to a stop."""
+        self.closed_connections.flush()
+        if self.live is not None:
+            self.live.refused_lines.flush()
+        if self.sftp is not None:  # a stop cut short while it closed
+            self.sftp.closings.flush()
 
     def hurry(self) -> None:
         """Cut a stop short: a second signal while stopping."""
@@ -397,8 +410,6 @@ class Service:
                 await self._server_task
             self._server = None
         await self._edge_tasks.close()
-        if self.live is not None:
-            self.live.refused_lines.flush()  # the counts of refusals held back, if any
         if self._journal_ready:
             await self.failed_logins.flush()  # the last ones counted
         for sock in self._sockets:

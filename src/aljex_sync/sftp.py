@@ -47,7 +47,7 @@ from .folders import folder_problem
 from .listening import listening_socket
 from .settings import host_port
 from .sftp_files import InboxSFTPServer, Upload, remove_stale_temp_files
-from .sftp_login import Closings, ConnectionGate, InboxSSHServer, LoginGuard
+from .sftp_login import ConnectionGate, InboxSSHServer, LoginGuard, closed_connections
 from .sftp_settings import (
     CIPHERS,
     HOST_KEY_ALGORITHM,
@@ -74,7 +74,7 @@ class SftpInbox:
         self._on_upload = on_upload
         self.guard = LoginGuard(settings.max_failed_logins, settings.failed_login_window)
         self.gate = ConnectionGate(settings)
-        self.closings = Closings()
+        self.closings = closed_connections()  # SSH connections closed, by reason
         self._acceptor: asyncssh.SSHAcceptor | None = None
         self._fingerprint: str | None = None
         self.connections: set[asyncssh.SSHServerConnection] = set()

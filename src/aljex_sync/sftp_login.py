@@ -9,7 +9,7 @@ Every connection holds a file descriptor of the process Live Sync runs in, so a 
 beyond a limit (:class:`ConnectionGate`) is closed as soon as it is accepted, before the
 SSH banner, and one not logged in within the login time is closed then. Connections closed
 for these reasons are logged as one line per reason and ``REPORT_INTERVAL``
-(:class:`Closings`), however many there are, as Live Sync's are.
+(:func:`closed_connections`), however many there are, as Live Sync's are.
 """
 
 from __future__ import annotations
@@ -18,11 +18,12 @@ import asyncio
 import hmac
 import logging
 import time
-from collections import Counter, deque
+from collections import deque
 from typing import TYPE_CHECKING, NoReturn, Protocol
 
 import asyncssh
 
+from . import logs
 from .settings import address_group, plain_ip, within
 from .sftp_settings import SftpSettings
 
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("aljex_sync.sftp")
 
 REPORT_INTERVAL = 60.0
+MAX_REASONS = 100  # the reasons are this module's own; a bound all the same
 
 
 class Waiting(Protocol):
@@ -113,50 +115,26 @@ class ConnectionGate:
             del self._waiting[addr]
 
 
-class Closings:
-    """Counts connections closed for one reason and logs them once per interval.
-
-    The first of each reason is logged at once, with its address; the rest are added up
-    and logged when the interval is over (or the server stops), with the address most of
-    them came from, so a flood costs a few log lines, not one per connection.
-    """
-
-    def __init__(self, interval: float = REPORT_INTERVAL) -> None:
-        self.interval = interval
-        self._last: dict[str, float] = {}
-        self._counts: dict[str, Counter[str]] = {}  # reason: connections per address
-        self._since = 0.0
-        self._flush: asyncio.TimerHandle | None = None
-
-    def count(self, reason: str, addr: str) -> None:
-        now = time.monotonic()
-        if now - self._last.get(reason, -self.interval) >= self.interval:
-            self._last[reason] = now
-            log.warning("closed an SSH connection from %s: %s", addr, reason)
-            return
-        if not self._counts:
-            self._since = now
-        self._counts.setdefault(reason, Counter())[addr] += 1
-        if self._flush is None:
-            self._flush = asyncio.get_running_loop().call_later(self.interval, self.flush)
-
-    def flush(self) -> None:
-        """Log the connections counted and not logged yet, one line per reason."""
-        if self._flush is not None:
-            self._flush.cancel()
-            self._flush = None
-        counts, self._counts = self._counts, {}
-        now = time.monotonic()
-        for reason, by_addr in counts.items():
-            self._last[reason] = now
-            (most, _), *_ = by_addr.most_common(1)
-            log.warning(
-                "closed %d more SSH connection(s) in %.0f s: %s (most from %s)",
-                by_addr.total(),
-                now - self._since,
-                reason,
-                most,
-            )
+def closed_connections(interval: float = REPORT_INTERVAL) -> logs.CountedRepeats[str]:
+    """The log of SSH connections closed for one reason: the first at once, with its
+    address; the rest counted and logged once per ``interval`` (and when the server
+    stops) with the address most of them came from, so a flood costs a few log lines,
+    not one per connection."""
+    return logs.CountedRepeats(
+        lambda summary: log.warning(
+            "closed %d more SSH connection(s) in %.0f s: %s (most from %s)",
+            summary.count,
+            summary.seconds,
+            summary.key,
+            summary.most_from,
+        ),
+        first=lambda reason, addr: log.warning(
+            "closed an SSH connection from %s: %s", addr, reason
+        ),
+        interval=interval,
+        max_keys=MAX_REASONS,
+        overflow=lambda _reason: "other reasons",
+    )
 
 
 class LoginGuard:
