@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,7 @@ from sqlalchemy.exc import OperationalError
 
 from aljex_sync.emulate.brokerage import Brokerage
 from bench import live, morning
+from bench.scratch import scratch_database
 
 RESULTS = Path(__file__).parent / "results"
 POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -39,15 +43,18 @@ def brokerage_records(fields: int, count: int) -> list[tuple[str, dict[str, str]
     return records
 
 
-def _postgres_reachable() -> str | None:
+@contextmanager
+def scratch_postgres() -> Iterator[str | None]:
+    """A database of the benchmark's own on the local PostgreSQL, dropped afterwards, or
+    None if the server cannot be reached."""
     try:
-        engine = create_engine(POSTGRES)
-        with engine.connect() as conn:
+        with create_engine(POSTGRES).connect() as conn:
             conn.execute(text("SELECT 1"))
-        engine.dispose()
     except OperationalError:
-        return None
-    return POSTGRES
+        yield None
+        return
+    with scratch_database(POSTGRES, f"aljex_bench_{os.getpid()}") as url:
+        yield url
 
 
 def plot(results: list[dict[str, Any]], path: Path) -> None:
@@ -111,7 +118,11 @@ def main() -> None:
     )
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
-    postgres = _postgres_reachable()
+    with scratch_postgres() as postgres:
+        _measure(args, postgres)
+
+
+def _measure(args: argparse.Namespace, postgres: str | None) -> None:
     big_gb = 0 if args.quick or args.no_big or args.postgres_only else 1.0
     counts: dict[str, Any] = {"sequential": 300, "concurrent": 900, "repeats": 1}
     live_results = _previous("live") if args.only == "morning" else None

@@ -67,6 +67,7 @@ from aljex_sync.emulate.sender import (
 from aljex_sync.emulate.state import load_state
 from aljex_sync.emulate.world import LiveChange
 from aljex_sync.store.database import normalize_url
+from bench import scratch
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).parent / "results"
@@ -352,16 +353,8 @@ def scratch_database(plan: Plan, work: Path) -> Iterator[str]:
         yield f"sqlite:///{work / 'aljex.db'}"
         return
     name = f"aljex_crash_{os.getpid()}_{plan.receiver.replace('-', '_')}_{plan.seed}"
-    admin = create_engine(normalize_url(plan.postgres), isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        yield normalize_url(plan.postgres).set(database=name).render_as_string(False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with scratch.scratch_database(plan.postgres, name) as url:
+        yield url
 
 
 def run_seed(plan: Plan) -> SeedResult:

@@ -29,30 +29,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, text
-
-from aljex_sync.store.database import normalize_url
 from bench.__main__ import POSTGRES, brokerage_records
 from bench.live import PASSWORD, _bodies, _run_client
+from bench.scratch import scratch_database
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).parent / "results"
 PATH = "/aljex/sync"
 CONNECTIONS = 16
-
-
-@contextlib.contextmanager
-def scratch_database(server: str, name: str) -> Iterator[str]:
-    admin = create_engine(normalize_url(server), isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        yield normalize_url(server).set(database=name).render_as_string(False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def _free_port() -> int:
