@@ -19,7 +19,8 @@ from sqlalchemy import Engine, insert, select, text, update
 from aljex_sync import retention
 from aljex_sync.clock import utcnow
 from aljex_sync.errors import ConfigError
-from aljex_sync.morning import FileReport, MorningLoader
+from aljex_sync.file_report import FileReport
+from aljex_sync.morning import MorningLoader
 from aljex_sync.store import locks
 from aljex_sync.store.database import open_engine, reading
 from aljex_sync.store.schema import DELETED_AT, SYNCED_AT, Schema, tombstones

@@ -33,12 +33,13 @@ from .alerts import HealthWatch
 from .config import Settings
 from .credentials import PasswordCheck
 from .dashboard import read_event, read_overview
-from .errors import AljexSyncError
+from .errors import AljexSyncError, ReplayRunning
 from .journal import Journal
 from .live import client_address
 from .login_failures import FailedLogins
 from .logins import SLOW_SLOTS, Logins, SlowSlots, basic_credentials
 from .messages import Outcome
+from .replay_lock import only_replay
 from .settings import within
 from .store.database import open_engine, translate
 
@@ -194,9 +195,12 @@ class AdminArea:
                 ),
             )
         table = form.get("table") or None
-        async with self._replaying:  # one replay at a time
+        async with self._replaying:  # one replay at a time in this process
             try:
                 result = await asyncio.to_thread(self._replay, table)
+            except ReplayRunning as e:  # and in the others: `aljex-sync replay`, other hosts
+                log.warning("admin: replay refused: %s", e)
+                return _html(409, admin_page.message_page("Replay not started", str(e)))
             except (AljexSyncError, SQLAlchemyError) as e:
                 return _unavailable(e)
         log.info(
@@ -214,10 +218,12 @@ class AdminArea:
         )
         result = ReplayResult()
         try:
-            for outcome in journal.replay(table=table):
-                result.counts[outcome.status] = result.counts.get(outcome.status, 0) + 1
-                if len(result.outcomes) < admin_page.LIST_LIMIT:
-                    result.outcomes.append(outcome)
+            journal.install()
+            with only_replay(journal.engine):
+                for outcome in journal.replay(table=table):
+                    result.counts[outcome.status] = result.counts.get(outcome.status, 0) + 1
+                    if len(result.outcomes) < admin_page.LIST_LIMIT:
+                        result.outcomes.append(outcome)
         finally:
             journal.close()
         return result

@@ -256,10 +256,11 @@ def _feed(feed: Feed, health: FeedHealth | None = None) -> str:
     )
 
 
-def _file_rows(rows: Sequence[FileRow], *, reasons: bool) -> list[str]:
+def _file_rows(rows: Sequence[FileRow]) -> list[str]:
+    """A row per file, with its reason: why it was not loaded, or a loaded one's warnings."""
     out = []
     for f in rows:
-        reason = f"<td>{esc(f.error or '')}</td>" if reasons else ""
+        reason = f"<td>{esc(f.error or '')}</td>"
         out.append(
             f'<tr data-file="{f.id}"><td>{esc(f.name)}</td><td>{esc(f.table or "-")}</td>'
             f"<td>{_pill(f.status)}</td>{reason}{_num(f.rows_read)}{_num(f.inserted)}"
@@ -282,12 +283,12 @@ def _files(overview: Overview) -> str:
         " table loads</h3>"
         + _table(
             ("file", "table", "status", "reason", *numbers),
-            _file_rows(overview.problem_files, reasons=True),
+            _file_rows(overview.problem_files),
         )
         + "<h3>Latest files</h3>"
-        + _table(
-            ("file", "table", "status", *numbers),
-            _file_rows(overview.recent_files, reasons=False),
+        + _table(  # notes: a loaded file's warnings (rows that repeat a key), or why not
+            ("file", "table", "status", "notes", *numbers),
+            _file_rows(overview.recent_files),
         )
         + "</section>"
     )

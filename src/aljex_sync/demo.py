@@ -22,7 +22,7 @@ from .emulate.morning import MorningReport, SftpTarget, upload_morning
 from .emulate.sender import LiveOptions, LiveReport, LiveTarget, run_live
 from .emulate.state import load_state
 from .emulate.verify import VerifyReport, verify
-from .morning import FileReport
+from .file_report import FileReport
 from .service import BackgroundService
 from .store.database import open_engine, reading
 

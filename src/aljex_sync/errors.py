@@ -17,6 +17,7 @@ CLI messages only at the edge (``live.py``, ``cli.py``)::
     ├── EmulatorError                (emulate/state.py) the emulator's state or options are wrong
     ├── DatabaseTooNew               (store/migrations.py) a newer aljex-sync's bookkeeping tables
     ├── NotReplayable                (journal.py) replay named an event that is not held
+    ├── ReplayRunning                (replay_lock.py) another replay is at work on the journal
     └── DatabaseUnavailable          transient: nothing is acknowledged, the reply is 503
 
 Terminal errors concern one record and retrying will not help until the operator changes
@@ -116,3 +117,12 @@ class NotReplayable(AljexSyncError):
             )
         )
         self.refused = refused
+
+
+class ReplayRunning(AljexSyncError):
+    """A replay was asked for while another runs on the same journal (from this host or
+    another): the second is refused at once, naming the first, rather than racing it."""
+
+    def __init__(self, holder: str) -> None:
+        super().__init__(f"another replay is running ({holder}); try again when it ends")
+        self.holder = holder

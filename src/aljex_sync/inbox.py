@@ -34,8 +34,9 @@ from pathlib import Path
 
 from .clock import utcnow
 from .errors import DatabaseUnavailable
+from .file_report import FileReport
 from .folders import ARCHIVE, FAILED, FOLDERS, HELD, LOADING, UNMATCHED, aside_folder, clashes
-from .morning import FileReport, MorningLoader
+from .morning import MorningLoader
 from .sftp_files import PARTIAL_SUFFIXES, Upload
 
 log = logging.getLogger("aljex_sync.inbox")

@@ -26,6 +26,9 @@ LIVE = "live"
 NAME_WIDTH = 64  # remote_addr, raw_action, table_name
 TEXT_CUT = 4000  # record_key and warnings: TEXT on MySQL holds 65,535 bytes
 
+REPLAYABLE = ("held", "rejected")
+TAKEN = "replayed by another replay"
+
 EVENT_FIELDS = (
     "status",
     "error",
@@ -111,6 +114,9 @@ class EventWriter:
     def write(self, conn: Connection, plan: Plan) -> Outcome:
         received = plan.received
         event_id = self._write_event(conn, plan)
+        if event_id is None:  # a replay found its event claimed by another: nothing written
+            assert plan.replay_of is not None
+            return Outcome(plan.replay_of, "taken", TAKEN, plan.table, plan.action, plan.key)
         if plan.status == "applied" and plan.change is not None:
             meta = RowMeta(received.received_at, LIVE, event_id, plan.change.action)
             if plan.replay_of is not None and plan.synced is not None:
@@ -233,7 +239,16 @@ class EventWriter:
         insert_with_ids.execute_values(conn, [(i, *row) for i, row in zip(ids, rows, strict=True)])
         return ids
 
-    def _write_event(self, conn: Connection, plan: Plan) -> int:
+    def _write_event(self, conn: Connection, plan: Plan) -> int | None:
+        """Insert a request's event, or update a replayed one's; its id.
+
+        A replayed event is claimed by this update, the first statement of its transaction:
+        only while it is still held (or rejected). Two replays at once (two hosts, or a
+        hand run and the admin page's button) read the same held events; the second to
+        write one finds it applied, or waits for the first's row lock and then does, and
+        gets None: it writes nothing, and no event is applied twice (a second history
+        version, a second notice).
+        """
         now = utcnow()
         if plan.replay_of is not None:
             row = {
@@ -241,8 +256,11 @@ class EventWriter:
                 "error": plan.reason or None,
                 "applied_at": now if plan.status == "applied" else None,
             }
-            conn.execute(update(events).where(events.c.id == plan.replay_of).values(row))
-            return plan.replay_of
+            claim = update(events).where(
+                events.c.id == plan.replay_of, events.c.status.in_(REPLAYABLE)
+            )
+            claimed = conn.execute(claim.values(row)).rowcount
+            return plan.replay_of if claimed else None
         return self._insert_event.insert_values(conn, event_values(plan, now))
 
     @staticmethod

@@ -17,7 +17,9 @@ from typing import Literal
 
 from .errors import WireError
 
-Status = Literal["applied", "held", "rejected", "superseded"]
+Status = Literal["applied", "held", "rejected", "superseded", "taken"]
+"""An event's status in the journal; ``taken`` only in the outcome of a replay that found
+its event claimed meanwhile by another replay, which writes it (``journal_write``)."""
 
 
 @dataclass(frozen=True)

@@ -22,11 +22,10 @@ import fnmatch
 import logging
 from collections.abc import Callable
 from contextlib import ExitStack, suppress
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from operator import itemgetter
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import BinaryIO
 
 from sqlalchemy import Connection, Engine, insert, select
 from sqlalchemy.exc import SQLAlchemyError
@@ -44,6 +43,7 @@ from .csvfile import (
 )
 from .errors import DatabaseUnavailable, MorningFileError
 from .feed_activity import last_loaded_content
+from .file_report import FileReport
 from .folders import clashes
 from .store import locks
 from .store.database import reading, translate
@@ -60,7 +60,6 @@ from .store.stage import (
 )
 from .store.views import TypedViews
 
-FileStatus = Literal["loaded", "dry-run", "duplicate", "held", "failed", "unmatched"]
 Progress = Callable[[int, int], None]  # bytes read so far, rows read so far
 
 GUARD_MIN_ROWS = 100
@@ -72,64 +71,6 @@ PARSE_CHARS = 4 << 20
 """Characters staged at a time too: a file of 7 MB rows peaks at 94 MB RSS, not 510 MB."""
 
 log = logging.getLogger("aljex_sync.morning")
-
-
-@dataclass
-class FileReport:
-    """What became of one file; the CLI prints it, ``_aljex_files`` keeps it."""
-
-    name: str
-    status: FileStatus
-    table: str | None = None
-    mode: str | None = None
-    sha256: str = ""
-    size: int = 0
-    snapshot_at: datetime | None = None
-    rows_read: int = 0
-    counts: MergeCounts = field(default_factory=MergeCounts)
-    error: str = ""
-    moved_to: Path | None = None
-    file_id: int | None = None
-    warnings: list[str] = field(default_factory=list)  # accepted, but worth a look
-    legacy_bytes: int = 0  # bytes outside UTF-8, read by the legacy charset
-    legacy_charset: str = ""
-    begun: datetime | None = None  # when loading it began
-
-    def summary(self) -> str:
-        """One line for the log."""
-        c = self.counts
-        if self.status in ("loaded", "dry-run"):
-            line = (
-                f"{self.name} -> {self.table} ({self.mode}) {self.status}: {self.rows_read} rows"
-                f" read, {c.inserted} inserted, {c.updated} updated, {c.deleted} deleted,"
-                f" {c.skipped_newer} skipped as newer-live; feed health: {c.missing_in_db}"
-                f" missing, {c.extra_in_db} extra, {c.differing} differing"
-            )
-            if self.warning_text():
-                line += f"; {self.warning_text()}"
-            return line
-        return f"{self.name} -> {self.table or '?'} {self.status}: {self.error}"
-
-    def warning_text(self) -> str:
-        """The warnings, and how many bytes were not UTF-8 (news only for the count)."""
-        notes = list(self.warnings)
-        if self.legacy_bytes:
-            some = "1 byte was" if self.legacy_bytes == 1 else f"{self.legacy_bytes} bytes were"
-            notes.append(f"{some} not UTF-8, read as {self.legacy_charset}")
-        return "; ".join(notes)
-
-    @property
-    def level(self) -> int:
-        """How loud the log line is: a file not applied, or applied with doubts, is news.
-
-        Bytes read by the legacy charset are counted, not warned about: Aljex's older
-        exports are wholly cp1252.
-        """
-        if self.status == "failed":
-            return logging.ERROR
-        if self.status in ("held", "unmatched") or self.warnings:
-            return logging.WARNING
-        return logging.INFO
 
 
 def table_for(name: str, settings: Settings) -> str | None:

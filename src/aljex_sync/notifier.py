@@ -39,10 +39,10 @@ from sqlalchemy import Engine, inspect, select
 from .chores import BackgroundTasks
 from .clock import utcnow
 from .config import Settings
-from .notify import ChangeFeed, Delivery, sinks_for, write_meta
+from .notify import ChangeFeed, Delivery, sinks_for
 from .store.database import reading
 from .store.locks import KeptLock
-from .store.migrations import meta
+from .store.migrations import meta, write_meta
 
 log = logging.getLogger("aljex_sync.notify")
 

@@ -41,8 +41,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, func, inspect, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Connection, Engine, func, inspect, select
 
 from . import metrics, wire
 from .clock import utcnow
@@ -50,7 +49,7 @@ from .config import Settings
 from .errors import WireError
 from .notify_sinks import DeliveryFailed, NatsSink, Notice, Sink, WebhookSink
 from .store.database import reading
-from .store.migrations import meta
+from .store.migrations import meta, write_meta
 from .store.schema import events, files
 
 log = logging.getLogger("aljex_sync.notify")
@@ -280,21 +279,6 @@ def _read_meta(conn: Connection, sink: str | None) -> dict[str, str]:
     pattern = f"{PREFIX}{sink}.%" if sink else f"{PREFIX}%"
     query = select(meta.c.name, meta.c.value).where(meta.c.name.like(pattern))
     return {str(name): str(value) for name, value in conn.execute(query)}
-
-
-def write_meta(engine: Engine, values: dict[str, str]) -> None:
-    """Set ``_aljex_meta`` rows in one transaction, inserting those not there yet."""
-    for attempt in (1, 2):
-        try:
-            with engine.begin() as conn:
-                for name, value in values.items():
-                    change = update(meta).where(meta.c.name == name).values(value=value)
-                    if not conn.execute(change).rowcount:
-                        conn.execute(meta.insert().values(name=name, value=value))
-            return
-        except IntegrityError:  # inserted meanwhile by another process: update it
-            if attempt == 2:
-                raise
 
 
 def _lag(conn: Connection, event: int) -> int:

@@ -19,7 +19,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from ..morning import FileReport, MorningLoader
+from ..file_report import FileReport
+from ..morning import MorningLoader
 from ..store.locks import LOADING, FileLock, beside_sqlite
 from ..store.schema import Schema
 from .common import Context, console, database, err_console
@@ -120,6 +121,10 @@ def _print_report(report: FileReport) -> None:
     )
     if report.error:
         console.print(f"  {report.error}", highlight=False, soft_wrap=True)
+    elif report.status in ("loaded", "dry-run"):
+        for doubt in report.doubts():  # accepted, but the user should know (rows repeated)
+            line = f"  [yellow]warning:[/] {escape(doubt)}"
+            console.print(line, markup=True, highlight=False, soft_wrap=True)
     if report.status == "duplicate":
         console.print("  To load it again all the same, add --force.", highlight=False)
     if report.status in ("loaded", "dry-run"):

@@ -6,6 +6,7 @@ import click
 
 from ..errors import NotReplayable
 from ..journal import Journal
+from ..replay_lock import only_replay
 from .common import Context, console, database, fail
 
 
@@ -27,7 +28,8 @@ def replay(
 
     For example, add `key = ["pro_num"]` under [tables.invoicing], then replay: the held
     invoicing records land. Safe while `serve` runs. An event named with --event that is
-    applied or superseded is refused: it is never applied twice.
+    applied or superseded is refused: it is never applied twice. One replay runs at a time:
+    a second one (or the admin page's button) meanwhile is refused with the first's pid.
     """
     settings = obj.settings
     counts: dict[str, int] = {}
@@ -35,18 +37,21 @@ def replay(
     with database(settings) as engine:
         journal = Journal(engine, settings)
         try:
-            for outcome in journal.replay(
-                table=table, event_ids=event_ids, include_rejected=include_rejected
-            ):
-                counts[outcome.status] = counts.get(outcome.status, 0) + 1
-                if outcome.status == "held":
-                    still_held[outcome.reason] = still_held.get(outcome.reason, 0) + 1
-                detail = f": {outcome.reason}" if outcome.reason else ""
-                console.print(
-                    f"event {outcome.event_id} {outcome.table or '-'} {outcome.key or '-'}"
-                    f" -> {outcome.status}{detail}",
-                    highlight=False,
-                )
+            journal.install()
+            # A second replay at once is refused here, naming the first (the exit is 1).
+            with only_replay(engine):
+                for outcome in journal.replay(
+                    table=table, event_ids=event_ids, include_rejected=include_rejected
+                ):
+                    counts[outcome.status] = counts.get(outcome.status, 0) + 1
+                    if outcome.status == "held":
+                        still_held[outcome.reason] = still_held.get(outcome.reason, 0) + 1
+                    detail = f": {outcome.reason}" if outcome.reason else ""
+                    console.print(
+                        f"event {outcome.event_id} {outcome.table or '-'} {outcome.key or '-'}"
+                        f" -> {outcome.status}{detail}",
+                        highlight=False,
+                    )
         except NotReplayable as e:
             fail(
                 f"{e}; replay applies only held events (and rejected ones with --include-rejected)"

@@ -128,6 +128,7 @@ def status(obj: Context, as_json: bool, types: bool) -> None:
             "rows",
             "+new ~upd -del",
             "finished (UTC)",
+            "notes",
         )
         for f in found.recent:
             recent.add_row(
@@ -137,6 +138,7 @@ def status(obj: Context, as_json: bool, types: bool) -> None:
                 str(f["rows_read"]),
                 f"+{f['inserted']} ~{f['updated']} -{f['deleted']}",
                 f"{f['finished_at']:%m-%d %H:%M}",
+                str(f["error"] or ""),  # a loaded file's warnings; why another was not
             )
         console.print(recent)
     if view_errors:

@@ -19,7 +19,9 @@ How each database is staged, the costly part of a load, is in ``stage``.
 
 A key the file holds twice keeps its last row: SQLite and PostgreSQL number the rows as they
 arrive and drop the earlier duplicates once the file is in; MariaDB's stage is keyed and
-overwrites them on insert.
+overwrites them on insert. Either way the stage ends with one row a key, so the rows read
+less the rows :func:`survey` finds staged (and those tombstones took) are the repeats
+(``MergeCounts.repeated``), counted in the pass the survey makes anyway.
 
 Reconciliation with live sync: the file is a snapshot taken at ``snapshot_at`` (T). A row
 changed after T (``_aljex_synced_at > T``) keeps its newer values and is not deleted; a key
@@ -84,6 +86,7 @@ class MergeCounts:
     existing: int = 0  # alive rows before the merge; counted for full files only
     rewritten: int = 0  # updated rows whose values change, or that the file revives
     rehashed: int = 0  # unchanged rows whose hash is missing or stale (SQLite), see apply
+    repeated: int = 0  # rows read that a later row of the file gave the key of again
 
 
 def _not_newer(target: Table, snapshot_at: datetime, own: str | None) -> ColumnElement[bool]:
@@ -172,6 +175,7 @@ def survey(
     if hashed:
         counts.rehashed = row[-1]
     counts.staged = staged
+    counts.repeated = max(stage.rows - tombstoned - staged, 0)
     counts.inserted = staged - matched
     counts.updated = matched - newer
     counts.skipped_newer += newer

@@ -38,7 +38,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import mysql
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from .. import __version__
 from ..errors import DatabaseTooNew
@@ -200,3 +200,18 @@ def _write_version(conn: Connection, version: int) -> None:
     ).rowcount
     if not done:
         conn.execute(meta.insert().values(name=VERSION_KEY, value=str(version)))
+
+
+def write_meta(engine: Engine, values: dict[str, str]) -> None:
+    """Set ``_aljex_meta`` rows in one transaction, inserting those not there yet."""
+    for attempt in (1, 2):
+        try:
+            with engine.begin() as conn:
+                for name, value in values.items():
+                    change = update(meta).where(meta.c.name == name).values(value=value)
+                    if not conn.execute(change).rowcount:
+                        conn.execute(meta.insert().values(name=name, value=value))
+            return
+        except IntegrityError:  # inserted meanwhile by another process: update it
+            if attempt == 2:
+                raise

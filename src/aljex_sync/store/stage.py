@@ -187,6 +187,8 @@ class Stage:
         self._lookup: _Lookup | None = None
         if self.hashes and target is not None and len(self.key_columns) == 1:
             self._lookup = _Lookup(conn, self.table, target, self.key_columns[0], self.columns)
+        self.rows = 0
+        """Rows given to the stage, repeats of a key included (set by :meth:`close`)."""
         self._open = False
         self._csv = False
         self._transaction: RootTransaction | None = None
@@ -286,6 +288,7 @@ class Stage:
             raise
         self._open = False
         self._transaction = None
+        self.rows = rows
 
     def abort(self) -> None:
         """Give up what was staged since ``open()``; safe to call when not open.
@@ -474,8 +477,17 @@ class _Lookup:
     def stage_kept(
         self, rows: list[list[str]], hashes: list[int]
     ) -> tuple[list[list[str]], list[int]]:
-        """Stage the unchanged rows as kept; return the others and their hashes."""
+        """Stage the unchanged rows as kept; return the others and their hashes.
+
+        A key the batch gives twice keeps only its last row here: kept rows are staged
+        before the others, so an earlier changed row would otherwise outnumber a later kept
+        one and win over it (the rows left out are counted as repeats all the same).
+        """
         keys = [row[self.key_at] for row in rows]
+        if len(set(keys)) < len(keys):
+            last = sorted({key: at for at, key in enumerate(keys)}.values())
+            keys = [keys[at] for at in last]
+            rows, hashes = [rows[at] for at in last], [hashes[at] for at in last]
         known = self._known(keys)
         changed: list[list[str]] = []
         changed_hashes: list[int] = []
