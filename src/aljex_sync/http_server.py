@@ -36,6 +36,16 @@ nothing else. ``config`` raises the soft limit as far as the hard limit allows, 
 sizes the backlog and, with a warning if it must, lowers the cap, so that the reserve,
 the connections and two backlogs of accepted ones fit.
 
+With ``[live] tls_cert``, uvicorn is given no TLS context: ``EdgeProtocol`` sees each
+connection as it is accepted, judges it as above before any TLS byte is read (a refused one
+is closed without a reply, which its client could not read), and only then starts the
+handshake (``loop.start_tls``), which must be done within ``header_timeout``; the headers
+then have their own ``header_timeout``. A handshake that fails (plain HTTP on the HTTPS
+port, a client that does not trust the certificate) closes the connection with a reason.
+Left to asyncio, TLS on the listening socket would hand a connection to the protocol only
+once its handshake was through: connections that never finished one were held a minute
+each, past every limit.
+
 Connections closed for these reasons (but a body the endpoint was waiting for, which its
 own request line reports) are counted and logged as one line per reason and
 ``REPORT_INTERVAL``, however many there are (:func:`closed_connections`).
@@ -53,9 +63,9 @@ import logging
 import ssl
 import sys
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -99,6 +109,7 @@ class Limits:
     per_address: int = 64
     allow_ips: tuple[Network, ...] = ()
     trusted_proxies: tuple[Network, ...] = ()
+    tls: ssl.SSLContext | None = None  # HTTPS, the handshake begun once a connection is let in
 
 
 def config(
@@ -121,6 +132,7 @@ def config(
         live.max_connections_per_address,
         live.allow_ips,
         live.trusted_proxies,
+        tls,
     )
     return uvicorn.Config(
         app,
@@ -134,7 +146,7 @@ def config(
         http=edge_protocol(limits, closed_connections() if report is None else report),
         # X-Forwarded-For is judged by the endpoint against trusted_proxies only.
         proxy_headers=False,
-        ssl_context_factory=None if tls is None else (lambda _config, _default: tls),
+        # No ssl for uvicorn: EdgeProtocol starts TLS itself, once a connection is let in.
     )
 
 
@@ -210,10 +222,24 @@ class EdgeProtocol(HttpToolsProtocol):
         self._reading: str | None = None  # "headers", "body", or None between requests
         self._header_bytes = 0
         self._counted: str | None = None  # the bucket this connection is counted in
+        self._early: list[bytes] | None = None  # what came before TLS was handed over
+        self._handshake: asyncio.Task[None] | None = None
+        self._lost = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._out = OneSend(transport, self.loop)
         super().connection_made(self._out)
+        if not self._let_in(transport):
+            return
+        if self.limits.tls is None:
+            self._expect("headers", self.limits.header_timeout)
+        else:
+            self._early = []
+            self._handshake = self.loop.create_task(self._secure(transport))
+
+    def _let_in(self, transport: asyncio.Transport) -> bool:
+        """Judge a connection as it is accepted: allow_ips, then the caps; answer and close
+        one refused."""
         limits = self.limits
         host = address_of(transport.get_extra_info("peername"))
         proxy = host is not None and within(host, limits.trusted_proxies)
@@ -226,23 +252,72 @@ class EdgeProtocol(HttpToolsProtocol):
         ):
             self.report.count(f"address {host} not allowed")
             self._answer_and_close(403, f"address {host} is not allowed")
-            return
+            return False
         if len(self.connections) > limits.max_connections:
             self.report.count("over the connection limit")
             self._answer_and_close(503, "too many connections, try again")
-            return
+            return False
         if host is not None and not proxy:
             bucket = address_group(host)
             if self.from_address[bucket] >= limits.per_address:
                 self.report.count(f"over {limits.per_address} connections from {bucket}")
                 self._answer_and_close(503, "too many connections from this address, try again")
-                return
+                return False
             self.from_address[bucket] += 1
             self._counted = bucket
-        self._expect("headers", limits.header_timeout)
+        return True
+
+    async def _secure(self, raw: asyncio.Transport) -> None:
+        """The TLS handshake, done within ``header_timeout`` or the connection is closed;
+        then the connection is uvicorn's, on the TLS transport."""
+        assert self.limits.tls is not None
+        seconds = self.limits.header_timeout
+        tls: asyncio.Transport | None = None
+        try:
+            async with asyncio.timeout(seconds):
+                tls = await start_tls(
+                    self.loop, raw, self, self.limits.tls, self._take_early, seconds
+                )
+        except TimeoutError:
+            self.report.count(f"TLS handshake not done within {seconds:g} s")
+        except ssl.SSLError as e:
+            self.report.count(handshake_failure(e))
+        except (OSError, RuntimeError):
+            pass  # the client went away, or the server is stopping
+        self._handshake = None
+        if tls is not None and not tls.is_closing() and not self._lost:
+            self._hand_over(tls)
+            return
+        raw.abort()
+        self.connection_lost(None)  # not always said by the TLS layer during a handshake
+
+    def _take_early(self) -> bytes:
+        """The bytes read before ``start_tls`` took the transport over (uvloop starts
+        reading as soon as the connection is made): the start of the handshake."""
+        early = b"".join(self._early or ())
+        if self._early is not None:
+            self._early.clear()
+        return early
+
+    def _hand_over(self, tls: asyncio.Transport) -> None:
+        """Give uvicorn's protocol the TLS transport (scheme https), and what it has
+        already decrypted."""
+        early = self._take_early()
+        self._early = None
+        self._out = OneSend(tls, self.loop)
+        super().connection_made(self._out)
+        self._expect("headers", self.limits.header_timeout)
+        if early:
+            self.data_received(early)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._lost:
+            return
+        self._lost = True
         self._cancel()
+        if self._handshake is not None:
+            self._handshake.cancel()
+            self._handshake = None
         if self._counted is not None:
             self.from_address[self._counted] -= 1
             if not self.from_address[self._counted]:
@@ -251,6 +326,9 @@ class EdgeProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._early is not None:  # TLS not handed over yet
+            self._early.append(data)
+            return
         if self._reading == "headers":
             self._header_bytes += len(data)
         super().data_received(data)
@@ -315,7 +393,9 @@ class EdgeProtocol(HttpToolsProtocol):
         """Answer before any request was handed to the endpoint, and close."""
         self._cancel()
         self._reading = None
-        if self.cycle is None or self.cycle.response_complete:
+        if self.limits.tls is not None and self.scheme != "https":
+            pass  # before its TLS handshake: a reply in clear would not be read
+        elif self.cycle is None or self.cycle.response_complete:
             body = reason.encode() + b"\n"
             phrase = {
                 403: b"Forbidden",
@@ -328,6 +408,56 @@ class EdgeProtocol(HttpToolsProtocol):
                 % (status, phrase, len(body), body)
             )
         self.transport.close()
+
+
+async def start_tls(
+    loop: asyncio.AbstractEventLoop,
+    raw: asyncio.Transport,
+    protocol: asyncio.Protocol,
+    context: ssl.SSLContext,
+    early: Callable[[], bytes],
+    seconds: float,
+) -> asyncio.Transport | None:
+    """``loop.start_tls`` on an accepted connection whose protocol may already have read
+    the start of the handshake: ``early()`` gives those bytes, which are handed to the TLS
+    layer once it has the transport. None if the connection was closed meanwhile. Closing
+    the TLS connection waits ``seconds`` at most for the client's close_notify (not 30).
+
+    ``start_tls`` takes the transport over at once and starts its TLS layer with
+    ``call_soon``: bytes given after that, with ``call_soon`` too, come before any the
+    transport reads next.
+    """
+    upgrade = asyncio.ensure_future(
+        loop.start_tls(raw, protocol, context, server_side=True, ssl_shutdown_timeout=seconds)
+    )
+    try:
+        while raw.get_protocol() is protocol and not upgrade.done():
+            await asyncio.sleep(0)
+        if data := early():
+            loop.call_soon(_feed, raw, data)
+        return await upgrade
+    finally:
+        upgrade.cancel()
+
+
+def _feed(raw: asyncio.Transport, data: bytes) -> None:
+    """Give ``raw``'s protocol (the TLS layer, a buffered protocol) ``data`` as if read."""
+    view = memoryview(data)
+    while view and not raw.is_closing():
+        layer = cast(asyncio.BufferedProtocol, raw.get_protocol())
+        buffer = memoryview(layer.get_buffer(len(view)))
+        n = min(len(buffer), len(view))
+        buffer[:n] = view[:n]
+        layer.buffer_updated(n)
+        view = view[n:]
+
+
+def handshake_failure(e: ssl.SSLError) -> str:
+    """Why a TLS handshake failed, in the words of the report."""
+    if e.reason == "HTTP_REQUEST":
+        return "plain HTTP sent to the HTTPS port"
+    why = (e.reason or type(e).__name__).lower().replace("_", " ")
+    return f"TLS handshake failed ({why})"
 
 
 class OneSend(asyncio.Transport):
