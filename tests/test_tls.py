@@ -1,31 +1,41 @@
 """HTTPS on the Live Sync port: `init --tls-self-signed`, real TLS clients (httpx, Python's
-ssl, OpenSSL's s_client), the start-up errors for wrong files, and the warning for a
-password sent in clear."""
+ssl, OpenSSL's s_client), connections judged before their handshake, the start-up errors
+for wrong files, and the warning for a password sent in clear."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import os
 import re
 import shutil
 import socket
 import ssl
 import subprocess
+import threading
+import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 from click.testing import CliRunner
 from sqlalchemy import text
 
-from aljex_sync import config
+from aljex_sync import config, http_server
 from aljex_sync.cli import main
+from aljex_sync.config import LiveSettings
 from aljex_sync.errors import ConfigError
+from aljex_sync.service import bind, new_event_loop
 from aljex_sync.tls import make_self_signed, plain_password_warning, server_context
 
 from .support import TEST_PASSWORD, RunningService, make_settings
 from .test_serve import assert_one_error_line, serving, write_config
+from .test_slow_clients import connect_from, read_until_closed
 
 LOOPBACK = {"ALJEX_SYNC_LIVE_LISTEN": "127.0.0.1:0", "ALJEX_SYNC_MORNING_LISTEN": "127.0.0.1:0"}
 RECORD = {"web_sync_table_name": "loads", "web_sync_action": "create", "id": "7", "status": "OPEN"}
@@ -115,13 +125,168 @@ def _files(running: RunningService) -> tuple[Path, Path]:
     return live.tls_cert, live.tls_key
 
 
-def test_plain_http_on_the_https_port_gets_no_answer(https_service):
-    with pytest.raises(httpx.HTTPError):
+def said(caplog: pytest.LogCaptureFixture, words: str, within: float = 10.0) -> None:
+    """Wait for the server (on its own thread) to log ``words``."""
+    deadline = time.monotonic() + within
+    while words not in caplog.text:
+        assert time.monotonic() < deadline, f"never logged: {words}\n{caplog.text}"
+        time.sleep(0.02)
+
+
+def no_tracebacks(caplog: pytest.LogCaptureFixture) -> None:
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+
+
+def test_plain_http_on_the_https_port_gets_no_answer_and_is_counted(https_service, caplog):
+    with caplog.at_level(logging.WARNING), pytest.raises(httpx.HTTPError):
         httpx.post(
             https_service.url.replace("https://", "http://"),
             data=RECORD,
             auth=("aljex", TEST_PASSWORD),
         )
+    said(caplog, "closed a connection: plain HTTP sent to the HTTPS port")
+    no_tracebacks(caplog)
+
+
+def test_garbage_instead_of_a_handshake_is_closed_and_counted(https_service, caplog):
+    with caplog.at_level(logging.WARNING):
+        sock = socket.create_connection(("127.0.0.1", https_service.service.http_port), 10)
+        sock.sendall(b"\x16\x03\x01\x00\x08garbage!" + os.urandom(64))
+        assert read_until_closed(sock) == b""
+        said(caplog, "closed a connection: TLS handshake failed (")
+    no_tracebacks(caplog)
+
+
+DEADLINE = 1.0  # header_timeout: the handshake's deadline, then the headers'
+
+
+@pytest.fixture
+def guarded_https(sqlite_url, tmp_path, pair):
+    """HTTPS with a one-second handshake deadline, three connections per address, and
+    only 127.0.0.1 and 127.0.0.2 allowed."""
+    cert, key = pair
+    live = {
+        "tls_cert": str(cert),
+        "tls_key": key.name,
+        "header_timeout": DEADLINE,
+        "max_connections_per_address": 3,
+        "allow_ips": ["127.0.0.1/32", "127.0.0.2/32"],
+    }
+    with RunningService(make_settings(sqlite_url, tmp_path, live=live)) as running:
+        yield running
+
+
+def test_with_allow_ips_another_address_is_closed_before_any_handshake(guarded_https, caplog):
+    """At once, and without a reply (none in clear could be read by a TLS client)."""
+    with caplog.at_level(logging.WARNING, logger="aljex_sync.http"):
+        started = time.monotonic()
+        assert read_until_closed(connect_from(guarded_https, "127.0.0.3")) == b""
+        assert time.monotonic() - started < DEADLINE / 2  # not the handshake's deadline
+        with (
+            connect_from(guarded_https, "127.0.0.3") as raw,
+            pytest.raises(OSError),  # closed before the server said a word of TLS
+            trusting(_files(guarded_https)[0]).wrap_socket(raw, server_hostname="localhost"),
+        ):
+            pass
+    assert "closed a connection: address 127.0.0.3 not allowed" in caplog.text
+    assert https_post(guarded_https, "127.0.0.2").status_code == 200
+
+
+def test_connections_that_never_send_a_client_hello_are_capped_and_closed_at_the_deadline(
+    guarded_https, caplog
+):
+    """The ones over the per-address cap are closed as they come; the others when the
+    handshake's deadline passes, which counts them out again."""
+    with caplog.at_level(logging.WARNING, logger="aljex_sync.http"):
+        held = [connect_from(guarded_https, "127.0.0.2") for _ in range(3)]
+        time.sleep(0.2)  # accepted and counted
+        started = time.monotonic()
+        for _ in range(3):
+            assert read_until_closed(connect_from(guarded_https, "127.0.0.2")) == b""
+        assert time.monotonic() - started < DEADLINE / 2
+        for sock in held:
+            assert read_until_closed(sock) == b""
+        assert DEADLINE / 2 < time.monotonic() - started < DEADLINE + 5
+    assert "closed a connection: over 3 connections from 127.0.0.2" in caplog.text
+    assert f"closed a connection: TLS handshake not done within {DEADLINE:g} s" in caplog.text
+    assert https_post(guarded_https, "127.0.0.2").status_code == 200
+    no_tracebacks(caplog)
+
+
+def test_after_the_handshake_the_headers_have_their_own_deadline(guarded_https):
+    with (
+        connect_from(guarded_https, "127.0.0.2") as raw,
+        trusting(_files(guarded_https)[0]).wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        started = time.monotonic()
+        assert tls.recv(4096).startswith(b"HTTP/1.1 408 ")  # over TLS, as it is read
+        assert DEADLINE / 2 < time.monotonic() - started < DEADLINE + 5
+
+
+def https_post(running: RunningService, source: str, key: str = "7") -> httpx.Response:
+    """A record posted over HTTPS from ``source``, a loopback address."""
+    transport = httpx.HTTPTransport(verify=trusting(_files(running)[0]), local_address=source)
+    with httpx.Client(transport=transport, timeout=10) as client:
+        url = f"https://localhost:{running.service.http_port}{running.settings.live.path}"
+        return client.post(url, data={**RECORD, "id": key}, auth=("aljex", TEST_PASSWORD))
+
+
+def test_a_record_posted_over_https_is_committed_and_journaled_with_its_address(guarded_https):
+    assert https_post(guarded_https, "127.0.0.2", key="8").status_code == 200
+    with guarded_https.engine().connect() as conn:
+        assert conn.execute(text("SELECT status FROM loads WHERE id = '8'")).scalar() == "OPEN"
+        journaled = conn.execute(text("SELECT remote_addr FROM _aljex_events")).scalars()
+        assert list(journaled) == ["127.0.0.2"]
+
+
+@contextmanager
+def edge(live: LiveSettings, context: ssl.SSLContext, loop: asyncio.AbstractEventLoop):
+    """http_server's uvicorn on ``loop`` in a thread, serving an app that keeps each
+    request's scope; yields the port and the scopes."""
+    scopes: list[dict[str, Any]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        scopes.append(scope)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    sock = bind("127.0.0.1", 0, "test")
+    server = uvicorn.Server(http_server.config(app, live, context))
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    serving = asyncio.run_coroutine_threadsafe(server.serve(sockets=[sock]), loop)
+    try:
+        while not server.started:
+            assert not serving.done(), serving.result()
+            time.sleep(0.01)
+        yield sock.getsockname()[1], scopes
+    finally:
+        server.should_exit = True
+        serving.result(timeout=30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()
+        sock.close()
+
+
+@pytest.mark.parametrize(
+    "loop", [new_event_loop, asyncio.new_event_loop], ids=["uvloop", "asyncio"]
+)
+def test_the_application_sees_https_and_the_client_address(tmp_path, pair, loop):
+    live = make_settings("sqlite:///x.db", tmp_path, live={"header_timeout": DEADLINE}).live
+    context = server_context(*pair)
+    with edge(live, context, loop()) as (port, scopes):
+        for _ in range(20):  # some clients' first bytes come before start_tls is called
+            with httpx.Client(
+                verify=trusting(pair[0]),
+                transport=httpx.HTTPTransport(verify=trusting(pair[0]), local_address="127.0.0.2"),
+            ) as client:
+                assert client.get(f"https://localhost:{port}/x").text == "ok"
+        with socket.create_connection(("127.0.0.1", port), 10) as idle:
+            assert read_until_closed(idle) == b""  # the handshake's deadline, on this loop
+    assert len(scopes) == 20
+    assert {s["scheme"] for s in scopes} == {"https"}
+    assert {s["client"][0] for s in scopes} == {"127.0.0.2"}
 
 
 def test_openssl_s_client_verifies_the_certificate(https_service, pair):

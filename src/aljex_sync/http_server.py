@@ -274,22 +274,27 @@ class EdgeProtocol(HttpToolsProtocol):
         seconds = self.limits.header_timeout
         tls: asyncio.Transport | None = None
         try:
-            async with asyncio.timeout(seconds):
-                tls = await start_tls(
-                    self.loop, raw, self, self.limits.tls, self._take_early, seconds
-                )
+            if not raw.is_closing():
+                async with asyncio.timeout(seconds):
+                    tls = await start_tls(
+                        self.loop, raw, self, self.limits.tls, self._take_early, seconds
+                    )
         except TimeoutError:
-            self.report.count(f"TLS handshake not done within {seconds:g} s")
+            if not self._lost:  # else the client went away first
+                self.report.count(f"TLS handshake not done within {seconds:g} s")
         except ssl.SSLError as e:
             self.report.count(handshake_failure(e))
         except (OSError, RuntimeError):
             pass  # the client went away, or the server is stopping
-        self._handshake = None
+        finally:
+            self._handshake = None
         if tls is not None and not tls.is_closing() and not self._lost:
             self._hand_over(tls)
             return
         raw.abort()
-        self.connection_lost(None)  # not always said by the TLS layer during a handshake
+        # The TLS layer tells the protocol of a connection lost in its handshake on some
+        # paths only (before this task learns why, on uvloop's): said here in any case.
+        self.connection_lost(None)
 
     def _take_early(self) -> bytes:
         """The bytes read before ``start_tls`` took the transport over (uvloop starts
@@ -314,10 +319,7 @@ class EdgeProtocol(HttpToolsProtocol):
         if self._lost:
             return
         self._lost = True
-        self._cancel()
-        if self._handshake is not None:
-            self._handshake.cancel()
-            self._handshake = None
+        self._cancel()  # a handshake under way ends on its own, soon: its task says why
         if self._counted is not None:
             self.from_address[self._counted] -= 1
             if not self.from_address[self._counted]:
