@@ -157,12 +157,12 @@ def test_garbage_instead_of_a_handshake_is_closed_and_counted(https_service, cap
     no_tracebacks(caplog)
 
 
-DEADLINE = 1.0  # header_timeout: the handshake's deadline, then the headers'
+DEADLINE = 2.0  # header_timeout: the handshake's deadline, then the headers'
 
 
 @pytest.fixture
 def guarded_https(sqlite_url, tmp_path, pair):
-    """HTTPS with a one-second handshake deadline, three connections per address, and
+    """HTTPS with a two-second handshake deadline, three connections per address, and
     only 127.0.0.1 and 127.0.0.2 allowed."""
     cert, key = pair
     live = {
@@ -277,10 +277,8 @@ def test_the_application_sees_https_and_the_client_address(tmp_path, pair, loop)
     context = server_context(*pair)
     with edge(live, context, loop()) as (port, scopes):
         for _ in range(20):  # some clients' first bytes come before start_tls is called
-            with httpx.Client(
-                verify=trusting(pair[0]),
-                transport=httpx.HTTPTransport(verify=trusting(pair[0]), local_address="127.0.0.2"),
-            ) as client:
+            transport = httpx.HTTPTransport(verify=trusting(pair[0]), local_address="127.0.0.2")
+            with httpx.Client(transport=transport, timeout=10) as client:
                 assert client.get(f"https://localhost:{port}/x").text == "ok"
         with socket.create_connection(("127.0.0.1", port), 10) as idle:
             assert read_until_closed(idle) == b""  # the handshake's deadline, on this loop
