@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -37,6 +38,7 @@ from .support import (
     RunningInbox,
     RunningService,
     make_settings,
+    needs_ipv6,
     sftp_settings,
 )
 
@@ -508,6 +510,18 @@ def test_morning_command_uploads_and_prints_the_host_key(inbox, tmp_path):
     [event] = load_state(Path(state_file)).events
     assert isinstance(event, MorningUpload)
     assert event.tables == ["employees", "payable"]
+
+
+@needs_ipv6
+def test_an_ipv6_server_is_named_with_its_address_in_brackets(tmp_path):
+    state = new_state(tmp_path)
+    with socket.socket(socket.AF_INET6) as closed:  # bound, never listening: refused
+        closed.bind(("::1", 0))
+        port = closed.getsockname()[1]
+        target = SftpTarget("::1", port, SFTP_USER, SFTP_PASSWORD, "/", timeout=5)
+        with pytest.raises(EmulatorError, match=rf"SFTP upload to aljex@\[::1\]:{port}/ failed"):
+            upload_morning(state, target)
+    assert state.events == []
 
 
 def test_a_refused_sftp_login_is_an_error_and_records_nothing(inbox, tmp_path):

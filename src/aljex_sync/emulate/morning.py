@@ -20,6 +20,7 @@ from pathlib import Path
 import asyncssh
 
 from ..catalog import BY_TABLE, table_for_file_name
+from ..settings import host_port
 from .brokerage import MORNING_TABLES, Brokerage
 from .state import EmulatorError, EmulatorState, Event, MorningUpload, check_tables, now_text
 from .values import file_charset
@@ -51,7 +52,7 @@ class SftpTarget:
 
     @property
     def destination(self) -> str:
-        return f"{self.user}@{self.host}:{self.port}{self.directory}"
+        return f"{self.user}@{host_port(self.host, self.port)}{self.directory}"
 
 
 @dataclass
