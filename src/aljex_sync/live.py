@@ -162,12 +162,12 @@ class _RequestLogLine:
     def emit(self, status: int, result: str, *, level: int = logging.INFO) -> None:
         """Log the line: at ``level``, which callers raise for what the operator must act on."""
         ms = (time.perf_counter() - self.started) * 1000
-        refused = self.refused
-        # Counted by client: an IPv6 one turning through the addresses of its /64 is one.
-        kind = Refusal(address_group(self.source), status, result, level)
-        if refused is not None and not refused.count(kind, self.source):
-            metrics.observe_request(self.table, self.action, status, ms / 1000)
-            return
+        if self.refused is not None:
+            # Counted by client: an IPv6 one turning through the addresses of its /64 is one.
+            kind = Refusal(address_group(self.source), status, result, level)
+            if not self.refused.count(kind, self.source):
+                metrics.observe_request(self.table, self.action, status, ms / 1000)
+                return
         log.log(
             level,
             "%s %s %s %s %d %s %.1fms",
@@ -194,9 +194,9 @@ def client_address(peer: str | None, forwarded_for: list[str], trusted: tuple[Ne
     as the source: the walk stops at it, at the last proxy that was trusted.
     """
     address = peer or "unknown"
-    plain = plain_ip(address)
-    if plain is not None:  # an IPv4 peer of a dual-stack listener, as the IPv4 address it is
-        address = str(plain)
+    if ":" in address:  # an IPv4 peer of a dual-stack listener, as the IPv4 address it is
+        plain = plain_ip(address)
+        address = address if plain is None else str(plain)
     if not forwarded_for or not trusted or not within(address, trusted):
         return address
     hops = [h.strip() for line in forwarded_for for h in line.split(",") if h.strip()]
