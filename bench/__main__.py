@@ -47,12 +47,15 @@ def brokerage_records(fields: int, count: int) -> list[tuple[str, dict[str, str]
 def scratch_postgres() -> Iterator[str | None]:
     """A database of the benchmark's own on the local PostgreSQL, dropped afterwards, or
     None if the server cannot be reached."""
+    probe = create_engine(POSTGRES)
     try:
-        with create_engine(POSTGRES).connect() as conn:
+        with probe.connect() as conn:
             conn.execute(text("SELECT 1"))
     except OperationalError:
         yield None
         return
+    finally:
+        probe.dispose()  # not left open in ``test`` for the whole run
     with scratch_database(POSTGRES, f"aljex_bench_{os.getpid()}") as url:
         yield url
 
