@@ -188,8 +188,10 @@ def run(
         for side, pid in baselines.items():
             pids[side] = [pid]
         for fields in field_counts:
-            sides = {**urls, **(extra if fields == NAIVE_FIELDS else {})}
+            every = {**urls, **(extra if fields == NAIVE_FIELDS else {})}
             for connections, count in ((1, sequential), (16, concurrent)):
+                # The bare stack is wanted for the one-connection floor only.
+                sides = {s: u for s, u in every.items() if s != "bare" or connections == 1}
                 records = records_for(fields, count)
                 bodies = _bodies(records, work / "bodies.txt")
                 warm = _bodies(records[: max(count // 10, connections)], work / "warm.txt")
